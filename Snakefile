@@ -1,0 +1,41 @@
+# HDM benchmark workflow. Default target: every table of the active profile (params.yaml).
+#   snakemake --cores all                          # demo profile (synthetic data, CPU, minutes)
+#   snakemake --cores all --config profile=paper   # the paper's setting (real data, GPUs)
+#   snakemake --profile workflow/profiles/slurm --config profile=paper   # on a SLURM cluster
+# Every rule calls the same CLI as dvc.yaml: `python -m pipeline <stage>`; see workflow/rules/.
+import json
+import sys
+
+sys.path.insert(0, workflow.basedir)
+from pipeline.config import TABLE_FILES, Paths, resolve_run, validate_params
+from pipeline.errors import PipelineError
+
+configfile: "params.yaml"
+
+try:
+    validate_params(config, "params.yaml (with --config overrides)")
+except PipelineError as exc:
+    sys.exit(f"error: {exc}")
+
+PROFILE = config["profile"]
+RUNS = list(config["runs"])
+PY = sys.executable  # the interpreter running Snakemake (the project's virtualenv)
+CLI = f"{PY} -m pipeline --profile {{wildcards.profile}}"
+
+
+def run_config(wildcards):
+    """The run's fully resolved configuration: a change to it reruns the run (params trigger)."""
+    return json.dumps(resolve_run(config, wildcards.run, wildcards.profile), sort_keys=True)
+
+
+include: "workflow/rules/data.smk"
+include: "workflow/rules/tracking.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        [str(Paths(PROFILE).reports / f) for f in TABLE_FILES],

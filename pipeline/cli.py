@@ -1,0 +1,133 @@
+"""The one command line behind Snakemake, DVC and manual use: ``python -m pipeline <stage>``.
+
+Stages (each writes its outputs atomically and can be run by hand):
+  validate     check params.yaml against the schema
+  data         synthesise (demo/smoke) or verify (paper) one dataset; writes its manifest
+  mlflow-init  create the MLflow store and the profile's experiment, once, before parallel jobs
+  train        train one run                 evaluate  evaluate one run
+  report       write Tables 1–5 and figures  runs      list the run names
+A bad input stops with one line, ``error: <file or key>: <problem>``, and exit status 1.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from . import io
+from .config import Paths, experiment_name, load_params, resolve_run, tracking_uri
+from .errors import PipelineError
+
+log = logging.getLogger("pipeline")
+
+
+def _setup_logging(log_file: Path | None) -> None:
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_file, mode="w"))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        handlers=handlers, force=True)
+
+
+def cmd_validate(args, params) -> None:
+    print(f"{args.params}: valid (profile {params['profile']}, {len(params['runs'])} runs)")
+
+
+def cmd_runs(args, params) -> None:
+    print("\n".join(params["runs"]))
+
+
+def cmd_data(args, params) -> None:
+    from .data.prepare import prepare_dataset
+
+    profile = params["profile"]
+    _setup_logging(Paths(profile).logs(f"data_{args.dataset}"))
+    manifest = prepare_dataset(params, profile, args.dataset, progress=not args.quiet)
+    print(f"{args.dataset}: {manifest}")
+
+
+def cmd_mlflow_init(args, params) -> None:
+    from .tracking import init_store
+
+    profile = params["profile"]
+    info = init_store(tracking_uri(params), experiment_name(params))
+    io.write_json(Paths(profile).mlflow_marker, info)
+    print(f"MLflow store ready: {info['tracking_uri']} (experiment {info['experiment']})")
+
+
+def cmd_train(args, params) -> None:
+    from .engine.train import train_run
+
+    cfg = resolve_run(params, args.run)
+    paths = Paths(cfg["profile"])
+    _setup_logging(paths.run_dir(args.run) / "train.log")
+    t0 = time.time()
+    ckpt = train_run(cfg, tracking_uri=tracking_uri(params), experiment=experiment_name(params),
+                     progress=not args.quiet)
+    log.info("trained %s in %.1f s -> %s", args.run, time.time() - t0, ckpt)
+
+
+def cmd_evaluate(args, params) -> None:
+    from .engine.evaluate import evaluate_run
+
+    cfg = resolve_run(params, args.run)
+    paths = Paths(cfg["profile"])
+    paths.eval_dir(args.run).mkdir(parents=True, exist_ok=True)
+    _setup_logging(paths.eval_dir(args.run) / "evaluate.log")
+    t0 = time.time()
+    res = evaluate_run(cfg, tracking_uri=tracking_uri(params), experiment=experiment_name(params),
+                       progress=not args.quiet)
+    main = {k: round(v, 4) for k, v in res["metrics"].items() if k in ("coco_val.AP", "coco_testdev.AP",
+                                                                         "mpii_val.Mean")}
+    log.info("evaluated %s in %.1f s: %s", args.run, time.time() - t0, json.dumps(main))
+
+
+def cmd_report(args, params) -> None:
+    from .report.build import build_report
+
+    profile = params["profile"]
+    _setup_logging(Paths(profile).logs("report"))
+    written = build_report(profile=profile, tracking_uri=tracking_uri(params),
+                           experiment=experiment_name(params), run_names=list(params["runs"]),
+                           out_dir=Paths(profile).reports)
+    print(f"wrote {len(written)} files to {Paths(profile).reports}/")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--params", default="params.yaml", help="configuration file (default: params.yaml)")
+    p.add_argument("--profile", default=None, help="override params.yaml's profile switch")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    sub = p.add_subparsers(dest="command", required=True, metavar="stage")
+    sub.add_parser("validate", help="check params.yaml").set_defaults(func=cmd_validate)
+    sub.add_parser("runs", help="list the run names").set_defaults(func=cmd_runs)
+    d = sub.add_parser("data", help="synthesise or verify one dataset")
+    d.add_argument("--dataset", required=True, choices=["coco", "mpii"])
+    d.set_defaults(func=cmd_data)
+    sub.add_parser("mlflow-init", help="create the MLflow store and experiment").set_defaults(func=cmd_mlflow_init)
+    for name, func in (("train", cmd_train), ("evaluate", cmd_evaluate)):
+        s = sub.add_parser(name, help=f"{name} one run")
+        s.add_argument("--run", required=True, help="a key of params.yaml's runs")
+        s.set_defaults(func=func)
+    sub.add_parser("report", help="write Tables 1-5 and figures").set_defaults(func=cmd_report)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        params = load_params(args.params, args.profile)
+        args.func(args, params)
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,113 @@
+"""MSRA/HRNet Gaussian heatmap codec, in this project's convention (pixel centres at integers).
+
+Encoding: for each joint an unnormalised Gaussian ``exp(-d^2 / (2 sigma^2))`` centred at the
+NEAREST pixel centre ``(round(x), round(y))`` of the heatmap position, truncated to the
+square ``|dx|, |dy| <= 3 sigma`` (HRNet's ``tmp_size = 3 sigma``); zero elsewhere. A joint's
+weight becomes 0 when that square lies entirely outside the heatmap.
+
+Decoding: argmax per channel (score = max value), then 0.25 px toward the larger neighbour
+in x and, independently, in y when that neighbour exists on both sides (HRNet needs both
+axes away from the border, and its ``1 < px`` test also excludes column 1; here each axis
+only needs its two neighbours).
+
+Round-trip bound: ``decode(encode(p))`` returns exactly the nearest pixel centre of ``p``
+(the Gaussian is symmetric about it, so no quarter shift applies), hence the error is at
+most 0.5 px per axis (quantisation of the target).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+
+def encode(
+    keypoints_hm: np.ndarray,
+    weights: np.ndarray,
+    heatmap_size: Sequence[int],
+    sigma: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(K,2)`` heatmap-frame joints, ``(K,)`` weights -> ``(target (K,h,w) f32, weights f32)``.
+
+    Channels with weight 0 (given, or set because the square is fully outside) are zero.
+    """
+    kp = np.asarray(keypoints_hm, dtype=np.float64).reshape(-1, 2)
+    w_in = np.asarray(weights, dtype=np.float32).reshape(-1).copy()
+    width, height = int(heatmap_size[0]), int(heatmap_size[1])
+    radius = 3.0 * float(sigma)
+    finite = np.isfinite(kp).all(axis=1)
+    mu = np.floor(np.where(finite[:, None], kp, 0.0) + 0.5)  # nearest pixel centre
+    outside = (
+        (mu[:, 0] + radius < 0) | (mu[:, 0] - radius > width - 1)
+        | (mu[:, 1] + radius < 0) | (mu[:, 1] - radius > height - 1)
+    )
+    weights_out = np.where(outside | ~finite, 0.0, w_in).astype(np.float32)
+
+    dx = np.arange(width, dtype=np.float64)[None, :] - mu[:, 0:1]  # (K, w)
+    dy = np.arange(height, dtype=np.float64)[None, :] - mu[:, 1:2]  # (K, h)
+    two_s2 = 2.0 * float(sigma) ** 2
+    gx = np.exp(-(dx ** 2) / two_s2) * (np.abs(dx) <= radius)
+    gy = np.exp(-(dy ** 2) / two_s2) * (np.abs(dy) <= radius)
+    target = gy[:, :, None] * gx[:, None, :]
+    target *= (weights_out > 0)[:, None, None]
+    return target.astype(np.float32), weights_out
+
+
+def _decode_numpy(hm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    b, k, h, w = hm.shape
+    flat = hm.reshape(b, k, h * w)
+    idx = np.argmax(flat, axis=-1)
+    scores = np.take_along_axis(flat, idx[..., None], axis=-1)[..., 0]
+    px, py = idx % w, idx // w
+    coords = np.stack([px, py], axis=-1).astype(np.float64)
+
+    def val(yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
+        yy = np.clip(yy, 0, h - 1)
+        xx = np.clip(xx, 0, w - 1)
+        return np.take_along_axis(flat, (yy * w + xx)[..., None], axis=-1)[..., 0]
+
+    inx = (px > 0) & (px < w - 1)
+    iny = (py > 0) & (py < h - 1)
+    diff_x = val(py, px + 1) - val(py, px - 1)
+    diff_y = val(py + 1, px) - val(py - 1, px)
+    coords[..., 0] += np.where(inx, 0.25 * np.sign(diff_x), 0.0)
+    coords[..., 1] += np.where(iny, 0.25 * np.sign(diff_y), 0.0)
+    return coords, scores
+
+
+def _decode_torch(hm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    b, k, h, w = hm.shape
+    flat = hm.reshape(b, k, h * w)
+    scores, idx = flat.max(dim=-1)
+    px, py = idx % w, torch.div(idx, w, rounding_mode="floor")
+    dtype = hm.dtype if hm.is_floating_point() else torch.float32
+    coords = torch.stack([px, py], dim=-1).to(dtype)
+
+    def val(yy: torch.Tensor, xx: torch.Tensor) -> torch.Tensor:
+        yy = yy.clamp(0, h - 1)
+        xx = xx.clamp(0, w - 1)
+        return flat.gather(-1, (yy * w + xx)[..., None])[..., 0]
+
+    inx = (px > 0) & (px < w - 1)
+    iny = (py > 0) & (py < h - 1)
+    diff_x = (val(py, px + 1) - val(py, px - 1)).sign().to(dtype)
+    diff_y = (val(py + 1, px) - val(py - 1, px)).sign().to(dtype)
+    coords[..., 0] += 0.25 * diff_x * inx.to(dtype)
+    coords[..., 1] += 0.25 * diff_y * iny.to(dtype)
+    return coords, scores
+
+
+def decode(heatmaps):
+    """``(B,K,h,w)`` heatmaps (numpy or torch) -> ``(coords (B,K,2) heatmap px, scores (B,K))``.
+
+    Returns the same array library as the input (numpy coordinates are float64).
+    """
+    if isinstance(heatmaps, torch.Tensor):
+        if heatmaps.dim() != 4:
+            raise ValueError(f"heatmaps must be (B,K,h,w), got {tuple(heatmaps.shape)}")
+        return _decode_torch(heatmaps.detach())
+    hm = np.asarray(heatmaps)
+    if hm.ndim != 4:
+        raise ValueError(f"heatmaps must be (B,K,h,w), got {hm.shape}")
+    return _decode_numpy(hm)

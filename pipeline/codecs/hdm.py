@@ -1,0 +1,163 @@
+"""HDM codec: dot annotations, sub-pixel demanders, 2x2-window decoding (paper Sec. 3.2, 3.4).
+
+Heatmap coordinates follow docs/conventions.md: pixel (row i, col j) has centre (j, i).
+
+Demanders (Eq. 4, sub-pixel form): a dot at ``(x, y)`` is represented by the four pixel
+centres ``(fx, fy), (fx+1, fy), (fx, fy+1), (fx+1, fy+1)`` with ``fx = floor(x)``,
+``fy = floor(y)`` and bilinear masses ``(1 - |x - x_i|)(1 - |y - y_i|)``. The masses sum to
+1 and their weighted mean is the dot. Masses can be 0 (dot on a grid line) and demanders can
+lie outside the grid at the border; consumers (loss, renderer) must handle both.
+
+Decoding, on ``relu(h)``: the 2x2 window of adjacent pixels with the largest sum; the
+weighted mean of its four pixel centres with the values normalised to 1. Rendering the
+demanders of a dot and decoding returns the dot exactly (for dots in ``[0, W-1] x [0, H-1]``).
+
+Score: ``window sum / total relu mass`` in ``[0, 1]``, a scale-free confidence (the HDM
+loss normalises the heatmap, so its absolute scale is free). For a heatmap with no positive
+value the score is 0 and the coordinate is the centre of the raw argmax pixel.
+Heatmaps one pixel wide or high are zero-padded to two before the window search.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+# demander order: (fx, fy), (fx+1, fy), (fx, fy+1), (fx+1, fy+1)
+_OFFSETS = ((0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 1.0))
+
+
+def subpixel_demanders(keypoints):
+    """``(..., 2)`` dots -> ``(positions (..., 4, 2), masses (..., 4))``; numpy or torch."""
+    if isinstance(keypoints, torch.Tensor):
+        kp = keypoints if keypoints.is_floating_point() else keypoints.float()
+        base = torch.floor(kp)
+        off = torch.tensor(_OFFSETS, dtype=kp.dtype, device=kp.device)
+        pos = base[..., None, :] + off
+        d = (1.0 - (kp[..., None, :] - pos).abs()).clamp(min=0.0)
+        return pos, d[..., 0] * d[..., 1]
+    kp = np.asarray(keypoints, dtype=np.float64)
+    base = np.floor(kp)
+    pos = base[..., None, :] + np.asarray(_OFFSETS)
+    d = np.clip(1.0 - np.abs(kp[..., None, :] - pos), 0.0, None)
+    return pos, d[..., 0] * d[..., 1]
+
+
+def inside_heatmap(keypoints, heatmap_size: Sequence[int]):
+    """Mask of dots inside ``[-0.5, W-0.5] x [-0.5, H-0.5]`` (numpy)."""
+    kp = np.asarray(keypoints, dtype=np.float64)
+    w, h = float(heatmap_size[0]), float(heatmap_size[1])
+    with np.errstate(invalid="ignore"):
+        return (
+            (kp[..., 0] >= -0.5) & (kp[..., 0] <= w - 0.5)
+            & (kp[..., 1] >= -0.5) & (kp[..., 1] <= h - 0.5)
+        )
+
+
+def encode_dots(
+    keypoints: np.ndarray, weights: np.ndarray, heatmap_size: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The HDM target is the dot itself: returns ``(keypoints f32, weights f32)``.
+
+    Weights are set to 0 for dots outside ``[-0.5, W-0.5] x [-0.5, H-0.5]``.
+    """
+    kp = np.asarray(keypoints, dtype=np.float32).reshape(-1, 2).copy()
+    w = np.asarray(weights, dtype=np.float32).reshape(-1)
+    w = np.where(inside_heatmap(kp, heatmap_size), w, 0.0).astype(np.float32)
+    return kp, w
+
+
+def render_demanders(keypoint: Sequence[float], heatmap_size: Sequence[int]) -> np.ndarray:
+    """Splat one dot's demander masses into an ``(h, w)`` float64 heatmap.
+
+    Masses of demanders outside the grid are dropped (for tests and visualisation).
+    """
+    w, h = int(heatmap_size[0]), int(heatmap_size[1])
+    out = np.zeros((h, w), dtype=np.float64)
+    pos, mass = subpixel_demanders(np.asarray(keypoint, dtype=np.float64).reshape(2))
+    for (x, y), m in zip(pos, mass):
+        xi, yi = int(x), int(y)
+        if 0 <= xi < w and 0 <= yi < h:
+            out[yi, xi] += m
+    return out
+
+
+def _decode_numpy(hm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    raw = hm.astype(np.float64, copy=False)
+    b, k, h, w = raw.shape
+    r = np.maximum(raw, 0.0)
+    if h < 2 or w < 2:
+        r = np.pad(r, ((0, 0), (0, 0), (0, max(0, 2 - h)), (0, max(0, 2 - w))))
+    wp = r.shape[-1]
+    a, bb = r[..., :-1, :-1], r[..., :-1, 1:]
+    c, d = r[..., 1:, :-1], r[..., 1:, 1:]
+    sums = (a + bb + c + d).reshape(b, k, -1)
+    ww = wp - 1
+    idx = np.argmax(sums, axis=-1)
+    s = np.take_along_axis(sums, idx[..., None], -1)[..., 0]
+
+    def take(x: np.ndarray) -> np.ndarray:
+        return np.take_along_axis(x.reshape(b, k, -1), idx[..., None], -1)[..., 0]
+
+    vb, vc, vd = take(bb), take(c), take(d)
+    jx = (idx % ww).astype(np.float64)
+    iy = (idx // ww).astype(np.float64)
+    total = r.reshape(b, k, -1).sum(-1)
+    ok = s > 0
+    safe = np.where(ok, s, 1.0)
+    x = jx + (vb + vd) / safe
+    y = iy + (vc + vd) / safe
+    # no positive mass: centre of the raw argmax pixel, score 0
+    amax = np.argmax(raw.reshape(b, k, -1), axis=-1)
+    x = np.where(ok, x, (amax % w).astype(np.float64))
+    y = np.where(ok, y, (amax // w).astype(np.float64))
+    score = np.where(ok, s / np.where(total > 0, total, 1.0), 0.0)
+    return np.stack([x, y], axis=-1), np.clip(score, 0.0, 1.0)
+
+
+def _decode_torch(hm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    raw = hm if hm.is_floating_point() else hm.float()
+    b, k, h, w = raw.shape
+    r = raw.clamp(min=0)
+    if h < 2 or w < 2:
+        r = torch.nn.functional.pad(r, (0, max(0, 2 - w), 0, max(0, 2 - h)))
+    wp = r.shape[-1]
+    a, bb = r[..., :-1, :-1], r[..., :-1, 1:]
+    c, d = r[..., 1:, :-1], r[..., 1:, 1:]
+    sums = (a + bb + c + d).reshape(b, k, -1)
+    ww = wp - 1
+    s, idx = sums.max(dim=-1)
+
+    def take(x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(b, k, -1).gather(-1, idx[..., None])[..., 0]
+
+    vb, vc, vd = take(bb), take(c), take(d)
+    jx = (idx % ww).to(raw.dtype)
+    iy = torch.div(idx, ww, rounding_mode="floor").to(raw.dtype)
+    total = r.reshape(b, k, -1).sum(-1)
+    ok = s > 0
+    safe = torch.where(ok, s, torch.ones_like(s))
+    x = jx + (vb + vd) / safe
+    y = iy + (vc + vd) / safe
+    amax = raw.reshape(b, k, -1).argmax(dim=-1)
+    x = torch.where(ok, x, (amax % w).to(raw.dtype))
+    y = torch.where(ok, y, torch.div(amax, w, rounding_mode="floor").to(raw.dtype))
+    score = torch.where(ok, s / torch.where(total > 0, total, torch.ones_like(total)),
+                        torch.zeros_like(s))
+    return torch.stack([x, y], dim=-1), score.clamp(0.0, 1.0)
+
+
+def decode(heatmaps):
+    """``(B,K,h,w)`` heatmaps (numpy or torch) -> ``(coords (B,K,2), scores (B,K))``.
+
+    Returns the input's array library; numpy results are float64.
+    """
+    if isinstance(heatmaps, torch.Tensor):
+        if heatmaps.dim() != 4:
+            raise ValueError(f"heatmaps must be (B,K,h,w), got {tuple(heatmaps.shape)}")
+        return _decode_torch(heatmaps.detach())
+    hm = np.asarray(heatmaps)
+    if hm.ndim != 4:
+        raise ValueError(f"heatmaps must be (B,K,h,w), got {hm.shape}")
+    return _decode_numpy(hm)

@@ -1,0 +1,179 @@
+"""params.yaml: loading, schema validation, profile resolution and the output paths.
+
+``params.yaml`` is the single source of configuration. Snakemake, DVC and the CLI all go through
+:func:`load_params` (schema-validated, one-line errors naming the key) and :func:`resolve_run`
+(profile defaults ← architecture overrides ← run overrides), and all output locations come from
+:class:`Paths`, so the two front-ends cannot drift apart.
+"""
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from .errors import PipelineError
+
+ROOT = Path(__file__).resolve().parent.parent
+SCHEMA_PATH = ROOT / "workflow" / "schemas" / "params.schema.yaml"
+DEFAULT_PARAMS = "params.yaml"
+
+
+def _key_path(error: jsonschema.ValidationError) -> str:
+    parts = [str(p) for p in error.absolute_path]
+    return ".".join(parts) if parts else "(top level)"
+
+
+def _describe(error: jsonschema.ValidationError) -> tuple[str, str]:
+    """Turn a jsonschema error into (key, message), naming an unknown key itself."""
+    where = _key_path(error)
+    if error.validator == "additionalProperties":
+        allowed = set(error.schema.get("properties", {}))
+        extra = sorted(k for k in error.instance if k not in allowed)
+        key = f"{where}.{extra[0]}" if where != "(top level)" else extra[0]
+        return key, f"unknown key (allowed: {', '.join(sorted(allowed))})"
+    if error.validator == "required":
+        missing = [k for k in error.validator_value if k not in error.instance]
+        key = f"{where}.{missing[0]}" if where != "(top level)" else missing[0]
+        return key, "required key is missing"
+    return where, error.message
+
+
+def validate_params(params: Any, source: str = DEFAULT_PARAMS) -> dict[str, Any]:
+    """Validate a params mapping against the schema; raise a one-line :class:`PipelineError`."""
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(params), key=lambda e: (len(list(e.absolute_path)), str(e)))
+    if errors:
+        # The deepest error is usually the most specific one (allOf wraps its sub-errors).
+        best = jsonschema.exceptions.best_match(errors)
+        key, msg = _describe(best)
+        raise PipelineError(f"{source}: {key}", msg)
+    profile = params["profile"]
+    if profile not in params["profiles"]:
+        raise PipelineError(f"{source}: profile",
+                            f"{profile!r} is not a key of profiles ({', '.join(params['profiles'])})")
+    for name, run in params["runs"].items():
+        for pname, prof in params["profiles"].items():
+            if run["arch"] not in prof["archs"]:
+                raise PipelineError(f"{source}: runs.{name}.arch",
+                                    f"{run['arch']!r} is not defined in profiles.{pname}.archs")
+    for pname, prof in params["profiles"].items():
+        if prof["data"]["source"] == "synthetic" and "synthetic" not in prof["data"]:
+            raise PipelineError(f"{source}: profiles.{pname}.data.synthetic",
+                                "required when data.source is 'synthetic'")
+    return params
+
+
+def load_params(path: str | os.PathLike = DEFAULT_PARAMS, profile: str | None = None) -> dict[str, Any]:
+    """Read and validate params.yaml; ``profile`` overrides its ``profile`` switch."""
+    p = Path(path)
+    if not p.is_file():
+        raise PipelineError(str(p), "file not found")
+    try:
+        params = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise PipelineError(str(p), f"not valid YAML ({' '.join(str(exc).split())})") from None
+    if not isinstance(params, dict):
+        raise PipelineError(str(p), "must be a mapping of keys to values")
+    if profile is not None:
+        params["profile"] = profile
+    return validate_params(params, str(p))
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any] | None) -> dict[str, Any]:
+    """Recursive dict merge (``over`` wins); returns a new dict."""
+    out = copy.deepcopy(base)
+    for k, v in (over or {}).items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Every file location of one profile; Snakefile, dvc.yaml and the CLI use the same ones."""
+
+    profile: str
+
+    @property
+    def data(self) -> Path:
+        return Path("data") / self.profile
+
+    def dataset(self, name: str) -> Path:
+        return self.data / name
+
+    def manifest(self, name: str) -> Path:
+        """Written by the data stage once ``dataset(name)`` is complete and verified."""
+        return self.data / f"{name}.manifest.json"
+
+    @property
+    def results(self) -> Path:
+        return Path("results") / self.profile
+
+    @property
+    def mlflow_marker(self) -> Path:
+        return self.results / "mlflow_store.json"
+
+    def run_dir(self, run: str) -> Path:
+        return self.results / "runs" / run
+
+    def checkpoint(self, run: str) -> Path:
+        return self.run_dir(run) / "final.pth"
+
+    def eval_dir(self, run: str) -> Path:
+        return self.results / "eval" / run
+
+    def eval_metrics(self, run: str) -> Path:
+        return self.eval_dir(run) / "metrics.json"
+
+    @property
+    def reports(self) -> Path:
+        return Path("reports") / self.profile
+
+    def logs(self, name: str) -> Path:
+        return Path("logs") / self.profile / f"{name}.log"
+
+
+TABLE_FILES = [f"table{i}.{ext}" for i in range(1, 6) for ext in ("md", "tex", "csv")] + ["README.md"]
+
+
+def resolve_run(params: dict[str, Any], run: str, profile: str | None = None) -> dict[str, Any]:
+    """The complete configuration of one run under one profile (plain dict, JSON-serialisable)."""
+    profile = profile or params["profile"]
+    if run not in params["runs"]:
+        raise PipelineError("params.yaml: runs", f"no run named {run!r} (known: {', '.join(params['runs'])})")
+    prof = params["profiles"][profile]
+    spec = params["runs"][run]
+    arch = prof["archs"][spec["arch"]]
+    dataset = spec["dataset"]
+    paths = Paths(profile)
+    return {
+        "name": run,
+        "profile": profile,
+        "seed": params["seed"],
+        "device": prof["device"],
+        "dataset": dataset,
+        "arch": spec["arch"],
+        "loss": spec["loss"],
+        "model": copy.deepcopy(arch["model"]),
+        "data": {
+            **_merge(prof["datasets"][dataset], arch.get("datasets", {}).get(dataset)),
+            "root": str(paths.dataset(dataset)),
+        },
+        "train": _merge(_merge(prof["train"], arch.get("train")), spec.get("train")),
+        "hdm": _merge(prof["hdm"], spec.get("hdm")),
+        "test": copy.deepcopy(prof["test"]),
+    }
+
+
+def tracking_uri(params: dict[str, Any]) -> str:
+    """MLflow store: ``MLFLOW_TRACKING_URI`` wins over params.yaml (e.g. a server on a cluster)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or params["mlflow"]["tracking_uri"]
+
+
+def experiment_name(params: dict[str, Any], profile: str | None = None) -> str:
+    return f"{params['mlflow']['experiment']}-{profile or params['profile']}"

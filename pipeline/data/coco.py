@@ -1,0 +1,199 @@
+"""COCO keypoint annotations and person detections -> top-down person records.
+
+A record is a dict::
+
+    image_path (str), image_id (int), center (2,) f64, scale (2,) f64,
+    joints (17,2) f64 (0-based image pixels), vis (17,) f64 in {0,1},
+    box_score (float; 1.0 for ground-truth boxes), area (float), ann_id (int; -1 for detections)
+
+Ground-truth boxes (HRNet's loader): person annotations with ``iscrowd == 0`` and at least
+one labelled keypoint (``v > 0``); the box is cleaned as HRNet does — ``x1 = max(0, x)``,
+``x2 = min(W-1, x1 + max(0, w-1))`` (same for y; measured from the clipped ``x1``, as
+HRNet does, so a box clipped on the left keeps its width) — and kept when ``area > min_area`` and
+``x2 >= x1``, ``y2 >= y1``; the cleaned box is ``[x1, y1, x2-x1, y2-y1]``. ``vis = 1``
+for ``v > 0`` (HRNet's training visibility). ``area`` is the annotation's area.
+
+Detection boxes (testing): entries of ``det_file`` with ``category_id == 1`` and
+``score >= image_thre`` (HRNet keeps scores equal to the threshold); the box is used as
+is, joints are zero, ``area = w*h``. Detections on images absent from ``ann_file`` are
+skipped (so a subset annotation file selects a subset of images).
+
+Every problem with an input file is a :class:`PipelineError` naming the file (and the
+annotation id or entry index).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import PipelineError
+from ..io import read_json
+from .transforms import PIXEL_STD, box_to_center_scale
+
+NUM_JOINTS = 17
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _numbers(v: Any, n: int) -> bool:
+    return isinstance(v, (list, tuple)) and len(v) == n and all(_is_number(x) for x in v)
+
+
+def _read_coco(path: str | Path) -> dict:
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise PipelineError(str(path), "expected a COCO JSON object with an 'images' list")
+    images = data.get("images")
+    if not isinstance(images, list):
+        raise PipelineError(str(path), "missing or malformed 'images' list")
+    return data
+
+
+def _image_table(path: str | Path, data: dict) -> dict[int, dict]:
+    table: dict[int, dict] = {}
+    for i, img in enumerate(data["images"]):
+        if not isinstance(img, dict):
+            raise PipelineError(str(path), f"images[{i}] is not an object")
+        iid = img.get("id")
+        if not isinstance(iid, int) or isinstance(iid, bool):
+            raise PipelineError(str(path), f"images[{i}]: 'id' must be an integer")
+        if not isinstance(img.get("file_name"), str):
+            raise PipelineError(str(path), f"image id {iid}: 'file_name' must be a string")
+        for key in ("width", "height"):
+            if not _is_number(img.get(key)) or img[key] <= 0:
+                raise PipelineError(str(path), f"image id {iid}: '{key}' must be a positive number")
+        table[iid] = img
+    return table
+
+
+def load_image_ids(ann_or_info_file: str | Path) -> list[int]:
+    """Sorted image ids of a COCO annotation or image-info file."""
+    path = Path(ann_or_info_file)
+    return sorted(_image_table(path, _read_coco(path)))
+
+
+def _gt_records(
+    path: Path, data: dict, images: dict[int, dict], image_dir: Path,
+    aspect_ratio: float, min_area: float, pixel_std: float, padding: float,
+) -> list[dict]:
+    anns = data.get("annotations")
+    if not isinstance(anns, list):
+        raise PipelineError(str(path), "missing or malformed 'annotations' list (needed for ground-truth boxes)")
+    records: list[dict] = []
+    nk = 3 * NUM_JOINTS
+    for i, ann in enumerate(anns):
+        if not isinstance(ann, dict):
+            raise PipelineError(str(path), f"annotations[{i}] is not an object")
+        aid = ann.get("id", f"#{i}")
+        if ann.get("category_id", 1) != 1 or ann.get("iscrowd", 0):
+            continue
+        iid = ann.get("image_id")
+        if iid not in images:
+            raise PipelineError(str(path), f"annotation id {aid}: image_id {iid!r} is not in 'images'")
+        kps = ann.get("keypoints")
+        if not _numbers(kps, nk):
+            got = f"{len(kps)} values" if isinstance(kps, list) else type(kps).__name__
+            raise PipelineError(str(path), f"annotation id {aid}: 'keypoints' must be {nk} numbers (got {got})")
+        bbox = ann.get("bbox")
+        if not _numbers(bbox, 4):
+            raise PipelineError(str(path), f"annotation id {aid}: 'bbox' must be 4 numbers")
+        area = ann.get("area", bbox[2] * bbox[3])
+        if not _is_number(area):
+            raise PipelineError(str(path), f"annotation id {aid}: 'area' must be a number")
+        kp = np.asarray(kps, dtype=np.float64).reshape(NUM_JOINTS, 3)
+        vis = (kp[:, 2] > 0).astype(np.float64)
+        if vis.sum() == 0:
+            continue
+        img = images[iid]
+        width, height = float(img["width"]), float(img["height"])
+        x, y, w, h = (float(v) for v in bbox)
+        x1, y1 = max(0.0, x), max(0.0, y)
+        x2 = min(width - 1.0, x1 + max(0.0, w - 1.0))
+        y2 = min(height - 1.0, y1 + max(0.0, h - 1.0))
+        if not (float(area) > min_area and x2 >= x1 and y2 >= y1):
+            continue
+        center, scale = box_to_center_scale(
+            [x1, y1, x2 - x1, y2 - y1], aspect_ratio, pixel_std=pixel_std, padding=padding)
+        records.append({
+            "image_path": str(image_dir / img["file_name"]),
+            "image_id": int(iid),
+            "center": center,
+            "scale": scale,
+            "joints": kp[:, :2] * vis[:, None],
+            "vis": vis,
+            "box_score": 1.0,
+            "area": float(area),
+            "ann_id": int(aid) if isinstance(aid, int) else -1,
+        })
+    return records
+
+
+def _det_records(
+    det_file: Path, images: dict[int, dict], image_dir: Path, image_thre: float,
+    aspect_ratio: float, pixel_std: float, padding: float,
+) -> list[dict]:
+    dets = read_json(det_file)
+    if not isinstance(dets, list):
+        raise PipelineError(str(det_file), "expected a JSON list of detections")
+    records: list[dict] = []
+    for i, det in enumerate(dets):
+        if not isinstance(det, dict):
+            raise PipelineError(str(det_file), f"detection #{i} is not an object")
+        if det.get("category_id", 1) != 1:
+            continue
+        iid = det.get("image_id")
+        if not isinstance(iid, int) or isinstance(iid, bool):
+            raise PipelineError(str(det_file), f"detection #{i}: 'image_id' must be an integer")
+        bbox, score = det.get("bbox"), det.get("score")
+        if not _numbers(bbox, 4):
+            raise PipelineError(str(det_file), f"detection #{i} (image {iid}): 'bbox' must be 4 numbers")
+        if not _is_number(score):
+            raise PipelineError(str(det_file), f"detection #{i} (image {iid}): 'score' must be a number")
+        if score < image_thre or iid not in images:
+            continue
+        center, scale = box_to_center_scale(bbox, aspect_ratio, pixel_std=pixel_std, padding=padding)
+        records.append({
+            "image_path": str(image_dir / images[iid]["file_name"]),
+            "image_id": iid,
+            "center": center,
+            "scale": scale,
+            "joints": np.zeros((NUM_JOINTS, 2)),
+            "vis": np.zeros(NUM_JOINTS),
+            "box_score": float(score),
+            "area": float(bbox[2]) * float(bbox[3]),
+            "ann_id": -1,
+        })
+    return records
+
+
+def load_coco_people(
+    ann_file: str | Path,
+    image_dir: str | Path,
+    *,
+    aspect_ratio: float,
+    use_gt_boxes: bool = True,
+    det_file: str | Path | None = None,
+    image_thre: float = 0.0,
+    min_area: float = 0.0,
+    pixel_std: float = PIXEL_STD,
+    padding: float = 1.25,
+) -> list[dict]:
+    """Person records from ground-truth boxes (``use_gt_boxes``) or from ``det_file``.
+
+    ``ann_file`` may be an image-info file (e.g. test-dev) when detections are used.
+    ``aspect_ratio`` is the network input's width / height.
+    """
+    path = Path(ann_file)
+    data = _read_coco(path)
+    images = _image_table(path, data)
+    image_dir = Path(image_dir)
+    if use_gt_boxes:
+        return _gt_records(path, data, images, image_dir, aspect_ratio, min_area, pixel_std, padding)
+    if det_file is None:
+        raise PipelineError("det_file", "detection boxes requested (use_gt_boxes=False) but no det_file given")
+    return _det_records(Path(det_file), images, image_dir, image_thre, aspect_ratio, pixel_std, padding)

@@ -1,0 +1,151 @@
+"""Top-down pose dataset: person records -> normalised crops, targets and metadata.
+
+Each item is a dict of tensors (so ``torch.utils.data.default_collate`` batches it):
+
+============  ===================  =====================================================
+key           shape / dtype        meaning
+============  ===================  =====================================================
+image         (3,H,W) float32      crop, RGB (or BGR), ImageNet mean/std normalised
+target        (K,hh,hw) float32    Gaussian heatmaps (codec "gaussian");
+              (K,1,1) float32      zeros for codec "hdm" (the loss uses ``keypoints``)
+keypoints     (K,2) float32        joints in HEATMAP pixel coordinates (both codecs)
+weight        (K,) float32         1 if labelled and inside [-0.5,W-0.5]x[-0.5,H-0.5]
+center        (2,) float64         crop centre in the original image (after augmentation)
+scale         (2,) float64         crop scale in units of 200 px (after augmentation)
+rotation      () float64           degrees, positive = person appears counter-clockwise
+flipped       () bool              whether the crop was mirrored
+box_score     () float64           detection score (1 for ground-truth boxes)
+image_id      () int64
+area          () float64
+index         () int64             position in ``records``
+============  ===================  =====================================================
+
+Mapping ``keypoints`` back to the image: apply
+``transforms.heatmap_to_image(kp, center, scale, heatmap_size, rotation)``; if
+``flipped`` the result is in the mirrored image (``x -> img_w - 1 - x`` and left/right
+swapped), as the augmentation defines.
+
+Augmentation (``train=True``) is drawn from ``np.random.default_rng([seed, epoch, index])``,
+so it is deterministic per (seed, epoch, index) and independent of worker scheduling. Call
+:meth:`TopDownDataset.set_epoch` before each epoch (with non-persistent DataLoader workers,
+or the workers keep the epoch they were started with).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset, default_collate
+
+from ..codecs import gaussian, hdm
+from ..errors import PipelineError
+from .skeleton import JointSet
+from .transforms import (
+    affine_points, compose, default_aug_cfg, get_affine_matrix, hflip_matrix,
+    random_augment, warp,
+)
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+collate = default_collate
+
+
+def read_image(path: str, color_rgb: bool = True) -> np.ndarray:
+    """Read an image with OpenCV as HWC uint8 (RGB if ``color_rgb``, else BGR)."""
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    if img is None:
+        raise PipelineError(str(path), "cannot read image (missing file or not an image)")
+    if color_rgb:
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    return img
+
+
+class TopDownDataset(Dataset):
+    """Crops person boxes for a top-down pose network (see the module docstring)."""
+
+    def __init__(
+        self,
+        records: Sequence[dict],
+        *,
+        joint_set: JointSet,
+        input_size: Sequence[int],
+        heatmap_size: Sequence[int],
+        codec: str,
+        sigma: float = 2.0,
+        train: bool = False,
+        aug_cfg: dict | None = None,
+        color_rgb: bool = True,
+        seed: int = 0,
+    ) -> None:
+        if codec not in ("gaussian", "hdm"):
+            raise PipelineError("codec", f"unknown codec {codec!r}; choose 'gaussian' or 'hdm'")
+        self.records = list(records)
+        self.joint_set = joint_set
+        self.num_joints = joint_set.num_joints
+        self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.heatmap_size = (int(heatmap_size[0]), int(heatmap_size[1]))
+        self.codec = codec
+        self.sigma = float(sigma)
+        self.train = bool(train)
+        cfg = default_aug_cfg(joint_set)
+        cfg.update(aug_cfg or {})
+        cfg.setdefault("aspect_ratio", self.input_size[0] / self.input_size[1])
+        self.aug_cfg = cfg
+        self.color_rgb = bool(color_rgb)
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the augmentation stream of ``epoch``."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        rec = self.records[index]
+        # read as BGR; colour conversion is done on the (smaller) crop
+        img = read_image(rec["image_path"], color_rgb=False)
+        center = np.asarray(rec["center"], dtype=np.float64)
+        scale = np.asarray(rec["scale"], dtype=np.float64)
+        joints = np.asarray(rec["joints"], dtype=np.float64).reshape(self.num_joints, 2)
+        vis = np.asarray(rec["vis"], dtype=np.float64).reshape(self.num_joints)
+        rotation, flipped = 0.0, False
+        if self.train:
+            rng = np.random.default_rng([self.seed, self.epoch, int(index)])
+            center, scale, rotation, flipped, joints, vis = random_augment(
+                rng, center, scale, joints, vis, self.aug_cfg, image_width=img.shape[1])
+
+        m_in = get_affine_matrix(center, scale, rotation, self.input_size)
+        m_img = compose(m_in, hflip_matrix(img.shape[1])) if flipped else m_in
+        patch = warp(img, m_img, self.input_size)
+        if self.color_rgb:
+            patch = cv2.cvtColor(patch, cv2.COLOR_BGR2RGB)
+        image = (patch.astype(np.float32) * (1.0 / 255.0) - IMAGENET_MEAN) / IMAGENET_STD
+        image = np.ascontiguousarray(image.transpose(2, 0, 1))
+
+        kp = affine_points(joints, get_affine_matrix(center, scale, rotation, self.heatmap_size))
+        weight = ((vis > 0) & hdm.inside_heatmap(kp, self.heatmap_size)).astype(np.float32)
+        if self.codec == "gaussian":
+            target, weight = gaussian.encode(kp, weight, self.heatmap_size, self.sigma)
+        else:
+            _, weight = hdm.encode_dots(kp, weight, self.heatmap_size)
+            target = np.zeros((self.num_joints, 1, 1), dtype=np.float32)
+
+        return {
+            "image": torch.from_numpy(image),
+            "target": torch.from_numpy(target),
+            "keypoints": torch.from_numpy(kp.astype(np.float32)),
+            "weight": torch.from_numpy(np.asarray(weight, dtype=np.float32)),
+            "center": torch.from_numpy(center.copy()),
+            "scale": torch.from_numpy(scale.copy()),
+            "rotation": torch.tensor(float(rotation), dtype=torch.float64),
+            "flipped": torch.tensor(bool(flipped)),
+            "box_score": torch.tensor(float(rec.get("box_score", 1.0)), dtype=torch.float64),
+            "image_id": torch.tensor(int(rec["image_id"]), dtype=torch.int64),
+            "area": torch.tensor(float(rec.get("area", 0.0)), dtype=torch.float64),
+            "index": torch.tensor(int(index), dtype=torch.int64),
+        }

@@ -1,0 +1,81 @@
+"""The data stage: make one dataset ready under ``data/<profile>/<dataset>`` and write its manifest.
+
+``synthetic`` profiles generate the dataset (deterministic by seed, real file formats);
+``files`` profiles check that an existing copy has every file the pipeline reads, naming the
+first one missing. Either way the stage ends by writing ``data/<profile>/<dataset>.manifest.json``
+(file sizes and annotation checksums): downstream stages depend on the manifest, so Snakemake
+and DVC rerun them exactly when the data changed, and the user's own dataset folder is never
+declared as an output that a workflow engine might delete.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from .. import io
+from ..config import Paths
+from ..errors import PipelineError
+
+# What the pipeline reads, relative to the dataset root (HRNet's layout).
+REQUIRED = {
+    "coco": [
+        "annotations/person_keypoints_train2017.json",
+        "annotations/person_keypoints_val2017.json",
+        "annotations/image_info_test-dev2017.json",
+        "person_detection_results/COCO_val2017_detections_AP_H_56_person.json",
+        "person_detection_results/COCO_test-dev2017_detections_AP_H_609_person.json",
+        "images/train2017/",
+        "images/val2017/",
+        "images/test2017/",
+    ],
+    "mpii": ["annot/train.json", "annot/valid.json", "annot/gt_valid.mat", "images/"],
+}
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify(root: Path, dataset: str) -> dict[str, Any]:
+    """Check the files the pipeline needs; return the manifest entries."""
+    entries: dict[str, Any] = {}
+    for rel in REQUIRED[dataset]:
+        p = root / rel
+        if rel.endswith("/"):
+            if not p.is_dir():
+                raise PipelineError(str(p), "image folder not found")
+            entries[rel] = {"files": sum(1 for _ in p.iterdir())}
+        else:
+            if not p.is_file():
+                raise PipelineError(str(p), "file not found")
+            entries[rel] = {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+    return entries
+
+
+def prepare_dataset(params: dict[str, Any], profile: str, dataset: str, *, progress: bool = True) -> Path:
+    """Generate or verify ``dataset`` for ``profile``; returns the manifest path."""
+    prof = params["profiles"][profile]
+    paths = Paths(profile)
+    root = paths.dataset(dataset)
+    source = prof["data"]["source"]
+    summary: dict[str, Any] = {}
+    if source == "synthetic":
+        from . import synthetic
+
+        syn = prof["data"]["synthetic"]
+        kwargs = dict(seed=params["seed"], image_size=tuple(syn["image_size"]), progress=progress,
+                      **syn[dataset])
+        gen = synthetic.generate_coco if dataset == "coco" else synthetic.generate_mpii
+        if dataset == "mpii":
+            kwargs.pop("test_images", None)
+        summary = gen(root, **kwargs)
+    manifest = {"profile": profile, "dataset": dataset, "source": source, "root": str(root),
+                "summary": summary, "files": verify(root, dataset)}
+    out = paths.manifest(dataset)
+    io.write_json(out, manifest)
+    return out

@@ -1,0 +1,96 @@
+"""The paper's test protocol for one trained run, logged to the run's MLflow record.
+
+COCO: val2017 with the person detections (flip test, rescoring, OKS-NMS at 0.9) → Table 1;
+val2017 with ground-truth boxes (a detector-free reference); test-dev with its detections → the
+submission file in the COCO results format, scored when ground truth is present (synthetic data)
+→ Table 2. MPII: val with the flip test → PCKh@0.5 (Table 3).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import io
+from ..config import Paths
+from ..errors import PipelineError
+from ..metrics import coco as coco_metrics
+from ..metrics import mpii as mpii_metrics
+from ..tracking import open_run, table_tags
+from . import builders
+from .inference import coco_predictions, predict
+
+log = logging.getLogger(__name__)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise PipelineError(str(path), "checkpoint not found: run the train stage first")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # a truncated or foreign file
+        raise PipelineError(str(path), f"not a readable checkpoint ({type(exc).__name__}: {exc})") from None
+
+
+def _coco_split(net, cfg, dev, split: str, boxes: str, out_dir: Path, results_name: str,
+                progress: bool) -> dict[str, float] | None:
+    recs = builders.records(cfg, split, boxes=boxes)
+    t = cfg["test"]
+    pred = predict(net, cfg, recs, flip_test=t["flip_test"], dev=dev, batch_size=t["batch_size"],
+                   progress=progress, desc=f"{cfg['name']} {split} ({boxes} boxes)")
+    kept = coco_metrics.rescore_and_nms(coco_predictions(pred), in_vis_thre=t["in_vis_thre"],
+                                        oks_thre=t["oks_thre"])
+    results = out_dir / results_name
+    coco_metrics.write_results(kept, results)
+    gt = Path(cfg["data"]["root"]) / builders.COCO_SPLITS[split][3]
+    if not gt.is_file():
+        log.info("%s: no ground truth at %s; wrote %s for the evaluation server", split, gt, results)
+        return None
+    return coco_metrics.evaluate_keypoints(gt, results)
+
+
+def evaluate_run(cfg: dict[str, Any], *, tracking_uri: str, experiment: str, progress: bool = True) -> dict:
+    """Evaluate the run's final checkpoint; writes metrics.json and prediction files."""
+    paths = Paths(cfg["profile"])
+    ckpt = load_checkpoint(paths.checkpoint(cfg["name"]))
+    dev = builders.device(cfg)
+    if dev.type == "cpu":
+        torch.set_num_threads(cfg["train"]["threads"])
+    net = builders.model(cfg)
+    net.load_state_dict(ckpt["model"])
+    net.to(dev)
+    out_dir = paths.eval_dir(cfg["name"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metrics: dict[str, float] = {}
+    if cfg["dataset"] == "coco":
+        for key, split, boxes, fname in (
+            ("coco_val", "val", "det", f"person_keypoints_val2017_{cfg['name']}_results.json"),
+            ("coco_val_gtbox", "val", "gt", f"person_keypoints_val2017_gtbox_{cfg['name']}_results.json"),
+            ("coco_testdev", "test-dev", "det", f"person_keypoints_test-dev2017_{cfg['name']}_results.json"),
+        ):
+            stats = _coco_split(net, cfg, dev, split, boxes, out_dir, fname, progress)
+            if stats is not None:
+                metrics.update({f"{key}.{k}": v for k, v in stats.items()})
+    else:
+        recs = builders.records(cfg, "val")
+        t = cfg["test"]
+        pred = predict(net, cfg, recs, flip_test=t["flip_test"], dev=dev, batch_size=t["batch_size"],
+                       progress=progress, desc=f"{cfg['name']} val")
+        mpii_metrics.write_predictions(pred["coords"], out_dir / "pred.mat")
+        stats = mpii_metrics.pckh(pred["coords"], Path(cfg["data"]["root"]) / builders.MPII_GT_VALID)
+        metrics.update({f"mpii_val.{k}": v for k, v in stats.items()})
+
+    tags = {**table_tags(cfg["name"]), "profile": cfg["profile"], "evaluated": "true"}
+    with open_run(tracking_uri, experiment, run_name=cfg["name"], run_id=ckpt.get("mlflow_run_id")) as mlflow:
+        finite = {k: float(v) for k, v in metrics.items() if v == v}  # MLflow rejects NaN
+        mlflow.log_metrics(finite)
+        mlflow.set_tags(tags)
+        for f in sorted(out_dir.iterdir()):
+            if f.suffix in (".json", ".mat") and f.name != "metrics.json":
+                mlflow.log_artifact(str(f), artifact_path="predictions")
+        run_id = mlflow.active_run().info.run_id
+    result = {"run": cfg["name"], "profile": cfg["profile"], "mlflow_run_id": run_id, "metrics": metrics}
+    io.write_json(paths.eval_metrics(cfg["name"]), result)
+    return result

@@ -1,0 +1,16 @@
+"""One exception type for every user-facing failure.
+
+The CLI catches :class:`PipelineError` and prints its message as a single line
+(``error: <file or key>: <what is wrong>``) before exiting with status 1, so a bad
+input never ends in a traceback and always names the file or config key at fault.
+"""
+from __future__ import annotations
+
+
+class PipelineError(Exception):
+    """A problem with the user's input (file, annotation, config value)."""
+
+    def __init__(self, where: str, what: str) -> None:
+        self.where = str(where)
+        self.what = " ".join(str(what).split())  # keep it on one line
+        super().__init__(f"{self.where}: {self.what}")

@@ -1,0 +1,31 @@
+"""Pose models, one small module per family (timm style); :func:`build_model` picks one."""
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from ..errors import PipelineError
+from .hrnet import PoseHRNet
+from .simple_baseline import SimpleBaseline
+
+FAMILIES = ("simplebaseline", "hrnet")
+
+
+def build_model(model_cfg: dict[str, Any], num_joints: int) -> nn.Module:
+    """Build the model described by a resolved ``model`` config section."""
+    family = model_cfg["family"]
+    if family == "simplebaseline":
+        return SimpleBaseline(model_cfg["backbone"], num_joints,
+                              pretrained=model_cfg.get("pretrained", False),
+                              width=model_cfg.get("width", 1.0),
+                              deconv_channels=model_cfg.get("deconv_channels", 256),
+                              num_deconv=model_cfg.get("num_deconv", 3),
+                              deconv_kernel=model_cfg.get("deconv_kernel", 4))
+    if family == "hrnet":
+        return PoseHRNet(model_cfg["backbone"], num_joints, pretrained=model_cfg.get("pretrained", False),
+                         width=model_cfg.get("width", 1.0))
+    raise PipelineError("model.family", f"unknown model family {family!r} (choose from {FAMILIES})")
+
+
+__all__ = ["build_model", "SimpleBaseline", "PoseHRNet", "FAMILIES"]

@@ -1,0 +1,45 @@
+"""HRNet for pose (Sun et al., CVPR 2019): the stride-4 branch of stage 4 and a 1×1 head.
+
+timm's HRNet with ``feature_location=''`` exposes the raw multi-resolution branches; index 1
+is the highest-resolution (stride 4) branch, which equals pose-HRNet's final output
+(see shared/notes/reference-facts.md). The head is a single 1×1 convolution, as the paper's.
+"""
+from __future__ import annotations
+
+import copy
+
+import timm
+import torch
+from timm.models.hrnet import HighResolutionNetFeatures, cfg_cls
+from torch import nn
+
+
+def _narrow_hrnet(backbone: str, width: float) -> nn.Module:
+    """The same HRNet topology with every branch's channel count scaled (demo sizes)."""
+    cfg = copy.deepcopy(cfg_cls[backbone])
+    cfg["stem_width"] = max(8, int(cfg["stem_width"] * width))
+    for stage in ("stage1", "stage2", "stage3", "stage4"):
+        cfg[stage]["num_channels"] = tuple(max(4, int(c * width)) for c in cfg[stage]["num_channels"])
+    return HighResolutionNetFeatures(cfg, feature_location="", out_indices=(1,))
+
+
+class PoseHRNet(nn.Module):
+    """timm HRNet backbone (stride-4 branch) + 1×1 convolution to ``num_joints`` heatmaps."""
+
+    def __init__(self, backbone: str, num_joints: int, *, pretrained: bool = False,
+                 width: float = 1.0) -> None:
+        super().__init__()
+        if width != 1.0:
+            if pretrained:
+                raise ValueError("pretrained weights exist only for width 1.0")
+            self.backbone = _narrow_hrnet(backbone, width)
+        else:
+            self.backbone = timm.create_model(backbone, pretrained=pretrained, features_only=True,
+                                              feature_location="", out_indices=(1,))
+        in_ch = self.backbone.feature_info.channels()[0]
+        self.head = nn.Conv2d(in_ch, num_joints, kernel_size=1)
+        nn.init.normal_(self.head.weight, std=0.001)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x)[0])

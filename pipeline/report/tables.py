@@ -1,0 +1,501 @@
+"""The paper's Tables 1–5, rebuilt with this benchmark's measured numbers beside the paper's.
+
+:func:`build_tables` turns the final metrics of each run into one :class:`pandas.DataFrame` per
+table (one row per printed line, numbers in the paper's units, Δ in separate columns); the
+frames are exactly what the CSV files hold. :func:`write_tables` renders each frame as
+Markdown, LaTeX and CSV, and :func:`write_figures` plots validation curves of MSE/HDM pairs.
+
+Layout: every row of the paper's table, in the paper's order. A reference row (another
+method) is one line whose source is ``reference``. A benchmark row is two lines: ``paper``
+(the paper's numbers) and ``measured`` (this project's numbers, or "not run"). Rows compared
+with a baseline (the "+ Ours" rows, the ablation variants of Tables 4 and 5) show
+Δ = this − baseline after the main metric, on both lines: the paper line shows the paper's
+Δ, the measured line the measured one (when both runs exist).
+
+Numbers are printed with one decimal, rounded half-up; a Δ is the difference of the two
+printed numbers (the paper's convention: 76.7 − 75.0 → ↑1.7), so every table is
+self-consistent. The CSV holds the same one-decimal numbers.
+"""
+from __future__ import annotations
+
+import math
+import re
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from numbers import Real
+from pathlib import Path
+from typing import Any, Mapping
+
+import pandas as pd
+
+from ..errors import PipelineError
+from ..io import atomic_path, write_text
+from .paper_numbers import TABLES, PaperRow, PaperTable
+
+__all__ = ["build_tables", "write_tables", "write_figures", "table_title", "format_delta"]
+
+NOT_RUN = "not run"
+NOT_EVALUATED = "not evaluated"
+NA = "n/a"  # a run exists but this metric is missing / undefined
+
+# Source / status values (CSV columns "source" and "status").
+SRC_REFERENCE, SRC_PAPER, SRC_MEASURED = "reference", "paper", "measured"
+ST_REFERENCE, ST_PAPER, ST_OK, ST_PARTIAL = "reference", "paper", "ok", "partial"
+
+_INFO_COLUMNS = ["table", "paper_row", "method", "citation", "venue", "backbone", "input_size",
+                 "source", "run", "status"]
+_TRAILING_COLUMNS = ["delta_vs", "mlflow_run_id", "profile"]
+
+_MD_HEADERS = {"AP50": "AP50", "AP75": "AP75", "APM": "APM", "APL": "APL"}
+_TEX_HEADERS = {"AP50": r"AP$^{50}$", "AP75": r"AP$^{75}$", "APM": r"AP$^{M}$", "APL": r"AP$^{L}$"}
+
+_PROFILE_NOTES = {
+    "demo": "measured numbers come from demo-size models on synthetic data and are not comparable to the paper's",
+}
+
+
+# ----------------------------------------------------------------------------- helpers
+def _round1(x: float) -> float:
+    """Round half-up to one decimal on the number's shortest decimal representation."""
+    return float(Decimal(repr(float(x))).quantize(Decimal("0.1"), rounding=ROUND_HALF_UP))
+
+
+def _scaled(x: float, scale: float) -> float:
+    """``x * scale`` rounded to one decimal, without binary noise (0.7125 × 100 → 71.3)."""
+    return float((Decimal(repr(float(x))) * Decimal(repr(float(scale))))
+                 .quantize(Decimal("0.1"), rounding=ROUND_HALF_UP))
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.1f}"
+
+
+def format_delta(delta: float) -> str:
+    """"(↑1.4)", "(↓0.3)" or "(±0.0)" — the paper's notation for a gain over the baseline."""
+    d = _round1(delta)
+    if d > 0:
+        return f"(↑{_fmt(d)})"
+    if d < 0:
+        return f"(↓{_fmt(-d)})"
+    return "(±0.0)"
+
+
+def _check_profile(profile: Any) -> str:
+    if not isinstance(profile, str) or not profile.strip():
+        raise PipelineError("profile", f"must be a non-empty string, got {profile!r}")
+    return profile.strip()
+
+
+def table_title(table: PaperTable, profile: str) -> str:
+    """"Table 1 — COCO val2017 (profile: demo; measured numbers ... not comparable ...)"."""
+    profile = _check_profile(profile)
+    if profile == "paper":
+        note = ""
+    else:
+        note = "; " + _PROFILE_NOTES.get(
+            profile,
+            f"measured numbers come from the reduced '{profile}' profile and are not comparable to the paper's",
+        )
+    return f"Table {table.number} — {table.short_title} (profile: {profile}{note})"
+
+
+def _number(value: Any, where: str) -> float:
+    if isinstance(value, bool) or value is None:
+        raise PipelineError(where, f"not a number: {value!r}")
+    if isinstance(value, Real):
+        return float(value)
+    try:
+        return float(value)  # numpy scalars, numeric strings
+    except (TypeError, ValueError):
+        raise PipelineError(where, f"not a number: {value!r}") from None
+
+
+def _measured_value(table: PaperTable, run: str, metrics: Mapping[str, Any], metric: str) -> float | None:
+    """The measured value in the paper's units (one decimal), or None when missing/undefined."""
+    key = f"{table.split}.{metric}"
+    if key not in metrics:
+        return None
+    where = f"measured[{run!r}][{key!r}]"
+    x = _number(metrics[key], where)
+    if math.isnan(x):
+        return None
+    if math.isinf(x):
+        raise PipelineError(where, f"not finite: {x!r}")
+    if table.measured_scale != 1.0:
+        # COCO AP/AR: fractions in [0, 1]; pycocotools reports -1 for "no ground truth here".
+        if x < 0:
+            return None
+        if x > 1.0 + 1e-9:
+            raise PipelineError(where, f"expected a fraction in [0, 1] (it is printed ×100 here), got {x!r}")
+    else:
+        if x < -1e-9 or x > 100.0 + 1e-9:
+            raise PipelineError(where, f"expected a percentage in [0, 100], got {x!r}")
+    return _scaled(x, table.measured_scale)
+
+
+def _delta(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None:
+        return None
+    return _round1(_round1(a) - _round1(b))
+
+
+def _norm_input_size(value: Any, where: str) -> str:
+    """"64×48" / "64x48" → "64×48"; a [width, height] pair (HRNet's order) → "height×width"."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*(\d+)\s*[x×X]\s*(\d+)\s*", value)
+        return f"{m.group(1)}×{m.group(2)}" if m else value.strip()
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        w, h = (int(_number(v, where)) for v in value)
+        return f"{h}×{w}"
+    raise PipelineError(where, f"expected a string like '64×48' or a [width, height] pair, got {value!r}")
+
+
+def _check_inputs(measured: Any, run_info: Any) -> tuple[dict, dict]:
+    if measured is None:
+        measured = {}
+    if not isinstance(measured, Mapping):
+        raise PipelineError("measured", f"expected a mapping run name → metrics, got {type(measured).__name__}")
+    for run, metrics in measured.items():
+        if not isinstance(metrics, Mapping):
+            raise PipelineError(f"measured[{run!r}]", f"expected a mapping metric → value, got {type(metrics).__name__}")
+    if run_info is None:
+        run_info = {}
+    if not isinstance(run_info, Mapping):
+        raise PipelineError("run_info", f"expected a mapping run name → info, got {type(run_info).__name__}")
+    for run, info in run_info.items():
+        if not isinstance(info, Mapping):
+            raise PipelineError(f"run_info[{run!r}]", f"expected a mapping, got {type(info).__name__}")
+    return dict(measured), dict(run_info)
+
+
+# ------------------------------------------------------------------------------ build
+def _build_one(table: PaperTable, measured: dict, run_info: dict, profile: str) -> pd.DataFrame:
+    metrics = list(table.metrics)
+    # measured values per run (only the runs of this table that have at least the run entry)
+    meas: dict[str, dict[str, float | None]] = {}
+    for run in table.runs():
+        if run in measured:
+            meas[run] = {m: _measured_value(table, run, measured[run], m) for m in metrics}
+    paper_by_run = {r.run: r for r in table.rows if r.run}
+
+    records: list[dict[str, Any]] = []
+
+    def base(row: PaperRow, i: int, source: str, status: str) -> dict[str, Any]:
+        return {"table": table.number, "paper_row": i, "method": row.method, "citation": row.citation,
+                "venue": row.venue, "backbone": row.backbone if row.backbone is not None else "-",
+                "input_size": row.input_size if row.input_size is not None else "-",
+                "source": source, "run": row.run or "", "status": status}
+
+    for i, row in enumerate(table.rows, start=1):
+        if not row.is_benchmark:
+            rec = base(row, i, SRC_REFERENCE, ST_REFERENCE)
+            rec.update({m: table.value(row, m) for m in metrics})
+            rec.update({f"delta_{m}": None for m in metrics})
+            rec.update({"delta_vs": "", "mlflow_run_id": "", "profile": profile})
+            records.append(rec)
+            continue
+
+        # paper line
+        rec = base(row, i, SRC_PAPER, ST_PAPER)
+        rec.update({m: table.value(row, m) for m in metrics})
+        baseline = paper_by_run.get(row.baseline_run) if row.baseline_run else None
+        for m in metrics:
+            rec[f"delta_{m}"] = _delta(table.value(row, m), table.value(baseline, m)) if baseline else None
+        if baseline is not None and row.paper_delta is not None:
+            rec[f"delta_{table.main_metric}"] = row.paper_delta  # as printed
+        rec.update({"delta_vs": row.baseline_run or "", "mlflow_run_id": "", "profile": profile})
+        records.append(rec)
+
+        # measured line
+        info = run_info.get(row.run, {})
+        values = meas.get(row.run)
+        if values is None:
+            status = NOT_RUN
+        elif all(v is None for v in values.values()):
+            status = NOT_EVALUATED
+        elif any(v is None for v in values.values()):
+            status = ST_PARTIAL
+        else:
+            status = ST_OK
+        rec = base(row, i, SRC_MEASURED, status)
+        rec["backbone"] = str(info.get("backbone") or "")
+        rec["input_size"] = _norm_input_size(info.get("input_size"), f"run_info[{row.run!r}]['input_size']")
+        rec.update({m: (values or {}).get(m) for m in metrics})
+        base_vals = meas.get(row.baseline_run) if row.baseline_run else None
+        for m in metrics:
+            rec[f"delta_{m}"] = _delta(values.get(m), base_vals.get(m)) if (values and base_vals) else None
+        rec.update({"delta_vs": row.baseline_run or "", "mlflow_run_id": str(info.get("mlflow_run_id") or ""),
+                    "profile": profile})
+        records.append(rec)
+
+    columns = _INFO_COLUMNS + metrics + [f"delta_{m}" for m in metrics] + _TRAILING_COLUMNS
+    df = pd.DataFrame.from_records(records, columns=columns)
+    for c in metrics + [f"delta_{m}" for m in metrics]:
+        df[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")
+    df.attrs.update({
+        "table": table.number,
+        "key": table.key,
+        "profile": profile,
+        "title": table_title(table, profile),
+        "caption": table.caption,
+        "metrics": metrics,
+        "main_metric": table.main_metric,
+        "notes": list(table.notes),
+        "unit": "AP/AR ×100" if table.measured_scale != 1.0 else "PCKh@0.5 (%)",
+    })
+    return df
+
+
+def build_tables(measured: dict[str, dict[str, float]], *, profile: str,
+                 run_info: dict[str, dict] | None = None) -> dict[str, pd.DataFrame]:
+    """One DataFrame per paper table, keyed "table1" … "table5".
+
+    ``measured`` maps run name → final metrics ("coco_val.AP" … as fractions in [0, 1];
+    "mpii_val.Mean" … in percent). Runs missing from it appear as "not run"; a run present
+    without any metric of a table's split appears as "not evaluated"; a single missing or
+    undefined metric (NaN, pycocotools' -1) is "n/a". ``run_info`` (optional) maps run name →
+    {"backbone", "input_size", "mlflow_run_id"}: the backbone and input size actually used.
+
+    Each frame has one row per printed line (reference / paper / measured) with columns
+    ``table, paper_row, method, citation, venue, backbone, input_size, source, run, status``,
+    the metrics in the paper's units (one decimal; NaN = "-" or missing), ``delta_<metric>``
+    (Δ against ``delta_vs``), ``delta_vs, mlflow_run_id, profile``. Title, caption and notes
+    are in ``df.attrs``.
+    """
+    profile = _check_profile(profile)
+    measured, run_info = _check_inputs(measured, run_info)
+    return {t.key: _build_one(t, measured, run_info, profile) for t in TABLES}
+
+
+# ----------------------------------------------------------------------------- render
+def _cell_values(df: pd.DataFrame, rec: Mapping[str, Any]) -> list[str]:
+    """Metric cells of one line as display strings (unicode arrows; renderers escape them)."""
+    metrics = df.attrs["metrics"]
+    main = df.attrs["main_metric"]
+    status = rec["status"]
+    if rec["source"] == SRC_MEASURED and status in (NOT_RUN, NOT_EVALUATED):
+        return [status] * len(metrics)
+    missing = "-" if rec["source"] in (SRC_PAPER, SRC_REFERENCE) else NA
+    out = []
+    for m in metrics:
+        v = rec[m]
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            out.append(missing)
+            continue
+        s = _fmt(v)
+        if m == main:
+            d = rec[f"delta_{m}"]
+            if d is not None and not (isinstance(d, float) and math.isnan(d)):
+                s += " " + format_delta(d)
+        out.append(s)
+    return out
+
+
+def _info_cells(rec: Mapping[str, Any]) -> list[str]:
+    method = f"{rec['method']} {rec['citation']}" if rec["citation"] else rec["method"]
+    return [method, rec["venue"], rec["backbone"], rec["input_size"], rec["source"], rec["run"]]
+
+
+def _footnotes(df: pd.DataFrame) -> list[str]:
+    num = df.attrs["table"]
+    main = df.attrs["main_metric"]
+    notes = [
+        f"Paper's caption (Table {num}): {df.attrs['caption']}",
+        "Source \"paper\": the paper's numbers as printed; \"measured\": this benchmark's run of that row "
+        "(backbone and input size actually used; blank when not recorded); \"reference\": another method, "
+        "paper numbers only, not part of this benchmark. \"-\": not reported by the paper; "
+        f"\"{NOT_RUN}\": the run has no results; \"{NA}\": metric missing or undefined.",
+        f"\"(↑x)\" / \"(↓x)\" after {main}: Δ = this row − its baseline (difference of the printed numbers); "
+        "on paper lines the paper's Δ, on measured lines the measured Δ when both runs exist.",
+    ]
+    if num in (4, 5):
+        notes.append("The paper prints no Δ in this table; the Δ on paper lines is computed from its numbers.")
+    if df.attrs["unit"].startswith("AP"):
+        notes.append("Measured COCO numbers: OKS AP/AR ×100"
+                     + (" on val2017 with detected person boxes (the paper's protocol)." if num != 2 else " on test-dev2017."))
+    else:
+        notes.append("Measured MPII numbers: PCKh@0.5 in percent on the validation split.")
+    notes.extend(df.attrs.get("notes", []))
+    ids = [(r, i) for r, i in zip(df["run"], df["mlflow_run_id"]) if isinstance(i, str) and i]
+    ids = list(dict.fromkeys(ids))
+    if ids:
+        notes.append("MLflow run ids: " + "; ".join(f"{r} = {i}" for r, i in ids) + ".")
+    return notes
+
+
+def _md_escape(s: Any) -> str:
+    return str(s).replace("|", "\\|")
+
+
+def render_markdown(df: pd.DataFrame) -> str:
+    metrics = df.attrs["metrics"]
+    headers = ["Method", "Venue", "Backbone", "Input size", "Source", "Run"] + [_MD_HEADERS.get(m, m) for m in metrics]
+    lines = [f"## {df.attrs['title']}", ""]
+    lines.append("| " + " | ".join(headers) + " |")
+    lines.append("|" + "|".join(["---"] * 6 + ["---:"] * len(metrics)) + "|")
+    for rec in df.to_dict("records"):
+        info = _info_cells(rec)
+        if info[5]:
+            info[5] = f"`{info[5]}`"
+        cells = [_md_escape(c) for c in info + _cell_values(df, rec)]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.extend(f"- {_md_escape(n)}" for n in _footnotes(df))
+    return "\n".join(lines) + "\n"
+
+
+_TEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+_TEX_UNICODE = {"×": r"$\times$", "↑": r"$\uparrow$", "↓": r"$\downarrow$", "Δ": r"$\Delta$", "±": r"$\pm$",
+                "−": r"$-$", "—": "---", "–": "--", "→": r"$\rightarrow$", "…": r"\ldots{}",
+                "“": "``", "”": "''", "’": "'", "‘": "`", "≥": r"$\geq$", "≤": r"$\leq$", "·": r"$\cdot$"}
+
+
+def latex_escape(s: Any) -> str:
+    """Escape LaTeX specials and turn the unicode symbols used here into LaTeX macros."""
+    out = []
+    for ch in re.sub(r'"([^"]*)"', "\u201c\\1\u201d", str(s)):  # straight quotes → curly pairs
+        if ch in _TEX_SPECIAL:
+            out.append(_TEX_SPECIAL[ch])
+        elif ch in _TEX_UNICODE:
+            out.append(_TEX_UNICODE[ch])
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def render_latex(df: pd.DataFrame) -> str:
+    metrics = df.attrs["metrics"]
+    headers = ["Method", "Venue", "Backbone", "Input size", "Source", "Run"]
+    tex_headers = [latex_escape(h) for h in headers] + [_TEX_HEADERS.get(m, latex_escape(m)) for m in metrics]
+    lines = [
+        r"% Generated by pipeline.report.tables; needs \usepackage{booktabs}.",
+        r"\begin{table}[htbp]",
+        r"\centering",
+        r"\scriptsize",
+        r"\caption{" + latex_escape(df.attrs["title"]) + "}",
+        r"\label{tab:hdm-" + df.attrs["key"] + "}",
+        r"\begin{tabular}{" + "l" * 6 + "r" * len(metrics) + "}",
+        r"\toprule",
+        " & ".join(tex_headers) + r" \\",
+        r"\midrule",
+    ]
+    prev_source = None
+    for rec in df.to_dict("records"):
+        if prev_source == SRC_REFERENCE and rec["source"] != SRC_REFERENCE:
+            lines.append(r"\midrule")
+        prev_source = rec["source"]
+        info = [latex_escape(c) for c in _info_cells(rec)]
+        if info[5]:
+            info[5] = r"\texttt{" + info[5] + "}"
+        vals = []
+        for v in _cell_values(df, rec):
+            t = latex_escape(v)
+            vals.append(r"\textit{" + t + "}" if v in (NOT_RUN, NOT_EVALUATED, NA) else t)
+        lines.append(" & ".join(info + vals) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", r"\par\smallskip", r"\begin{minipage}{\linewidth}\scriptsize"]
+    lines += [latex_escape(n) + r"\par" for n in _footnotes(df)]
+    lines += [r"\end{minipage}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def _write_csv(df: pd.DataFrame, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False, lineterminator="\n", float_format="%.1f")
+
+
+def write_tables(tables: Mapping[str, pd.DataFrame], out_dir: Path, *, profile: str) -> list[Path]:
+    """Write ``table{N}.md``, ``.tex``, ``.csv`` for each frame and an index ``README.md``.
+
+    Every file is written atomically. Returns the paths written (README.md last).
+    """
+    profile = _check_profile(profile)
+    if not isinstance(tables, Mapping):
+        raise PipelineError("tables", f"expected the mapping returned by build_tables, got {type(tables).__name__}")
+    out_dir = Path(out_dir)
+    written: list[Path] = []
+    index: list[tuple[str, str]] = []
+    order = {t.key: t.number for t in TABLES}
+    for key in sorted(tables, key=lambda k: (order.get(k, 99), str(k))):
+        df = tables[key]
+        if not isinstance(df, pd.DataFrame) or "title" not in df.attrs or "metrics" not in df.attrs:
+            raise PipelineError(f"tables[{key!r}]", "not a table built by build_tables (missing attrs)")
+        if df.attrs.get("profile") != profile:
+            raise PipelineError(f"tables[{key!r}]",
+                                f"built for profile {df.attrs.get('profile')!r}, written for profile {profile!r}")
+        stem = df.attrs["key"]
+        md, tex, csv = out_dir / f"{stem}.md", out_dir / f"{stem}.tex", out_dir / f"{stem}.csv"
+        write_text(md, render_markdown(df))
+        write_text(tex, render_latex(df))
+        _write_csv(df, csv)
+        written += [md, tex, csv]
+        index.append((stem, df.attrs["title"]))
+
+    readme = [f"# HDM benchmark — paper tables (profile: {profile})", ""]
+    if profile != "paper":
+        readme += [f"Measured numbers come from the '{profile}' profile and are not comparable to the paper's.", ""]
+    for stem, title in index:
+        readme.append(f"- [{title}]({stem}.md) — also [{stem}.tex]({stem}.tex), [{stem}.csv]({stem}.csv)")
+    readme += ["", "Each paper row reproduced by this benchmark has a \"paper\" line and a \"measured\" line; "
+               "other methods are \"reference\" lines with the paper's numbers only."]
+    readme_path = out_dir / "README.md"
+    write_text(readme_path, "\n".join(readme) + "\n")
+    written.append(readme_path)
+    return written
+
+
+# ---------------------------------------------------------------------------- figures
+_RUN_RE = re.compile(r"^(?P<ds>[A-Za-z0-9]+)_(?P<stem>.+?)_(?P<var>mse|hdm(?:_.+)?)$")
+
+
+def write_figures(curves: Mapping[str, pd.DataFrame], out_dir: Path) -> list[Path]:
+    """Plot val metric vs epoch of MSE vs HDM runs to ``out_dir/figures/curves_<dataset>.png``.
+
+    ``curves`` maps run name → DataFrame with columns ``epoch, train_loss, val_metric``. Runs are
+    grouped by dataset (the name's first part, "coco" / "mpii") and, within it, by system
+    ("hrnet_w48"), one panel per system with one line per variant (mse, hdm, hdm_it500, ...).
+    Returns the figure paths.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups: dict[str, dict[str, list[tuple[str, pd.DataFrame]]]] = {}
+    for run, df in curves.items():
+        if not isinstance(df, pd.DataFrame):
+            raise PipelineError(f"curves[{run!r}]", f"expected a DataFrame, got {type(df).__name__}")
+        missing = [c for c in ("epoch", "val_metric") if c not in df.columns]
+        if missing:
+            raise PipelineError(f"curves[{run!r}]", f"missing column(s) {', '.join(missing)}")
+        m = _RUN_RE.match(run)
+        ds, stem, var = (m["ds"], m["stem"], m["var"]) if m else (run.split("_")[0], run, run)
+        groups.setdefault(ds, {}).setdefault(stem, []).append((var, df))
+
+    paths = []
+    for ds, systems in sorted(groups.items()):
+        n = len(systems)
+        ncols = min(n, 3)
+        nrows = math.ceil(n / ncols)
+        fig, axes = plt.subplots(nrows, ncols, figsize=(4.5 * ncols, 3.2 * nrows), squeeze=False)
+        for ax, (stem, runs) in zip(axes.flat, sorted(systems.items())):
+            for var, df in sorted(runs, key=lambda t: (t[0] != "mse", t[0])):
+                d = df.sort_values("epoch")
+                ax.plot(d["epoch"], d["val_metric"], marker="o", markersize=3, label=var,
+                        linestyle="--" if var == "mse" else "-")
+            ax.set_title(stem)
+            ax.set_xlabel("epoch")
+            ax.set_ylabel("val metric")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+        for ax in list(axes.flat)[n:]:
+            ax.set_visible(False)
+        fig.suptitle(f"{ds}: validation metric, MSE vs HDM")
+        fig.tight_layout()
+        path = Path(out_dir) / "figures" / f"curves_{ds}.png"
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths

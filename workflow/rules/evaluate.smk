@@ -1,0 +1,16 @@
+# Evaluation: the paper's test protocol on the final checkpoint, logged to the same MLflow run.
+rule evaluate:
+    input:
+        "results/{profile}/runs/{run}/final.pth",
+    output:
+        "results/{profile}/eval/{run}/metrics.json",
+    params:
+        config=run_config,
+    log:
+        "logs/{profile}/evaluate_{run}.log",
+    threads: 1
+    resources:
+        mem_mb=lambda w: 4000 if config["profiles"][w.profile]["device"] != "cuda" else 32000,
+        gpu=lambda w: 0 if config["profiles"][w.profile]["device"] == "cpu" else 1,
+    shell:
+        CLI + " evaluate --run {wildcards.run} 2> {log}"
