@@ -86,7 +86,7 @@ def train_run(cfg: dict[str, Any], *, tracking_uri: str, experiment: str, progre
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                total += float(loss) * len(batch["image"])
+                total += loss.item() * len(batch["image"])
                 count += len(batch["image"])
                 dead += int(getattr(crit, "last_dead_joints", 0))
                 bar.set_postfix(loss=f"{total / count:.4g}")

@@ -64,7 +64,7 @@ _OFFSETS = ((0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 1.0))
 # Longest bitwise cycle of the whole batch's state that the early stop recognises (a batch
 # whose joints have periods 1 and 2 has period 2; periods up to 4 cover lcm of {1, 2, 4} and
 # {1, 3}). A longer cycle just runs the full iteration count, which is always correct.
-_MAX_PERIOD = 4
+_MAX_PERIOD = 8
 
 
 def subpixel_demanders(keypoints: Tensor) -> tuple[Tensor, Tensor]:
@@ -166,8 +166,8 @@ class SinkhornResult:
     ``g``: the gauge-fixed potentials after exactly the requested number of iterations (or the
     tolerance stop); ``active``: demanders with nonzero mass; ``b``: renormalised masses;
     ``iterations_run``: updates actually computed (the early stop may skip provably idle ones);
-    ``period``: 1 for a bitwise fixed point, 2 for a bitwise 2-cycle, ..., 0 when no cycle was
-    detected (full loop, or tolerance stop); ``marginal_error``: ``max |s - b|`` at the last
+    ``period (J,)``: per joint, 1 for a bitwise fixed point, 2 for a bitwise 2-cycle, ..., 0
+    when no cycle was detected (full loop, or tolerance stop); ``marginal_error``: ``max |s - b|`` at the last
     update computed (over live joints and active demanders).
     """
 
@@ -175,7 +175,7 @@ class SinkhornResult:
     active: Tensor
     b: Tensor
     iterations_run: int
-    period: int
+    period: Tensor
     marginal_error: float
 
 
@@ -200,14 +200,19 @@ def sinkhorn_potentials(
     Early stop (``early_stop=True``), and why it returns exactly the bits of the full loop:
     the update ``g <- F(g)`` is a deterministic function of ``g`` alone (``a``, ``C``, ``b`` and
     the tensor shapes are fixed for the whole call, and every iteration runs the same vectorised
-    ops over all joints, so the float rounding is the same every time). Hence if after an update
-    the whole ``J x M`` state equals, bit for bit, the state ``p`` updates earlier, the sequence
-    is periodic with period ``p`` from there on and the iterate the full count would end on is
-    already known: ``g_n = g_{t - p + ((n - t) mod p)}``. ``p = 1`` is a float fixed point
-    (typical: tens of iterations), ``p = 2`` the rounding oscillation that also occurs; the
-    check is one ``torch.equal`` on the small state per period and iteration. Joints are never
-    dropped from the active set while iterating, because changing shapes could change rounding.
-    (On CUDA each check is a host sync; the per-iteration work is small anyway.)
+    ops over all joints, so the float rounding is the same every time). Each joint's row is
+    computed from that joint's data only (row-wise ops, per-matrix batched products), so every
+    joint follows its own deterministic sequence ``g_{t+1} = F_j(g_t)``. Hence if after update
+    ``t`` a joint's state equals, bit for bit, its state ``p`` updates earlier, its sequence is
+    periodic with period ``p`` from there on and the iterate the full count ``n`` would end on is
+    already known: ``g_n = g_{t - p + ((n - t) mod p)}`` (kept in a ring of the last
+    ``_MAX_PERIOD`` states). ``p = 1`` is a float fixed point, ``p = 2`` the rounding
+    oscillation between two neighbouring floats; longer cycles of a few ulps also occur (more
+    often in float64). Once every joint is resolved the loop stops; the special case "all
+    joints unchanged / all equal to two updates ago" is the batch-wide fixed point / 2-cycle.
+    Joints are never dropped from the computation while iterating (resolved ones keep being
+    updated with the others), because changing shapes could change the rounding. The check is
+    a handful of ops on the ``J x M`` state per iteration (on CUDA, one host sync).
 
     ``tolerance`` (opt-in, approximate): stop as soon as ``max |s_m(g) - b_m| < tolerance`` over
     live joints and active demanders, returning that ``g``.
@@ -251,12 +256,21 @@ def sinkhorn_potentials(
         return torch.matmul(a[:, None, :], q)[:, 0, :]
 
     live = a.sum(-1, keepdim=True) > 0
-    history: list[Tensor] = [_bits(g).clone()]
-    states: list[Tensor] = [g]
     iterations_run = 1
-    period = 0
     err = math.nan
     s: Tensor | None = None
+    nj = g.shape[0]
+    period = torch.zeros(nj, dtype=torch.long, device=g.device)
+    if early_stop and iterations > 1:
+        # Ring buffer of the last P states: slot t % P holds g_t.
+        big = _MAX_PERIOD + 1
+        ring_bits = torch.zeros((_MAX_PERIOD,) + g.shape, dtype=_bits(g).dtype, device=g.device)
+        ring = torch.zeros((_MAX_PERIOD,) + g.shape, dtype=dtype, device=g.device)
+        ring_bits[1 % _MAX_PERIOD] = _bits(g)
+        ring[1 % _MAX_PERIOD] = g
+        slots = torch.arange(_MAX_PERIOD, device=g.device)
+        resolved = torch.zeros(nj, dtype=torch.bool, device=g.device)
+        final = g.clone()
     for it in range(2, iterations + 1):
         s = marginal(g)
         if tolerance is not None:
@@ -268,26 +282,34 @@ def sinkhorn_potentials(
         iterations_run = it
         if not early_stop:
             continue
-        bits = _bits(g)
-        found = 0
-        for p in range(1, min(_MAX_PERIOD, len(history)) + 1):
-            if torch.equal(bits, history[-p]):
-                found = p
-                break
-        if found:
-            period = found
-            # states[-p] == g_t; the full loop would end on g_{t-p+((n-t) mod p)}.
-            g = states[-found + (iterations - it) % found]
+        # Per joint: smallest lag p <= P with g_t == g_{t-p} bitwise (t - p >= 1).
+        lag = (it - slots) % _MAX_PERIOD
+        lag = torch.where(lag == 0, _MAX_PERIOD, lag)
+        valid = (it - lag) >= 1
+        same = (ring_bits == _bits(g)[None]).all(-1) & valid[:, None]
+        p = torch.where(same, lag[:, None], big).amin(0)
+        hit = (p < big) & ~resolved
+        # The full loop would end on g_{t - p + ((n - t) mod p)} for this joint.
+        p_safe = torch.where(hit, p, 1)
+        src = (it - p_safe + (iterations - it) % p_safe) % _MAX_PERIOD
+        pick = ring.gather(0, src[None, :, None].expand(1, nj, g.shape[1]))[0]
+        final = torch.where(hit[:, None], pick, final)
+        period = torch.where(hit, p, period)
+        resolved = resolved | hit
+        if bool(resolved.all()):
+            g = final
             break
-        history.append(bits.clone())
-        states.append(g)
-        if len(history) > _MAX_PERIOD:
-            history.pop(0)
-            states.pop(0)
+        ring_bits[it % _MAX_PERIOD] = _bits(g)
+        ring[it % _MAX_PERIOD] = g
+    else:
+        if early_stop and iterations > 1:
+            # Loop ran to the end: resolved joints take their predicted final state (equal to
+            # the current one by construction), the others are already at g_n.
+            g = torch.where(resolved[:, None], final, g)
     if s is not None and tolerance is None:
         err = float(torch.where(active & live, (s - b).abs(), zero).amax())
-    return SinkhornResult(g=g, active=active, b=b, iterations_run=iterations_run, period=period,
-                          marginal_error=err)
+    return SinkhornResult(g=g, active=active, b=b, iterations_run=iterations_run,
+                          period=period, marginal_error=err)
 
 
 def transport_plan(positions: Tensor, active: Tensor, g: Tensor, height: int, width: int,

@@ -1,0 +1,117 @@
+"""params.yaml: schema validation with one-line errors, profile resolution, the CLI's error path."""
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import Paths, load_params, resolve_run, validate_params
+from pipeline.errors import PipelineError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def params():
+    return load_params(ROOT / "params.yaml")
+
+
+def test_every_run_resolves_in_every_profile(params):
+    for profile in params["profiles"]:
+        for run in params["runs"]:
+            cfg = resolve_run(params, run, profile)
+            assert cfg["profile"] == profile and cfg["name"] == run
+            assert cfg["data"]["root"] == f"data/{profile}/{cfg['dataset']}"
+            w, h = cfg["data"]["input_size"]
+            hw, hh = cfg["data"]["heatmap_size"]
+            assert w / hw == h / hh == 4, (profile, run)  # every model has output stride 4
+            assert w % 32 == 0 and h % 32 == 0
+
+
+def test_overrides_merge_in_order(params):
+    # arch override (paper ResNet-152: 140 epochs, BGR) and run override (Table 5 iterations)
+    cfg = resolve_run(params, "coco_simplebaseline_mse", "paper")
+    assert cfg["train"]["epochs"] == 140 and cfg["train"]["lr_steps"] == [90, 120]
+    assert cfg["data"]["color_rgb"] is False and cfg["data"]["rot_factor"] == 40
+    assert cfg["train"]["lr"] == 0.001  # inherited from the profile
+    assert resolve_run(params, "coco_hrnet_w48_hdm_it500", "paper")["hdm"] == \
+        {"epsilon": 1.0, "iterations": 500, "demanders": "subpixel"}
+    assert resolve_run(params, "coco_hrnet_w48_hdm_naive", "demo")["hdm"]["demanders"] == "naive"
+    assert resolve_run(params, "coco_hrnet_w48_mse", "paper")["train"]["batch_size"] == 24
+
+
+def test_paper_profile_holds_the_paper_settings(params):
+    cfg = resolve_run(params, "coco_hrnet_w32_hdm", "paper")
+    assert cfg["data"]["input_size"] == [288, 384] and cfg["data"]["heatmap_size"] == [72, 96]
+    assert cfg["hdm"] == {"epsilon": 1.0, "iterations": 1000, "demanders": "subpixel"}
+    assert cfg["train"]["epochs"] == 210 and cfg["train"]["lr_steps"] == [170, 200]
+    mp = resolve_run(params, "mpii_hrnet_w32_mse", "paper")
+    assert mp["data"]["input_size"] == [256, 256] and mp["data"]["sigma"] == 2.0
+
+
+@pytest.mark.parametrize("mutate, key", [
+    (lambda p: p["profiles"]["demo"]["train"].__setitem__("epochs", "three"), "profiles.demo.train.epochs"),
+    (lambda p: p["profiles"]["demo"]["train"].__setitem__("epoks", 3), "profiles.demo.train.epoks"),
+    (lambda p: p["profiles"]["demo"]["hdm"].__setitem__("demanders", "fancy"), "profiles.demo.hdm.demanders"),
+    (lambda p: p.__setitem__("profile", "nope"), "profile"),
+    (lambda p: p["runs"]["coco_hrnet_w32_mse"].__setitem__("loss", "l1"), "runs.coco_hrnet_w32_mse.loss"),
+    (lambda p: p["runs"]["coco_hrnet_w32_mse"].__setitem__("arch", "vit"), "runs.coco_hrnet_w32_mse.arch"),
+    (lambda p: p["profiles"]["demo"]["datasets"]["coco"].pop("sigma"), "profiles.demo.datasets.coco.sigma"),
+    (lambda p: p["profiles"]["paper"]["archs"]["hrnet_w48"]["train"].__setitem__("batch_size", 0),
+     "profiles.paper.archs.hrnet_w48.train.batch_size"),
+    (lambda p: p.__setitem__("foo", 1), "foo"),
+])
+def test_invalid_params_name_the_key(params, mutate, key):
+    bad = copy.deepcopy(params)
+    mutate(bad)
+    with pytest.raises(PipelineError) as err:
+        validate_params(bad)
+    msg = str(err.value)
+    assert f": {key}:" in msg and "\n" not in msg
+
+
+def run_cli(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=cwd, capture_output=True, text=True)
+
+
+def test_cli_reports_an_invalid_value_in_one_line(tmp_path, params):
+    bad = copy.deepcopy(params)
+    bad["profiles"]["demo"]["train"]["lr"] = -1
+    f = tmp_path / "params.yaml"
+    f.write_text(yaml.safe_dump(bad))
+    res = run_cli("--params", str(f), "validate")
+    assert res.returncode == 1
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "profiles.demo.train.lr" in lines[0] and lines[0].startswith("error: ")
+
+
+def test_cli_missing_params_file(tmp_path):
+    res = run_cli("--params", str(tmp_path / "nope.yaml"), "validate")
+    assert res.returncode == 1 and "nope.yaml: file not found" in res.stderr
+
+
+def test_snakemake_stops_on_invalid_params_before_any_job(tmp_path, params):
+    import shutil
+
+    for name in ("Snakefile", "workflow", "pipeline"):
+        src = ROOT / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
+    bad = copy.deepcopy(params)
+    bad["profiles"]["demo"]["hdm"]["iterations"] = 0
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(bad))
+    res = subprocess.run([str(Path(sys.executable).parent / "snakemake"), "-n"], cwd=tmp_path,
+                         capture_output=True, text=True)
+    assert res.returncode != 0
+    assert "profiles.demo.hdm.iterations" in res.stderr + res.stdout
+    assert not (tmp_path / "data").exists() and not (tmp_path / "results").exists()
+
+
+def test_paths_are_per_profile():
+    p = Paths("demo")
+    assert str(p.checkpoint("x")) == "results/demo/runs/x/final.pth"
+    assert str(p.eval_metrics("x")) == "results/demo/eval/x/metrics.json"
+    assert str(p.manifest("coco")) == "data/demo/coco.manifest.json"
