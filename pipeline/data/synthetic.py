@@ -24,7 +24,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import cv2
 import numpy as np
@@ -344,7 +344,6 @@ def _facing(body: _Body3D, yaw_rot: np.ndarray) -> dict[str, float]:
 # ----------------------------------------------------------------------------------------------
 
 Prim = tuple  # ("capsule", p1, p2, r1, r2) | ("poly", pts) | ("ellipse", c, (ax, ay), angle) | ("line", p1, p2, w)
-Color = "tuple[int, int, int] | int"
 
 
 def _fx(p: np.ndarray) -> tuple[int, int]:
@@ -725,7 +724,7 @@ def _annotate(person: _Person, label: int, owner: np.ndarray) -> None:
     person.mpii = np.concatenate([mxy, m_in[:, None].astype(float)], axis=1)
 
 
-def render_scene(rng: np.random.Generator, width: int, height: int, max_people: int,
+def _render_scene(rng: np.random.Generator, width: int, height: int, max_people: int,
                  style: _Style = _COCO_STYLE) -> tuple[np.ndarray, list[_Person]]:
     """Draw one image; return it (BGR uint8) with its annotated people in draw order."""
     img = _background(rng, width, height)
@@ -874,7 +873,7 @@ def _render_coco_split(root: Path, seed: int, split: str, base: int, n: int, wid
     images, anns = [], []
     for i in tqdm(range(n), desc=f"synthetic coco {split}", disable=not progress, leave=False):
         rng = _image_rng(seed, "coco", split, i)
-        img, people = render_scene(rng, width, height, max_people, _COCO_STYLE)
+        img, people = _render_scene(rng, width, height, max_people, _COCO_STYLE)
         image_id = base + i
         name = f"{image_id:012d}.jpg"
         _write_jpeg(image_dir / name, img)
@@ -972,7 +971,7 @@ def _render_mpii_split(root: Path, seed: int, split: str, base: int, n: int, wid
     records: list[_MpiiRecord] = []
     for i in tqdm(range(n), desc=f"synthetic mpii {split}", disable=not progress, leave=False):
         rng = _image_rng(seed, "mpii", split, i)
-        img, people = render_scene(rng, width, height, max_people, _MPII_STYLE)
+        img, people = _render_scene(rng, width, height, max_people, _MPII_STYLE)
         name = f"{base + i:09d}.jpg"
         _write_jpeg(root / "images" / name, img)
         for person in people:

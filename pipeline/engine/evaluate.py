@@ -80,7 +80,8 @@ def evaluate_run(cfg: dict[str, Any], *, tracking_uri: str, experiment: str, pro
                        progress=progress, desc=f"{cfg['name']} val")
         mpii_metrics.write_predictions(pred["coords"], out_dir / "pred.mat")
         stats = mpii_metrics.pckh(pred["coords"], Path(cfg["data"]["root"]) / builders.MPII_GT_VALID)
-        metrics.update({f"mpii_val.{k}": v for k, v in stats.items()})
+        # MLflow metric names allow no "@": "Mean@0.1" is logged as "Mean_at_0.1".
+        metrics.update({f"mpii_val.{k.replace('@', '_at_')}": v for k, v in stats.items()})
 
     tags = {**table_tags(cfg["name"]), "profile": cfg["profile"], "evaluated": "true"}
     with open_run(tracking_uri, experiment, run_name=cfg["name"], run_id=ckpt.get("mlflow_run_id")) as mlflow:
@@ -91,6 +92,8 @@ def evaluate_run(cfg: dict[str, Any], *, tracking_uri: str, experiment: str, pro
             if f.suffix in (".json", ".mat") and f.name != "metrics.json":
                 mlflow.log_artifact(str(f), artifact_path="predictions")
         run_id = mlflow.active_run().info.run_id
-    result = {"run": cfg["name"], "profile": cfg["profile"], "mlflow_run_id": run_id, "metrics": metrics}
+    # Strict JSON (DVC reads it): undefined metrics (no person of that size) become null.
+    result = {"run": cfg["name"], "profile": cfg["profile"], "mlflow_run_id": run_id,
+              "metrics": {k: (v if v == v else None) for k, v in metrics.items()}}
     io.write_json(paths.eval_metrics(cfg["name"]), result)
     return result

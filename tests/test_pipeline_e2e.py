@@ -1,0 +1,155 @@
+"""End to end on the tiny `smoke` profile: Snakemake runs data → MLflow → train → evaluate →
+report in a scratch copy of the project; a second run has nothing to do; bad inputs stop with one
+line naming the file and leave no output behind."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+RUNS = ["coco_hrnet_w32_mse", "coco_hrnet_w32_hdm", "mpii_hrnet_w32_hdm"]
+
+
+def _copy_project(dst: Path) -> None:
+    for name in ("Snakefile", "params.yaml", "workflow", "pipeline"):
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, dst / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(src, dst / name)
+    (dst / "profiles").symlink_to("workflow/profiles")
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A scratch copy set to the smoke profile with three runs, after one full Snakemake run."""
+    d = tmp_path_factory.mktemp("project")
+    _copy_project(d)
+    params = yaml.safe_load((d / "params.yaml").read_text())
+    params["profile"] = "smoke"
+    params["runs"] = {k: v for k, v in params["runs"].items() if k in RUNS}
+    (d / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{d / 'store' / 'mlflow.db'}"}
+    first = subprocess.run([str(BIN / "snakemake"), "--cores", "2"], cwd=d, env=env, capture_output=True,
+                           text=True, timeout=900)
+    return d, env, first
+
+
+def test_snakemake_builds_every_table(project):
+    d, env, first = project
+    assert first.returncode == 0, first.stderr[-3000:]
+    for i in range(1, 6):
+        for ext in ("md", "tex", "csv"):
+            assert (d / "reports" / "smoke" / f"table{i}.{ext}").is_file()
+    t1 = (d / "reports" / "smoke" / "table1.md").read_text()
+    assert "profile: smoke" in t1
+    # measured rows for the runs that ran, "not run" for the others
+    import pandas as pd
+
+    csv = pd.read_csv(d / "reports" / "smoke" / "table1.csv")
+    measured = csv[csv["source"] == "measured"].set_index("run")
+    # "partial": a size range without people in the tiny val set leaves APL undefined
+    assert measured.loc["coco_hrnet_w32_mse", "status"] in ("ok", "partial")
+    assert measured.loc["coco_hrnet_w32_hdm", "status"] in ("ok", "partial")
+    assert measured.loc["coco_simplebaseline_mse", "status"] == "not run"
+    assert 0.0 <= measured.loc["coco_hrnet_w32_hdm", "AP"] <= 100.0
+    t3 = pd.read_csv(d / "reports" / "smoke" / "table3.csv")
+    row = t3[(t3["source"] == "measured") & (t3["run"] == "mpii_hrnet_w32_hdm")].iloc[0]
+    assert row["status"] in ("ok", "partial") and 0.0 <= row["Mean"] <= 100.0
+
+
+def test_outputs_per_run(project):
+    d, env, _ = project
+    for run in RUNS:
+        assert (d / "results/smoke/runs" / run / "final.pth").is_file()
+        assert (d / "results/smoke/runs" / run / "checkpoints/epoch_002.pth").is_file()
+        assert (d / "results/smoke/runs" / run / "train.log").read_text().count("epoch ") >= 2
+        text = (d / "results/smoke/eval" / run / "metrics.json").read_text()
+        assert "NaN" not in text  # strict JSON for DVC
+        metrics = json.loads(text)["metrics"]
+        key = "mpii_val.Mean" if run.startswith("mpii") else "coco_val.AP"
+        assert key in metrics
+    sub = d / "results/smoke/eval/coco_hrnet_w32_hdm/person_keypoints_test-dev2017_coco_hrnet_w32_hdm_results.json"
+    entries = json.loads(sub.read_text())
+    assert entries and set(entries[0]) == {"image_id", "category_id", "keypoints", "score"}
+    assert (d / "logs/smoke/train_coco_hrnet_w32_hdm.log").is_file()
+
+
+def test_mlflow_has_every_run_with_curves(project):
+    d, env, _ = project
+    import mlflow
+
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    df = mlflow.search_runs(experiment_names=["hdm-benchmark-smoke"])
+    assert sorted(df["tags.mlflow.runName"]) == sorted(RUNS)
+    assert set(df["status"]) == {"FINISHED"} and set(df["tags.evaluated"]) == {"true"}
+    row = df[df["tags.mlflow.runName"] == "coco_hrnet_w32_hdm"].iloc[0]
+    assert row["params.hdm.iterations"] == "1000" and row["tags.tables"] == "1,2"
+    client = mlflow.tracking.MlflowClient()
+    assert [m.step for m in client.get_metric_history(row["run_id"], "val_AP")] == [1, 2]
+    assert [m.step for m in client.get_metric_history(row["run_id"], "train_loss")] == [1, 2]
+    assert "metrics.coco_testdev.AP" in df.columns
+
+
+def test_second_run_has_nothing_to_do(project):
+    d, env, first = project
+    assert first.returncode == 0
+    again = subprocess.run([str(BIN / "snakemake"), "--cores", "2"], cwd=d, env=env, capture_output=True,
+                           text=True, timeout=300)
+    assert again.returncode == 0
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def _cli(d: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=d, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_malformed_annotation_stops_training_without_output(project, tmp_path):
+    d, env, _ = project
+    work = tmp_path / "w"
+    work.mkdir()
+    _copy_project(work)
+    shutil.copy(d / "params.yaml", work / "params.yaml")
+    shutil.copytree(d / "data", work / "data")
+    shutil.copytree(d / "store", work / "store")
+    ann = work / "data/smoke/coco/annotations/person_keypoints_train2017.json"
+    data = json.loads(ann.read_text())
+    data["annotations"][0]["keypoints"] = data["annotations"][0]["keypoints"][:-3]
+    ann.write_text(json.dumps(data))
+    res = _cli(work, env, "train", "--run", "coco_hrnet_w32_mse")
+    assert res.returncode == 1
+    err = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert len(err) == 1 and "person_keypoints_train2017.json" in err[0] and "keypoints" in err[0]
+    assert not (work / "results/smoke/runs/coco_hrnet_w32_mse/final.pth").exists()
+
+    ann.write_text("{ not json")
+    res = _cli(work, env, "train", "--run", "coco_hrnet_w32_mse")
+    assert res.returncode == 1 and "person_keypoints_train2017.json" in res.stderr.strip().splitlines()[-1]
+
+
+def test_missing_dataset_file_stops_the_data_stage(project, tmp_path):
+    d, env, _ = project
+    work = tmp_path / "w"
+    work.mkdir()
+    _copy_project(work)
+    params = yaml.safe_load((d / "params.yaml").read_text())
+    params["profiles"]["smoke"]["data"]["source"] = "files"  # verify an existing copy instead
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    shutil.copytree(d / "data/smoke/mpii", work / "data/smoke/mpii")
+    (work / "data/smoke/mpii/annot/gt_valid.mat").unlink()
+    res = _cli(work, env, "data", "--dataset", "mpii")
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines()[-1] == "error: data/smoke/mpii/annot/gt_valid.mat: file not found"
+    assert not (work / "data/smoke/mpii.manifest.json").exists()
+    # evaluation without a checkpoint names the checkpoint
+    res = _cli(work, env, "evaluate", "--run", "mpii_hrnet_w32_hdm")
+    assert res.returncode == 1 and "final.pth: checkpoint not found" in res.stderr
