@@ -69,7 +69,7 @@ def prepare_dataset(params: dict[str, Any], profile: str, dataset: str, *, progr
 
         syn = prof["data"]["synthetic"]
         kwargs = dict(seed=params["seed"], image_size=tuple(syn["image_size"]), progress=progress,
-                      **syn[dataset])
+                      difficulty=syn["difficulty"], **syn[dataset])
         gen = synthetic.generate_coco if dataset == "coco" else synthetic.generate_mpii
         if dataset == "mpii":
             kwargs.pop("test_images", None)

@@ -103,6 +103,17 @@ class _Style:
     height_range: tuple[float, float]   # standing height / image height
     truncate_prob: float                # chance a person is placed partly out of frame
     occluder_prob: float                # chance of an occluder aimed at one person
+    difficulty: float = 1.0             # 0..1: scales clutter, pose range, roll, truncation, occlusion
+
+
+def _with_difficulty(style: _Style, d: float) -> _Style:
+    """The style at difficulty ``d`` (1 = the full variety above; 0 = big, upright, unoccluded people
+    on sparse clutter). Every aspect keeps some variety at any ``d``; the demo uses an intermediate
+    value so a demo-size model learns something measurable in a few CPU minutes."""
+    lo, hi = style.height_range
+    return _Style(height_range=(hi - (hi - lo) * (0.4 + 0.6 * d), hi),
+                  truncate_prob=style.truncate_prob * d, occluder_prob=style.occluder_prob * d,
+                  difficulty=d)
 
 
 _COCO_STYLE = _Style(height_range=(0.25, 0.9), truncate_prob=0.3, occluder_prob=0.45)
@@ -202,10 +213,12 @@ def _pose_crouching(rng: np.random.Generator) -> _Pose:
 
 _POSE_KINDS = (_pose_standing, _pose_walking, _pose_active, _pose_sitting, _pose_crouching)
 _POSE_PROBS = (0.38, 0.17, 0.21, 0.13, 0.11)
+_EASY_POSE_PROBS = (0.55, 0.3, 0.15, 0.0, 0.0)
 
 
-def _sample_pose(rng: np.random.Generator) -> _Pose:
-    return _POSE_KINDS[int(rng.choice(len(_POSE_KINDS), p=_POSE_PROBS))](rng)
+def _sample_pose(rng: np.random.Generator, difficulty: float = 1.0) -> _Pose:
+    probs = [(1 - difficulty) * e + difficulty * p for e, p in zip(_EASY_POSE_PROBS, _POSE_PROBS)]
+    return _POSE_KINDS[int(rng.choice(len(_POSE_KINDS), p=probs))](rng)
 
 
 def _sample_build(rng: np.random.Generator) -> _Build:
@@ -224,7 +237,7 @@ def _sample_build(rng: np.random.Generator) -> _Build:
     )
 
 
-def _sample_view(rng: np.random.Generator) -> tuple[float, float]:
+def _sample_view(rng: np.random.Generator, difficulty: float = 1.0) -> tuple[float, float]:
     """Body yaw (0 = facing the camera) and in-plane roll, both in degrees."""
     r = rng.random()
     if r < 0.45:
@@ -234,9 +247,9 @@ def _sample_view(rng: np.random.Generator) -> tuple[float, float]:
     else:
         yaw = _u(rng, 0, 360)
     r = rng.random()
-    if r < 0.75:
+    if r < 1 - 0.25 * difficulty:
         roll = _n(rng, 0, 6)
-    elif r < 0.96:
+    elif r < 1 - 0.04 * difficulty:
         roll = _u(rng, -45, 45)
     else:
         roll = _u(rng, -180, 180)
@@ -549,9 +562,9 @@ class _Person:
 
 def _place_person(rng: np.random.Generator, width: int, height: int, style: _Style) -> _Person:
     """Pose a figure, then scale, rotate and translate it into the frame (maybe truncated)."""
-    pose, build, pal = _sample_pose(rng), _sample_build(rng), _sample_palette(rng)
+    pose, build, pal = _sample_pose(rng, style.difficulty), _sample_build(rng), _sample_palette(rng)
     body = _build_body(pose, build, rng)
-    yaw, roll = _sample_view(rng)
+    yaw, roll = _sample_view(rng, style.difficulty)
     yaw_rot = _ry(yaw)
     cam = body.points @ yaw_rot.T
     a = math.radians(roll)
@@ -728,7 +741,8 @@ def _render_scene(rng: np.random.Generator, width: int, height: int, max_people:
                  style: _Style = _COCO_STYLE) -> tuple[np.ndarray, list[_Person]]:
     """Draw one image; return it (BGR uint8) with its annotated people in draw order."""
     img = _background(rng, width, height)
-    _draw_clutter(rng, img, int(rng.integers(4, 16)))
+    d = style.difficulty
+    _draw_clutter(rng, img, int(rng.integers(max(1, round(4 * d)), max(2, round(16 * d)))))
     n_people = int(rng.integers(1, max_people + 1))
     people = [_place_person(rng, width, height, style) for _ in range(n_people)]
     keys = [p.height * _u(rng, 0.7, 1.3) for p in people]
@@ -867,13 +881,14 @@ def _check_args(where: str, image_size: Sequence[int], counts: dict[str, int], m
 
 
 def _render_coco_split(root: Path, seed: int, split: str, base: int, n: int, width: int, height: int,
-                       max_people: int, progress: bool) -> tuple[list[dict], list[dict]]:
+                       max_people: int, progress: bool, style: _Style = _COCO_STYLE
+                       ) -> tuple[list[dict], list[dict]]:
     image_dir = root / "images" / split
     image_dir.mkdir(parents=True)
     images, anns = [], []
     for i in tqdm(range(n), desc=f"synthetic coco {split}", disable=not progress, leave=False):
         rng = _image_rng(seed, "coco", split, i)
-        img, people = _render_scene(rng, width, height, max_people, _COCO_STYLE)
+        img, people = _render_scene(rng, width, height, max_people, style)
         image_id = base + i
         name = f"{image_id:012d}.jpg"
         _write_jpeg(image_dir / name, img)
@@ -892,7 +907,7 @@ def _split_summary(images: list[dict], anns: list[dict]) -> dict:
 
 
 def generate_coco(out_dir: Path, *, seed: int, image_size: tuple[int, int], train_images: int, val_images: int,
-                  test_images: int, max_people: int, progress: bool = True) -> dict:
+                  test_images: int, max_people: int, difficulty: float = 1.0, progress: bool = True) -> dict:
     """Write a synthetic COCO person-keypoints dataset (HRNet layout) under ``out_dir``, atomically.
 
     Returns summary counts per split (images, people, labelled and occluded keypoints) and the
@@ -900,6 +915,8 @@ def generate_coco(out_dir: Path, *, seed: int, image_size: tuple[int, int], trai
     """
     counts = {"train_images": train_images, "val_images": val_images, "test_images": test_images}
     width, height = _check_args("generate_coco", image_size, counts, max_people)
+    if not 0.0 <= float(difficulty) <= 1.0:
+        raise PipelineError("generate_coco", f"difficulty must be in [0, 1], got {difficulty}")
     sizes = {"train2017": train_images, "val2017": val_images, "test2017": test_images}
     summary: dict = {}
     with atomic_path(out_dir) as root:
@@ -908,7 +925,7 @@ def generate_coco(out_dir: Path, *, seed: int, image_size: tuple[int, int], trai
         splits = {}
         for split, base in _COCO_SPLITS:
             splits[split] = _render_coco_split(root, seed, split, base, int(sizes[split]), width, height,
-                                               int(max_people), progress)
+                                               int(max_people), progress, _with_difficulty(_COCO_STYLE, difficulty))
             summary[split] = _split_summary(*splits[split])
         for split, ann_name in (("train2017", "person_keypoints_train2017.json"),
                                 ("val2017", "person_keypoints_val2017.json"),
@@ -967,11 +984,11 @@ def _head_length(person: _Person) -> float:
 
 
 def _render_mpii_split(root: Path, seed: int, split: str, base: int, n: int, width: int, height: int,
-                       max_people: int, progress: bool) -> list[_MpiiRecord]:
+                       max_people: int, progress: bool, style: _Style = _MPII_STYLE) -> list[_MpiiRecord]:
     records: list[_MpiiRecord] = []
     for i in tqdm(range(n), desc=f"synthetic mpii {split}", disable=not progress, leave=False):
         rng = _image_rng(seed, "mpii", split, i)
-        img, people = _render_scene(rng, width, height, max_people, _MPII_STYLE)
+        img, people = _render_scene(rng, width, height, max_people, style)
         name = f"{base + i:09d}.jpg"
         _write_jpeg(root / "images" / name, img)
         for person in people:
@@ -999,13 +1016,15 @@ def _write_gt_mat(path: Path, records: list[_MpiiRecord]) -> None:
 
 
 def generate_mpii(out_dir: Path, *, seed: int, image_size: tuple[int, int], train_images: int, val_images: int,
-                  max_people: int, progress: bool = True) -> dict:
+                  max_people: int, difficulty: float = 1.0, progress: bool = True) -> dict:
     """Write a synthetic MPII dataset (HRNet's converted layout) under ``out_dir``, atomically.
 
     Returns summary counts per split (images, people, labelled joints).
     """
     counts = {"train_images": train_images, "val_images": val_images}
     width, height = _check_args("generate_mpii", image_size, counts, max_people)
+    if not 0.0 <= float(difficulty) <= 1.0:
+        raise PipelineError("generate_mpii", f"difficulty must be in [0, 1], got {difficulty}")
     sizes = {"train": int(train_images), "valid": int(val_images)}
     summary: dict = {}
     with atomic_path(out_dir) as root:
@@ -1013,7 +1032,7 @@ def generate_mpii(out_dir: Path, *, seed: int, image_size: tuple[int, int], trai
         (root / "annot").mkdir()
         for split, base in _MPII_SPLITS:
             records = _render_mpii_split(root, seed, split, base, sizes[split], width, height,
-                                         int(max_people), progress)
+                                         int(max_people), progress, _with_difficulty(_MPII_STYLE, difficulty))
             _dump_json(root / "annot" / f"{split}.json", [r.entry for r in records])
             if split == "valid":
                 _write_gt_mat(root / "annot" / "gt_valid.mat", records)

@@ -82,7 +82,8 @@ def loss(cfg: dict[str, Any]) -> nn.Module:
     if cfg["loss"] == "mse":
         return JointsMSELoss(use_target_weight=True)
     h = cfg["hdm"]
-    return HDMLoss(epsilon=h["epsilon"], iterations=h["iterations"], demanders=h["demanders"])
+    return HDMLoss(epsilon=h["epsilon"], iterations=h["iterations"], demanders=h["demanders"],
+                   dead_joints=h["dead_joints"])
 
 
 def device(cfg: dict[str, Any]) -> torch.device:

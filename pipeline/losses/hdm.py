@@ -16,6 +16,7 @@ from .sinkhorn import naive_demanders, sinkhorn_transport_cost, subpixel_demande
 
 _DEMANDERS = ("subpixel", "naive")
 _REDUCTIONS = ("mean", "sum", "none")
+_DEAD_JOINTS = ("zero", "softmax")
 
 
 class HDMLoss(nn.Module):
@@ -31,6 +32,13 @@ class HDMLoss(nn.Module):
             of the pixel holding the dot, Table 4; its plan is forced: ``L = sum_n a_n C_n``).
         reduction: ``"mean"`` (over the batch of per-sample sums, Eq. 5), ``"sum"``, or
             ``"none"`` (the ``[B, K]`` weighted per-joint losses).
+        dead_joints: what a weighted joint whose ``relu(h)`` has no positive pixel contributes.
+            ``"zero"`` (default; Eq. 3 is undefined there): 0 with zero gradient. ``"softmax"``:
+            the same transport cost with the suppliers ``softmax(h)`` over the pixels, whose
+            gradient lifts the heatmap near the dot until it has positive mass again. Training
+            from scratch needs it: with ``"zero"`` a network lowers its loss by switching
+            heatmaps off entirely (loss 0, no gradient ever again), and measured on the demo
+            most heatmaps were dead within two epochs. Live joints are unaffected.
 
     After each forward: ``last_dead_joints`` (weighted joints whose ``relu(h)`` has no positive
     pixel; they contribute 0 with zero gradient, and a training loop can report them) and
@@ -38,10 +46,12 @@ class HDMLoss(nn.Module):
     """
 
     def __init__(self, epsilon: float = 1.0, iterations: int = 1000, tolerance: float | None = None,
-                 demanders: str = "subpixel", reduction: str = "mean") -> None:
+                 demanders: str = "subpixel", reduction: str = "mean", dead_joints: str = "zero") -> None:
         super().__init__()
         if demanders not in _DEMANDERS:
             raise ValueError(f"demanders must be one of {_DEMANDERS}, got {demanders!r}")
+        if dead_joints not in _DEAD_JOINTS:
+            raise ValueError(f"dead_joints must be one of {_DEAD_JOINTS}, got {dead_joints!r}")
         if reduction not in _REDUCTIONS:
             raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
         if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) \
@@ -57,6 +67,7 @@ class HDMLoss(nn.Module):
         self.tolerance = None if tolerance is None else float(tolerance)
         self.demanders = demanders
         self.reduction = reduction
+        self.dead_joints = dead_joints
         self.last_dead_joints: int = 0
         self.last_iterations_run: int = 0
         # Private switch for tests: run every iteration even when the state is provably stuck.
@@ -64,10 +75,11 @@ class HDMLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"epsilon={self.epsilon}, iterations={self.iterations}, tolerance={self.tolerance}, "
-                f"demanders={self.demanders!r}, reduction={self.reduction!r}")
+                f"demanders={self.demanders!r}, reduction={self.reduction!r}, dead_joints={self.dead_joints!r}")
 
     def forward(self, heatmaps: Tensor, keypoints: Tensor, weights: Tensor) -> Tensor:
-        """``heatmaps [B, K, H, W]``, ``keypoints [B, K, 2]`` as ``(x, y)`` heatmap pixels, ``weights [B, K]``.
+        """``heatmaps [B, K, H, W]``, ``keypoints [B, K, 2]`` as ``(x, y)`` heatmap pixels, ``weights [B, K]``
+        (``[B, K, 1]`` is accepted too).
 
         Joints with weight 0 are removed before any arithmetic, so their keypoints may be
         NaN/inf/off the grid and their heatmaps anything: they contribute exactly 0 and get a
@@ -80,7 +92,7 @@ class HDMLoss(nn.Module):
         bsz, k, height, width = heatmaps.shape
         if tuple(keypoints.shape) != (bsz, k, 2):
             raise ValueError(f"keypoints must be [B, K, 2] = {(bsz, k, 2)}, got {tuple(keypoints.shape)}")
-        if tuple(weights.shape) != (bsz, k):
+        if tuple(weights.shape) not in ((bsz, k), (bsz, k, 1)):  # [B, K, 1]: HRNet's target_weight
             raise ValueError(f"weights must be [B, K] = {(bsz, k)}, got {tuple(weights.shape)}")
         dtype = torch.float64 if heatmaps.dtype == torch.float64 else torch.float32
         hm = heatmaps.reshape(bsz * k, height * width).to(dtype)
@@ -88,23 +100,23 @@ class HDMLoss(nn.Module):
         kp = keypoints.reshape(-1, 2).to(device=hm.device, dtype=dtype)
 
         idx = torch.nonzero(w != 0).reshape(-1)
-        out = torch.zeros(bsz * k, dtype=dtype, device=hm.device)
+        # Zeros attached to the graph (an empty slice's sum), so that a batch with no weighted
+        # joint still gives a loss that can be backpropagated (with zero gradient, even if
+        # some heatmap holds NaN).
+        out = torch.zeros(bsz * k, dtype=dtype, device=hm.device) + hm.reshape(-1)[:0].sum()
         self.last_dead_joints = 0
         self.last_iterations_run = 0
         if idx.numel() > 0:
             h_used, kp_used, w_used = hm.index_select(0, idx), kp.index_select(0, idx), w.index_select(0, idx)
             if not bool(torch.isfinite(kp_used).all()):
                 raise ValueError("keypoints must be finite for joints with nonzero weight")
-            if self.demanders == "naive":
-                per_joint, dead = self._naive(h_used, kp_used, height, width)
-            else:
-                pos, mass = subpixel_demanders(kp_used)
-                info: dict = {}
-                per_joint = sinkhorn_transport_cost(h_used, pos, mass, height, width, self.epsilon,
-                                                    self.iterations, self.tolerance, self._early_stop, info)
-                dead = info["dead"]
-                self.last_iterations_run = int(info["iterations_run"])
+            per_joint, dead = self._per_joint(h_used, kp_used, height, width)
             self.last_dead_joints = int((dead & (w_used > 0)).sum())
+            if self.dead_joints == "softmax" and self.last_dead_joints > 0:
+                sel = torch.nonzero(dead & (w_used > 0)).reshape(-1)
+                soft = torch.softmax(h_used.index_select(0, sel), dim=-1)
+                revived, _ = self._per_joint(soft, kp_used.index_select(0, sel), height, width)
+                per_joint = per_joint.index_copy(0, sel, revived)
             out = out.index_copy(0, idx, per_joint * w_used)
         out = out.reshape(bsz, k)
         if self.reduction == "none":
@@ -112,6 +124,17 @@ class HDMLoss(nn.Module):
         if self.reduction == "sum":
             return out.sum()
         return out.sum(1).mean()
+
+    def _per_joint(self, h: Tensor, kp: Tensor, height: int, width: int) -> tuple[Tensor, Tensor]:
+        """Per-joint transport cost ``[J]`` and the dead mask ``[J]`` of flattened heatmaps ``[J, N]``."""
+        if self.demanders == "naive":
+            return self._naive(h, kp, height, width)
+        pos, mass = subpixel_demanders(kp)
+        info: dict = {}
+        per_joint = sinkhorn_transport_cost(h, pos, mass, height, width, self.epsilon,
+                                            self.iterations, self.tolerance, self._early_stop, info)
+        self.last_iterations_run = max(self.last_iterations_run, int(info["iterations_run"]))
+        return per_joint, info["dead"]
 
     @staticmethod
     def _naive(h: Tensor, kp: Tensor, height: int, width: int) -> tuple[Tensor, Tensor]:
@@ -121,7 +144,7 @@ class HDMLoss(nn.Module):
         that their loss and gradient are exactly 0 rather than NaN.
         """
         pos, _ = naive_demanders(kp)
-        cost = transport_cost(pos, height, width)[..., 0]
+        cost = transport_cost(pos, height, width)[:, 0, :]
         r = torch.relu(h)
         total = r.sum(-1)
         dead = ~(total > 0)
