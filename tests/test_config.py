@@ -39,7 +39,8 @@ def test_overrides_merge_in_order(params):
     assert cfg["data"]["color_rgb"] is False and cfg["data"]["rot_factor"] == 40
     assert cfg["train"]["lr"] == 0.001  # inherited from the profile
     assert resolve_run(params, "coco_hrnet_w48_hdm_it500", "paper")["hdm"] == \
-        {"epsilon": 1.0, "iterations": 500, "demanders": "subpixel", "dead_joints": "softmax"}
+        {"epsilon": 1.0, "iterations": 500, "demanders": "subpixel", "dead_joints": "softmax",
+         "center_heatmaps": True}
     assert resolve_run(params, "coco_hrnet_w48_hdm_naive", "demo")["hdm"]["demanders"] == "naive"
     assert resolve_run(params, "coco_hrnet_w48_mse", "paper")["train"]["batch_size"] == 24
 
@@ -47,7 +48,8 @@ def test_overrides_merge_in_order(params):
 def test_paper_profile_holds_the_paper_settings(params):
     cfg = resolve_run(params, "coco_hrnet_w32_hdm", "paper")
     assert cfg["data"]["input_size"] == [288, 384] and cfg["data"]["heatmap_size"] == [72, 96]
-    assert cfg["hdm"] == {"epsilon": 1.0, "iterations": 1000, "demanders": "subpixel", "dead_joints": "softmax"}
+    assert cfg["hdm"] == {"epsilon": 1.0, "iterations": 1000, "demanders": "subpixel", "dead_joints": "softmax",
+         "center_heatmaps": True}
     assert cfg["train"]["epochs"] == 210 and cfg["train"]["lr_steps"] == [170, 200]
     mp = resolve_run(params, "mpii_hrnet_w32_mse", "paper")
     assert mp["data"]["input_size"] == [256, 256] and mp["data"]["sigma"] == 2.0

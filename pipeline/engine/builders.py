@@ -16,7 +16,7 @@ from ..data.dataset import TopDownDataset
 from ..data.mpii import load_mpii_people
 from ..data.skeleton import COCO, MPII, JointSet
 from ..losses import HDMLoss, JointsMSELoss
-from ..models import build_model
+from ..models import CenteredHeatmaps, build_model
 
 COCO_SPLITS = {
     # split: (annotation or image-info file, image folder, detection file, ground truth for scoring)
@@ -75,7 +75,10 @@ def dataset(cfg: dict[str, Any], recs: list[dict], *, train: bool) -> TopDownDat
 
 
 def model(cfg: dict[str, Any]) -> nn.Module:
-    return build_model(cfg["model"], joint_set(cfg).num_joints)
+    net = build_model(cfg["model"], joint_set(cfg).num_joints)
+    if cfg["loss"] == "hdm" and cfg["hdm"]["center_heatmaps"]:
+        net = CenteredHeatmaps(net)
+    return net
 
 
 def loss(cfg: dict[str, Any]) -> nn.Module:

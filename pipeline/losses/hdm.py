@@ -117,6 +117,7 @@ class HDMLoss(nn.Module):
                 soft = torch.softmax(h_used.index_select(0, sel), dim=-1)
                 revived, _ = self._per_joint(soft, kp_used.index_select(0, sel), height, width)
                 per_joint = per_joint.index_copy(0, sel, revived)
+
             out = out.index_copy(0, idx, per_joint * w_used)
         out = out.reshape(bsz, k)
         if self.reduction == "none":

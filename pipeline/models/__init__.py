@@ -6,6 +6,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import PipelineError
+from .heads import CenteredHeatmaps
 from .hrnet import PoseHRNet
 from .simple_baseline import SimpleBaseline
 
@@ -28,4 +29,4 @@ def build_model(model_cfg: dict[str, Any], num_joints: int) -> nn.Module:
     raise PipelineError("model.family", f"unknown model family {family!r} (choose from {FAMILIES})")
 
 
-__all__ = ["build_model", "SimpleBaseline", "PoseHRNet", "FAMILIES"]
+__all__ = ["build_model", "CenteredHeatmaps", "SimpleBaseline", "PoseHRNet", "FAMILIES"]

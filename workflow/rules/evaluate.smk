@@ -11,6 +11,6 @@ rule evaluate:
     threads: 1
     resources:
         mem_mb=lambda w: 4000 if config["profiles"][w.profile]["device"] != "cuda" else 32000,
-        gpu=lambda w: 0 if config["profiles"][w.profile]["device"] == "cpu" else 1,
+        gpu=lambda w: 1 if config["profiles"][w.profile]["device"] == "cuda" else 0,
     shell:
         CLI + " evaluate --run {wildcards.run} 2> {log}"
