@@ -26,11 +26,11 @@ def predict(net: nn.Module, cfg: dict[str, Any], recs: list[dict], *, flip_test:
     codec = get_codec(builders.codec_name(cfg))
     flip_index = builders.joint_set(cfg).flip_index()
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=cfg["train"]["workers"])
-    net.eval()
+    net.eval().to(memory_format=torch.channels_last)
     coords, scores, centers, scales = [], [], [], []
     box_scores, areas, image_ids = [], [], []
     for batch in tqdm(loader, desc=desc, disable=not progress, leave=False, mininterval=2.0):
-        images = batch["image"].to(dev, non_blocking=True)
+        images = batch["image"].to(dev, non_blocking=True, memory_format=torch.channels_last)
         heat = net(images).float()
         if flip_test:
             heat_f = net(flip_codec.flip_image_batch(images)).float()
