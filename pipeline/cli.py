@@ -6,6 +6,7 @@ Stages (each writes its outputs atomically and can be run by hand):
   mlflow-init  create the MLflow store and the profile's experiment, once, before parallel jobs
   train        train one run                 evaluate  evaluate one run
   report       write Tables 1–5 and figures  runs      list the run names
+  bench        benchmarks (``bench loss``: the HDM loss engine) -> reports/benchmarks/*.json
 A bad input stops with one line, ``error: <file or key>: <problem>``, and exit status 1.
 """
 from __future__ import annotations
@@ -98,6 +99,21 @@ def cmd_report(args, params) -> None:
     print(f"wrote {len(written)} files to {Paths(profile).reports}/")
 
 
+def cmd_bench(args, params) -> None:
+    from .bench import run_loss_benchmark
+    from .bench.loss import parse_size
+
+    if args.what == "loss":
+        try:
+            sizes = None if args.sizes is None else dict(parse_size(s) for s in args.sizes)
+        except ValueError as exc:
+            raise PipelineError("--sizes", str(exc)) from None
+        if args.threads is not None and args.threads < 1:
+            raise PipelineError("--threads", f"must be >= 1, got {args.threads}")
+        run_loss_benchmark(sizes=sizes, threads=args.threads, repeats=max(1, args.repeats),
+                           out_dir=Path(args.out_dir), params=params, profile=params["profile"])
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -116,6 +132,14 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--run", required=True, help="a key of params.yaml's runs")
         s.set_defaults(func=func)
     sub.add_parser("report", help="write Tables 1-5 and figures").set_defaults(func=cmd_report)
+    b = sub.add_parser("bench", help="benchmarks: speed and memory against a reference, JSON in reports/benchmarks/")
+    b.add_argument("what", choices=["loss"], help="loss: the HDM loss engine against a naive autograd Sinkhorn")
+    b.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's setting)")
+    b.add_argument("--sizes", nargs="+", default=None, metavar="HxW",
+                   help="heatmap sizes, e.g. demo 64x48 96x72 (the default)")
+    b.add_argument("--repeats", type=int, default=3, help="timed repetitions per measurement (median)")
+    b.add_argument("--out-dir", default="reports/benchmarks", help="output folder (default: reports/benchmarks)")
+    b.set_defaults(func=cmd_bench)
     return p
 
 

@@ -508,3 +508,33 @@ def test_dead_joints_softmax_revives_without_touching_live_joints():
     assert g[2, 3] < 0 < g[7, 0]  # descent raises the pixel under the dot (3.2, 1.7), lowers a far one
     with pytest.raises(ValueError, match="dead_joints"):
         HDMLoss(dead_joints="maybe")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_chunking_of_joints_does_not_change_the_result(dtype: torch.dtype, monkeypatch) -> None:
+    """The solver works on chunks of joints sized for the cache; one chunk or many agree, and the
+    early stop stays bit-exact with many chunks (each stopping on its own)."""
+    from pipeline.losses import sinkhorn as sk
+
+    torch.manual_seed(16)
+    hm = torch.randn(3, 5, 12, 10, dtype=dtype)
+    kp = torch.rand(3, 5, 2, dtype=dtype) * torch.tensor([9.0, 11.0], dtype=dtype)
+    w = torch.ones(3, 5, dtype=dtype)
+    out = {}
+    for name, budget, heatmaps in (("one", 1 << 30, 1 << 10), ("many", 1, 1)):
+        monkeypatch.setattr(sk, "_CHUNK_BYTES", budget)
+        monkeypatch.setattr(sk, "_CHUNK_HEATMAPS", heatmaps)
+        assert len(sk._chunk_slices(15, 4, 120, hm.element_size(), hm.device)) == (1 if name == "one" else 15)
+        res = []
+        for early in (True, False):
+            fn = HDMLoss(iterations=300, reduction="none")
+            fn._early_stop = early
+            x = hm.clone().requires_grad_(True)
+            loss = fn(x, kp, w)
+            loss.sum().backward()
+            res.append((loss.detach(), x.grad))
+        assert torch.equal(res[0][0], res[1][0]) and torch.equal(res[0][1], res[1][1])
+        out[name] = res[0]
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(out["one"][0], out["many"][0], rtol=tol, atol=0)
+    torch.testing.assert_close(out["one"][1], out["many"][1], rtol=tol, atol=tol * float(out["one"][1].abs().max()))

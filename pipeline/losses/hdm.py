@@ -107,7 +107,10 @@ class HDMLoss(nn.Module):
         self.last_dead_joints = 0
         self.last_iterations_run = 0
         if idx.numel() > 0:
-            h_used, kp_used, w_used = hm.index_select(0, idx), kp.index_select(0, idx), w.index_select(0, idx)
+            if idx.numel() == hm.shape[0]:  # every joint weighted: no copy of the heatmaps
+                h_used, kp_used, w_used = hm, kp, w
+            else:
+                h_used, kp_used, w_used = hm.index_select(0, idx), kp.index_select(0, idx), w.index_select(0, idx)
             if not bool(torch.isfinite(kp_used).all()):
                 raise ValueError("keypoints must be finite for joints with nonzero weight")
             per_joint, dead = self._per_joint(h_used, kp_used, height, width)

@@ -22,22 +22,30 @@ for the derivations. Why it is organised this way:
   ``Cmin_n = min_m C[m, n]`` changes nothing and bounds the exponents to ``[-spread/eps, 0]``
   where ``spread`` is the demander set's diameter (``sqrt 2`` for adjacent demanders). The
   factors ``E[m, n] = exp(-(C[m, n] - Cmin_n)/eps)`` are therefore computed once per call and
-  each iteration is two contractions over the pixels, with no per-iteration ``exp`` on
-  ``J x M x N``. The plain kernel ``exp(-C/eps)`` would underflow in float32 beyond costs of
-  ~87 eps. When ``spread/eps`` is so large that ``E`` itself could underflow (tiny ``eps``), a
-  log-domain path (a softmax per pixel and per iteration) is used instead.
+  the iterated state is ``u_m = exp(g_m/eps)`` (largest active entry 1): each iteration is the
+  plain Sinkhorn step ``u <- b / E^T (a / E u)``, two batched matrix-vector products over the
+  pixels and no ``exp`` or ``log`` at all. The plain kernel ``exp(-C/eps)`` would underflow in
+  float32 beyond costs of ~87 eps. When ``spread/eps`` is so large that ``E`` itself could
+  underflow (tiny ``eps``), a log-domain path (a softmax per pixel and per iteration, on ``g``)
+  is used instead.
+* **Chunks of joints.** The joints are solved in chunks whose ``E``, ``C`` and plan fit
+  :data:`_CHUNK_BYTES` (16 MB): the ~tens of iterations of a chunk then stream from cache
+  rather than from main memory, each chunk stops as soon as its own joints are resolved, and
+  the ``J x M x N`` temporaries never exist for the whole batch.
 * **Counting iterations like POT.** Iteration 1 is the demander update from zero supplier
   potentials, ``g = eps (log b - LSE_n(-C[m, n]/eps))`` (standard Sinkhorn from ``u = 1``);
   iterations 2.. are ``g_m += eps (log b_m - log s_m(g))``. So ``iterations = n`` reproduces
   ``ot.sinkhorn2(a, b, M, reg=eps, method="sinkhorn_log", numItermax=n, stopThr=0)``.
 * **Gauge.** ``q`` is invariant to adding a constant to ``g``; after every update the largest
-  active potential is subtracted, so the state cannot drift and float fixed points exist.
+  active potential is subtracted (``u`` divided by its largest entry), so the state cannot
+  drift and float fixed points exist.
 * **Zero-mass demanders** (dot exactly on a grid line) are removed: their factor ``u_m = 0``,
   their potential is held at 0 and they are excluded from the gradient system.
-* **Backward without iterates.** Implicit differentiation at the fixed point needs one
-  ``(M-1) x (M-1)`` solve per joint; only ``h`` and ``g`` (and the demanders) are saved, so the
-  memory kept between forward and backward is ``O(J*N)``; the ``J x M x N`` temporaries are
-  rebuilt from coordinates in the backward.
+* **Gradient without iterates.** Implicit differentiation at the fixed point needs one
+  ``(M-1) x (M-1)`` solve per joint. It is evaluated in the forward, per chunk, while the
+  chunk's plan and costs are in memory (only when ``h`` requires a gradient), and the resulting
+  ``J x N`` gradient is the only tensor kept for the backward: memory is ``O(J*N)`` plus one
+  chunk, independent of the iteration count.
 """
 from __future__ import annotations
 
@@ -68,6 +76,17 @@ _OFFSETS = ((0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 1.0))
 # joints and rarely above 15. A joint with a longer cycle just makes the loop run the full
 # count, which is always correct.
 _MAX_PERIOD = 64
+# The early stop compares the state with the ring every this many updates (a cycle is then
+# found at most this many updates late; the comparison costs a dozen small ops).
+_CHECK_EVERY = 4
+# Working set of one chunk of joints (E, C, the plan and a few J x N rows), in bytes: on CPU
+# ~16 MB keeps a chunk's iterations in cache (measured on a 2-core EPYC with 32 MB L3: 4 MB
+# chunks pay more in per-op overhead than they gain, whole batches stream from memory); on a
+# GPU, launches dominate and big chunks win. Capped at _CHUNK_HEATMAPS times the size of the
+# J x N input, so that the extra memory stays a small multiple of it for small heatmaps too.
+_CHUNK_BYTES = 16 << 20
+_CHUNK_BYTES_GPU = 512 << 20
+_CHUNK_HEATMAPS = 6
 
 
 def subpixel_demanders(keypoints: Tensor) -> tuple[Tensor, Tensor]:
@@ -179,11 +198,12 @@ class SinkhornResult:
 
     ``g (J, M)``: the gauge-fixed potentials after exactly the requested number of iterations
     (or the tolerance stop); ``active``: demanders with nonzero mass; ``b``: renormalised masses;
-    ``iterations_run``: updates actually computed (the early stop skips provably idle ones);
-    ``period (J,)``: per joint, 1 for a bitwise fixed point, 2 for a bitwise 2-cycle, ..., 0 when
-    no cycle was detected (full loop, or tolerance stop); ``marginal_error``: ``max |s - b|``
-    over live joints and active demanders at the last update computed; ``factor_path``: which
-    numerical path ran (the backward must rebuild ``q`` the same way).
+    ``iterations_run``: updates actually computed (the early stop skips provably idle ones; the
+    largest count over the joint chunks); ``period (J,)``: per joint, 1 for a bitwise fixed point,
+    2 for a bitwise 2-cycle, ..., 0 when no cycle was detected (full loop, or tolerance stop);
+    ``marginal_error``: ``max |s - b|`` over live joints and active demanders at the last update
+    computed; ``factor_path``: which numerical path ran (the backward must rebuild ``q`` the
+    same way).
     """
 
     g: Tensor
@@ -193,6 +213,150 @@ class SinkhornResult:
     period: Tensor
     marginal_error: float
     factor_path: bool
+
+
+@dataclass
+class _Chunk:
+    """Solver state of one chunk of joints, with its kernel and cost still in memory.
+
+    ``x``: the iterated state, ``u = exp(g/eps)`` (largest active entry exactly 1, inactive 0)
+    on the factor path, ``g`` on the log-domain path. ``kern``: ``E`` (factor path) or the
+    exponent ``-(C - Cmin)/eps``; ``cost``: ``C``.
+    """
+
+    x: Tensor
+    active: Tensor
+    b: Tensor
+    iterations_run: int
+    period: Tensor
+    marginal_error: float
+    kern: Tensor
+    cost: Tensor
+
+    def potentials(self, epsilon: float, factor_path: bool) -> Tensor:
+        if not factor_path:
+            return self.x
+        return torch.where(self.active, epsilon * torch.log(self.x), torch.zeros_like(self.x))
+
+
+def _chunk_slices(nj: int, nm: int, n: int, itemsize: int, device: torch.device) -> list[slice]:
+    """Equal chunks of joints whose working set (``E``, ``C``, ``q`` and row temporaries) fits
+    :data:`_CHUNK_BYTES` (:data:`_CHUNK_BYTES_GPU` off the CPU) and ``_CHUNK_HEATMAPS`` times the
+    ``J x N`` input. The split depends on the shapes only, so repeated calls round alike."""
+    per_joint = (3 * nm + 4) * n * itemsize
+    budget = min(_CHUNK_BYTES if device.type == "cpu" else _CHUNK_BYTES_GPU, _CHUNK_HEATMAPS * nj * n * itemsize)
+    size = max(1, min(nj, budget // per_joint))
+    count = -(-nj // size)
+    size = -(-nj // count)  # balance: equal chunks (the last may be shorter)
+    return [slice(i, min(i + size, nj)) for i in range(0, nj, size)]
+
+
+def _solve_chunk(a: Tensor, pos: Tensor, masses: Tensor, height: int, width: int, eps: float,
+                 iterations: int, tolerance: float | None, early_stop: bool, factor_path: bool) -> _Chunk:
+    """Sinkhorn on one chunk of joints (see :func:`sinkhorn_potentials` for the contract)."""
+    dtype = a.dtype
+    active, b = _prepare_masses(masses)
+    cost = transport_cost(pos, height, width)
+    kern, cmin = _kernel(cost, eps, factor_path)
+    zero = torch.zeros((), dtype=dtype, device=a.device)
+    tiny = torch.finfo(dtype).tiny
+    live = a.sum(-1, keepdim=True) > 0
+
+    # Iteration 1 (POT's first v-update, from zero supplier potentials): v = b / sum_n K[m, n],
+    # computed stably with c0 = min_n Cmin_n and e_n = exp(-(Cmin_n - c0)/eps) <= 1 (1 at the
+    # nearest pixel): sum_n K[m, n] = exp(-c0/eps) sum_n e_n E[m, n], the common factor dropping
+    # out in the gauge.
+    c0 = cmin.amin(-1, keepdim=True)
+    if factor_path:
+        e = torch.exp((c0 - cmin) / eps)
+        x = b / torch.bmm(e[:, None, :], kern.transpose(1, 2))[:, 0, :]
+        x = x.div_(x.amax(-1, keepdim=True))
+        del e
+        logb = None
+    else:
+        logb = torch.log(torch.where(active, b, torch.ones_like(b)))
+        lse = torch.logsumexp(kern - (cmin / eps)[:, None, :], dim=2)
+        x = _gauge(eps * (logb - lse), active)
+    del cmin, c0
+
+    def update(x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(F(x), r)``: the next state, and ``r`` with column marginals ``s(x) = marginals(x, r)``."""
+        if factor_path:
+            # v <- b / K^T (a / K v), as two batched matrix-vector products over the pixels.
+            denom = torch.bmm(x[:, None, :], kern)[:, 0, :]  # (c, N), >= exp(-spread/eps)
+            ratio = torch.div(a, denom, out=denom)
+            w = torch.bmm(ratio[:, None, :], kern.transpose(1, 2))[:, 0, :]  # (c, M), > 0
+            nxt = b / w  # exactly 0 for inactive demanders (b = 0)
+            return nxt.div_(nxt.amax(-1, keepdim=True)), w
+        q = _plan_from_kernel(kern, x, active, eps, factor_path=False)
+        s = torch.bmm(q, a[..., None])[..., 0]
+        step = torch.where(active, logb - torch.log(s.clamp_min(tiny)), zero)
+        return _gauge(x + eps * step, active), s
+
+    def marginals(x: Tensor, r: Tensor) -> Tensor:
+        return x * r if factor_path else r
+
+    def max_error(s: Tensor) -> float:
+        return float(torch.where(active & live, (s - b).abs(), zero).amax())
+
+    nj, nm = x.shape
+    iterations_run = 1
+    err = math.nan
+    last: tuple[Tensor, Tensor] | None = None  # (x, r) of the last update computed
+    period = torch.zeros(nj, dtype=torch.long, device=x.device)
+    track = early_stop and iterations > 1
+    if track:
+        # Ring of the last P states: slot t % P holds x_t; lags 1..P-1 are compared with x_t.
+        ring_p = _MAX_PERIOD + 1
+        ring = torch.zeros((ring_p, nj, nm), dtype=dtype, device=x.device)
+        ring_bits = _bits(ring)
+        ring[1 % ring_p] = x
+        lags_all = torch.arange(1, ring_p, device=x.device)
+        resolved = torch.zeros(nj, dtype=torch.bool, device=x.device)
+        final = x.clone()
+    tolerance_stop = False
+    for it in range(2, iterations + 1):
+        nxt, r = update(x)
+        last = (x, r)
+        if tolerance is not None:
+            err = max_error(marginals(x, r))
+            if err < tolerance:
+                tolerance_stop = True
+                break
+        x = nxt
+        iterations_run = it
+        if not track:
+            continue
+        ring[it % ring_p] = x
+        if it % _CHECK_EVERY:
+            continue
+        # Per joint: the smallest lag p with x_t == x_{t-p} bit for bit (t - p >= 1).
+        lags = lags_all[:min(ring_p - 1, it - 1)]
+        same = (ring_bits[(it - lags) % ring_p] == _bits(x)[None]).all(-1)
+        p = torch.where(same, lags[:, None], ring_p).amin(0)
+        hit = (p < ring_p) & ~resolved
+        # That joint's full loop would end on x_{t - p + ((n - t) mod p)}, still in the ring.
+        p1 = torch.where(hit, p, 1)
+        src = (it - p1 + (iterations - it) % p1) % ring_p
+        pick = ring.gather(0, src[None, :, None].expand(1, nj, nm))[0]
+        final = torch.where(hit[:, None], pick, final)
+        period = torch.where(hit, p, period)
+        resolved = resolved | hit
+        if bool(resolved.all()):
+            break
+    if track and not tolerance_stop:
+        # Resolved joints take their predicted x_n (if the loop ran to n, it equals the current
+        # state by periodicity); unresolved ones can only remain if the loop ran to n.
+        x = torch.where(resolved[:, None], final, x)
+    if last is not None and tolerance is None:
+        err = max_error(marginals(*last))
+    return _Chunk(x=x, active=active, b=b, iterations_run=iterations_run, period=period,
+                  marginal_error=err, kern=kern, cost=cost)
+
+
+def _max_error(errors: list[float]) -> float:
+    finite = [e for e in errors if not math.isnan(e)]
+    return max(finite) if finite else math.nan
 
 
 @torch.no_grad()
@@ -213,119 +377,51 @@ def sinkhorn_potentials(
     joints any valid row, e.g. uniform, and discard their result). ``positions (J, M, 2)``,
     ``masses (J, M)``: the demanders.
 
+    The joints are processed in chunks sized so that a chunk's ``E`` and ``C`` stay in cache
+    while it iterates (:data:`_CHUNK_BYTES`); the split depends on the shapes only. On the
+    factor path the state is ``v = u = exp(g/eps)`` and an update is the plain Sinkhorn step
+    ``v <- b / E^T (a / E v)`` followed by the gauge ``v <- v / max v``.
+
     Early stop (``early_stop=True``), and why it returns exactly the bits of the full loop:
-    the update ``g <- F(g)`` is a deterministic function of ``g`` alone (``a``, ``C``, ``b`` and
-    the tensor shapes are fixed for the whole call, and every iteration runs the same vectorised
-    ops over all joints, so the float rounding is the same every time). Each joint's row is
-    computed from that joint's data only (row-wise ops, per-matrix batched products), so every
-    joint follows its own deterministic sequence ``g_{t+1} = F_j(g_t)``. Hence if after update
-    ``t`` a joint's state equals, bit for bit, its state ``p`` updates earlier, its sequence is
-    periodic with period ``p`` from there on and the iterate the full count ``n`` would end on is
-    already known: ``g_n = g_{t - p + ((n - t) mod p)}`` (kept in a ring of the last
-    ``_MAX_PERIOD`` states). ``p = 1`` is a float fixed point, ``p = 2`` the rounding
-    oscillation between two neighbouring floats; longer cycles of a few ulps also occur. The loop
-    stops once every joint is resolved; the batch-wide fixed point and 2-cycle (``g_t == g_{t-1}``
-    or ``g_t == g_{t-2}`` for all joints) are special cases. Joints are never dropped from the
-    computation while iterating (resolved ones keep being updated with the others), because
-    changing shapes could change the rounding. The check costs a few small ops on the
-    ``J x M`` state per iteration (on CUDA, one host sync).
+    the update ``x <- F(x)`` is a deterministic function of the state alone (``a``, ``C``, ``b``
+    and the tensor shapes are fixed for the whole call, and every iteration runs the same
+    vectorised ops over all joints of a chunk, so the float rounding is the same every time).
+    Each joint's row is computed from that joint's data only (row-wise ops, per-matrix batched
+    products), so every joint follows its own deterministic sequence ``x_{t+1} = F_j(x_t)``.
+    Hence if after update ``t`` a joint's state equals, bit for bit, its state ``p`` updates
+    earlier, its sequence is periodic with period ``p`` from there on and the iterate the full
+    count ``n`` would end on is already known: ``x_n = x_{t - p + ((n - t) mod p)}`` (kept in a
+    ring of the last ``_MAX_PERIOD`` states). ``p = 1`` is a float fixed point, ``p = 2`` the
+    rounding oscillation between two neighbouring floats; longer cycles of a few ulps also
+    occur. The states are compared every :data:`_CHECK_EVERY` updates (a cycle is found at most
+    that many updates late; any lag that matches gives a valid prediction) and a chunk stops
+    once every joint in it is resolved. Joints are never dropped from a chunk while iterating
+    (resolved ones keep being updated with the others), because changing shapes could change
+    the rounding.
 
     ``tolerance`` (opt-in, approximate): stop as soon as ``max |s_m(g) - b_m| < tolerance`` over
-    live joints and active demanders, returning that ``g``.
+    live joints and active demanders (per chunk), returning that ``g``.
     """
     dtype = a.dtype
     eps = float(epsilon)
     pos = positions.to(dtype)
-    active, b = _prepare_masses(masses.to(dtype))
-    logb = torch.log(torch.where(active, b, torch.ones_like(b)))
+    masses = masses.to(dtype)
     factor_path = _use_factor_path(pos, eps)
-    kern, cmin = _kernel(transport_cost(pos, height, width), eps, factor_path)
-    zero = torch.zeros((), dtype=dtype, device=a.device)
-    tiny = torch.finfo(dtype).tiny
-
-    # Iteration 1 (POT's first v-update, from zero supplier potentials): g = eps (log b - lse),
-    # lse_m = LSE_n(-C[m, n]/eps), computed stably as -c0/eps + log sum_n e_n E[m, n] with
-    # c0 = min_n Cmin_n and e_n = exp(-(Cmin_n - c0)/eps) <= 1 (1 at the nearest pixel).
-    c0 = cmin.amin(-1, keepdim=True)
-    if factor_path:
-        e = torch.exp((c0 - cmin) / eps)
-        lse = torch.log(torch.bmm(e[:, None, :], kern.transpose(1, 2))[:, 0, :]) - c0 / eps
-    else:
-        lse = torch.logsumexp(kern - (cmin / eps)[:, None, :], dim=2)
-    del cmin
-    g = _gauge(eps * (logb - lse), active)
-
-    def marginal(g: Tensor) -> Tensor:
-        """``s_m = sum_n a_n q[m, n]`` for the current potentials."""
-        if factor_path:
-            u = torch.where(active, torch.exp(g / eps), zero)  # gauge: the largest active u is 1
-            denom = torch.bmm(u[:, None, :], kern)[:, 0, :]  # (J, N), >= exp(-spread/eps)
-            return u * torch.bmm((a / denom)[:, None, :], kern.transpose(1, 2))[:, 0, :]
-        q = _plan_from_kernel(kern, g, active, eps, factor_path=False)
-        return torch.bmm(q, a[..., None])[..., 0]
-
-    live = a.sum(-1, keepdim=True) > 0
-
-    def max_error(s: Tensor) -> float:
-        return float(torch.where(active & live, (s - b).abs(), zero).amax())
-
-    nj, nm = g.shape
-    iterations_run = 1
-    err = math.nan
-    s: Tensor | None = None
-    period = torch.zeros(nj, dtype=torch.long, device=g.device)
-    track = early_stop and iterations > 1
-    if track:
-        # Ring of the last P states: slot t % P holds g_t (and its bit pattern).
-        ring_p = _MAX_PERIOD
-        ring_bits = torch.zeros((ring_p, nj, nm), dtype=_bits(g).dtype, device=g.device)
-        ring = torch.zeros((ring_p, nj, nm), dtype=dtype, device=g.device)
-        ring_bits[1 % ring_p] = _bits(g)
-        ring[1 % ring_p] = g
-        slots = torch.arange(ring_p, device=g.device)
-        resolved = torch.zeros(nj, dtype=torch.bool, device=g.device)
-        final = g.clone()
-    tolerance_stop = False
-    for it in range(2, iterations + 1):
-        s = marginal(g)
-        if tolerance is not None:
-            err = max_error(s)
-            if err < tolerance:
-                tolerance_stop = True
-                break
-        step = torch.where(active, logb - torch.log(s.clamp_min(tiny)), zero)
-        g = _gauge(g + eps * step, active)
-        iterations_run = it
-        if not track:
-            continue
-        # Per joint: the smallest lag p <= P with g_t == g_{t-p} bit for bit (needs t - p >= 1).
-        # (Slots >= t are still empty while t < P; they are skipped.)
-        k = min(it, ring_p)
-        lag = (it - slots[:k]) % ring_p
-        lag = torch.where(lag == 0, ring_p, lag)
-        cur = _bits(g)
-        same = (ring_bits[:k] == cur[None]).all(-1) & (it - lag >= 1)[:, None]
-        p = torch.where(same, lag[:, None], ring_p + 1).amin(0)
-        hit = (p <= ring_p) & ~resolved
-        # That joint's full loop would end on g_{t - p + ((n - t) mod p)}, still in the ring.
-        p1 = torch.where(hit, p, 1)
-        src = (it - p1 + (iterations - it) % p1) % ring_p
-        pick = ring.gather(0, src[None, :, None].expand(1, nj, nm))[0]
-        final = torch.where(hit[:, None], pick, final)
-        period = torch.where(hit, p, period)
-        resolved = resolved | hit
-        ring_bits[it % ring_p] = cur
-        ring[it % ring_p] = g
-        if bool(resolved.all()):
-            break
-    if track and not tolerance_stop:
-        # Resolved joints take their predicted g_n (if the loop ran to n, it equals the current
-        # state by periodicity); unresolved ones can only remain if the loop ran to n.
-        g = torch.where(resolved[:, None], final, g)
-    if s is not None and tolerance is None:
-        err = max_error(s)
-    return SinkhornResult(g=g, active=active, b=b, iterations_run=iterations_run,
-                          period=period, marginal_error=err, factor_path=factor_path)
+    nj, nm = masses.shape
+    parts = []
+    for sl in _chunk_slices(nj, nm, height * width, a.element_size(), a.device):
+        ch = _solve_chunk(a[sl], pos[sl], masses[sl], height, width, eps, iterations, tolerance,
+                          early_stop, factor_path)
+        ch.kern = ch.cost = None  # type: ignore[assignment]
+        parts.append(ch)
+    return SinkhornResult(
+        g=torch.cat([ch.potentials(eps, factor_path) for ch in parts]),
+        active=torch.cat([ch.active for ch in parts]),
+        b=torch.cat([ch.b for ch in parts]),
+        iterations_run=max(ch.iterations_run for ch in parts),
+        period=torch.cat([ch.period for ch in parts]),
+        marginal_error=_max_error([ch.marginal_error for ch in parts]),
+        factor_path=factor_path)
 
 
 def transport_plan(positions: Tensor, active: Tensor, g: Tensor, height: int, width: int,
@@ -338,6 +434,22 @@ def transport_plan(positions: Tensor, active: Tensor, g: Tensor, height: int, wi
     return _plan_from_kernel(kern, g, active, float(epsilon), factor_path, inplace=True), cost
 
 
+def _implicit_gradient(a: Tensor, q: Tensor, qc: Tensor, cbar: Tensor, b: Tensor, active: Tensor) -> Tensor:
+    """:func:`implicit_supplier_gradient` from ``qc = q * C`` and ``cbar = qc.sum(1)`` (``qc`` is overwritten)."""
+    nm = q.shape[1]
+    a3 = a[:, None, :]
+    r = torch.bmm(a3, qc.transpose(1, 2))[:, 0, :] - torch.bmm((a * cbar)[:, None, :], q.transpose(1, 2))[:, 0, :]
+    plan = torch.mul(q, a3, out=qc)  # qc is no longer needed: reuse its memory for P = a q
+    hm = torch.diag_embed(b) - torch.bmm(q, plan.transpose(1, 2))
+    del plan
+    pin = torch.where(active, b, torch.full_like(b, -1.0)).argmax(-1)
+    keep = active & (torch.arange(nm, device=b.device) != pin[:, None])
+    both = keep[:, :, None] & keep[:, None, :]
+    eye = torch.eye(nm, dtype=hm.dtype, device=hm.device).expand_as(hm)
+    w = torch.linalg.solve(torch.where(both, hm, eye), torch.where(keep, r, torch.zeros_like(r)))
+    return cbar - torch.bmm(w[:, None, :], q)[:, 0, :]
+
+
 def implicit_supplier_gradient(a: Tensor, q: Tensor, cost: Tensor, b: Tensor, active: Tensor) -> Tensor:
     """``dL/da (J, N)`` at the Sinkhorn fixed point, up to a per-joint additive constant.
 
@@ -348,21 +460,10 @@ def implicit_supplier_gradient(a: Tensor, q: Tensor, cost: Tensor, b: Tensor, ac
     demanders get identity rows/columns and zero right-hand sides, so one fixed-shape batched
     solve handles every active set (1 to M demanders). No ``1/a`` appears, so zero suppliers are
     fine. The additive constant is removed by the L1 normalisation's Jacobian. ``cost`` is
-    overwritten (it is a temporary of the backward).
+    overwritten (it is a temporary of the caller).
     """
-    nm = q.shape[1]
-    a3 = a[:, None, :]
     qc = cost.mul_(q)  # q[m, n] C[m, n]
-    cbar = qc.sum(1)
-    r = torch.bmm(a3, qc.transpose(1, 2))[:, 0, :] - torch.bmm((a * cbar)[:, None, :], q.transpose(1, 2))[:, 0, :]
-    del qc, cost
-    hm = torch.diag_embed(b) - torch.bmm(q, (q * a3).transpose(1, 2))
-    pin = torch.where(active, b, torch.full_like(b, -1.0)).argmax(-1)
-    keep = active & (torch.arange(nm, device=b.device) != pin[:, None])
-    both = keep[:, :, None] & keep[:, None, :]
-    eye = torch.eye(nm, dtype=hm.dtype, device=hm.device).expand_as(hm)
-    w = torch.linalg.solve(torch.where(both, hm, eye), torch.where(keep, r, torch.zeros_like(r)))
-    return cbar - torch.bmm(w[:, None, :], q)[:, 0, :]
+    return _implicit_gradient(a, q, qc, qc.sum(1), b, active)
 
 
 def _suppliers(h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -371,16 +472,20 @@ def _suppliers(h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     total = r.sum(-1)
     dead = ~(total > 0)
     total = torch.where(dead, torch.ones_like(total), total)
-    return r / total[:, None], total, dead
+    return r.div_(total[:, None]), total, dead
 
 
 class SinkhornTransportCost(torch.autograd.Function):
     """Per-joint ``<C, P>`` of the entropic plan between ``relu(h)/|relu(h)|_1`` and the demanders.
 
-    Forward under ``no_grad`` (no iterate is recorded), backward by the implicit formula of
+    Forward under ``no_grad`` (no iterate is recorded). The gradient is the implicit formula of
     :func:`implicit_supplier_gradient` followed by the Jacobian of relu + L1 normalisation:
-    ``dL/dh_j = (G_j - sum_n a_n G_n) / sum relu(h)`` for ``h_j > 0``, else 0. Joints whose
-    ``relu(h)`` is all zero ("dead") have loss 0 and gradient 0.
+    ``dL/dh_j = (G_j - sum_n a_n G_n) / sum relu(h)`` for ``h_j > 0``, else 0. It is computed in
+    the forward, chunk by chunk while that chunk's plan and costs are still in memory, whenever
+    ``h`` needs a gradient, and saved (``J x N``, the size of ``h``): the backward only scales it
+    by the incoming gradient. Joints whose ``relu(h)`` is all zero ("dead") have loss 0 and
+    gradient 0. Memory beyond the ``J x N`` input, gradient and saved tensor is one chunk's
+    working set (:data:`_CHUNK_BYTES`), whatever ``J`` and the iteration count.
 
     Inputs: ``h (J, N)`` float32/float64; ``positions (J, M, 2)``; ``masses (J, M)``; python
     ``height, width, epsilon, iterations, tolerance, early_stop``; ``info``: a dict (or None)
@@ -391,37 +496,56 @@ class SinkhornTransportCost(torch.autograd.Function):
     def forward(ctx: Any, h: Tensor, positions: Tensor, masses: Tensor, height: int, width: int,
                 epsilon: float, iterations: int, tolerance: float | None, early_stop: bool,
                 info: dict | None) -> Tensor:
+        eps = float(epsilon)
         positions = positions.to(h.dtype)
-        a, _, dead = _suppliers(h)
-        # Dead joints iterate on a uniform row (keeps every quantity finite); result discarded.
-        a_iter = torch.where(dead[:, None], torch.full_like(a, 1.0 / a.shape[-1]), a)
-        res = sinkhorn_potentials(a_iter, positions, masses, height, width, epsilon, iterations,
-                                  tolerance=tolerance, early_stop=early_stop)
-        q, cost = transport_plan(positions, res.active, res.g, height, width, epsilon, res.factor_path)
-        per_pixel = cost.mul_(q).sum(1)  # cbar_n
-        del q, cost
-        loss = (a * per_pixel).sum(-1)
-        loss = torch.where(dead, torch.zeros_like(loss), loss)
-        ctx.save_for_backward(h, positions, res.g, res.b, res.active)
-        ctx.config = (height, width, float(epsilon), res.factor_path)
+        masses = masses.to(h.dtype)
+        nj, n = h.shape
+        nm = masses.shape[1]
+        need_grad = bool(ctx.needs_input_grad[0])
+        factor_path = _use_factor_path(positions, eps)
+        loss = torch.empty(nj, dtype=h.dtype, device=h.device)
+        dead = torch.empty(nj, dtype=torch.bool, device=h.device)
+        base = torch.empty_like(h) if need_grad else None
+        iterations_run, periods, errors = 0, [], []
+        for sl in _chunk_slices(nj, nm, n, h.element_size(), h.device):
+            hc = h[sl]
+            a, total, dead_c = _suppliers(hc)
+            # Dead joints iterate on a uniform row (keeps every quantity finite); result discarded.
+            a_iter = torch.where(dead_c[:, None], 1.0 / n, a) if bool(dead_c.any()) else a
+            ch = _solve_chunk(a_iter, positions[sl], masses[sl], height, width, eps, iterations,
+                              tolerance, early_stop, factor_path)
+            if factor_path:  # q = u E / sum_m u E, in place of E
+                q = ch.kern.mul_(ch.x[..., None])
+                q = q.div_(q.sum(1, keepdim=True))
+            else:
+                q = _plan_from_kernel(ch.kern, ch.x, ch.active, eps, factor_path=False)
+            ch.kern = None  # type: ignore[assignment]
+            qc = ch.cost.mul_(q)  # q[m, n] C[m, n]
+            cbar = qc.sum(1)
+            loss[sl] = torch.where(dead_c, torch.zeros_like(total), (a * cbar).sum(-1))
+            dead[sl] = dead_c
+            if need_grad:
+                grad_a = _implicit_gradient(a, q, qc, cbar, ch.b, ch.active)
+                del q, qc
+                centred = grad_a.sub_((a * grad_a).sum(-1, keepdim=True))
+                scale = torch.where(dead_c, torch.zeros_like(total), 1.0 / total)
+                base[sl] = torch.where(hc > 0, centred.mul_(scale[:, None]), torch.zeros_like(centred))
+            iterations_run = max(iterations_run, ch.iterations_run)
+            periods.append(ch.period)
+            errors.append(ch.marginal_error)
+            del ch
+        if need_grad:
+            ctx.save_for_backward(base, dead)
         if info is not None:
-            info.update(iterations_run=res.iterations_run, period=res.period, dead=dead,
-                        marginal_error=res.marginal_error)
+            info.update(iterations_run=iterations_run, period=torch.cat(periods), dead=dead,
+                        marginal_error=_max_error(errors))
         return loss
 
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
-        h, positions, g, b, active = ctx.saved_tensors
-        height, width, eps, factor_path = ctx.config
-        with torch.no_grad():
-            a, total, dead = _suppliers(h)
-            q, cost = transport_plan(positions, active, g, height, width, eps, factor_path)
-            grad_a = implicit_supplier_gradient(a, q, cost, b, active)
-            del q, cost
-            centred = grad_a - (a * grad_a).sum(-1, keepdim=True)
-            scale = torch.where(dead, torch.zeros_like(total), grad_out.to(h.dtype) / total)
-            grad_h = torch.where(h > 0, centred * scale[:, None], torch.zeros_like(h))
-        return grad_h, None, None, None, None, None, None, None, None, None
+        base, dead = ctx.saved_tensors
+        go = torch.where(dead, torch.zeros((), dtype=base.dtype, device=base.device), grad_out.to(base.dtype))
+        return base * go[:, None], None, None, None, None, None, None, None, None, None
 
 
 def sinkhorn_transport_cost(h: Tensor, positions: Tensor, masses: Tensor, height: int, width: int,

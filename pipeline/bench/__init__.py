@@ -1,0 +1,10 @@
+"""Benchmarks behind the speed and memory claims: ``python -m pipeline bench <what>``.
+
+Each benchmark measures against a reference in the same run and writes JSON to
+``reports/benchmarks/`` (atomically); no test asserts on timings.
+"""
+from __future__ import annotations
+
+from .loss import run_loss_benchmark
+
+__all__ = ["run_loss_benchmark"]
