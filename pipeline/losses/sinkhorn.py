@@ -56,6 +56,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..codecs.hdm import subpixel_demanders as codec_subpixel_demanders
+
 __all__ = [
     "subpixel_demanders",
     "naive_demanders",
@@ -67,9 +69,6 @@ __all__ = [
     "SinkhornTransportCost",
     "sinkhorn_transport_cost",
 ]
-
-# Sub-pixel demander order: (fx, fy), (fx+1, fy), (fx, fy+1), (fx+1, fy+1).
-_OFFSETS = ((0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 1.0))
 
 # Longest per-joint bitwise cycle the early stop recognises. Near the fixed point the float
 # state of a joint hops among a few neighbouring floats; measured periods are 1 or 2 for most
@@ -99,11 +98,8 @@ def subpixel_demanders(keypoints: Tensor) -> tuple[Tensor, Tensor]:
     gives masses that are exactly 0; a dot in the last half pixel has demanders off the grid.
     Both are legitimate and handled by the solver.
     """
-    base = torch.floor(keypoints)
-    off = torch.tensor(_OFFSETS, dtype=keypoints.dtype, device=keypoints.device)
-    pos = base[:, None, :] + off
-    d = (1.0 - (keypoints[:, None, :] - pos).abs()).clamp(min=0.0)
-    return pos, d[..., 0] * d[..., 1]
+    # One definition of Eq. 4 for the whole project: the codec's (it also serves decoding tests).
+    return codec_subpixel_demanders(keypoints)
 
 
 def naive_demanders(keypoints: Tensor) -> tuple[Tensor, Tensor]:
