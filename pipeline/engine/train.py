@@ -6,7 +6,6 @@ full test protocol (detection boxes, flip test, rescoring, OKS-NMS) is the evalu
 """
 from __future__ import annotations
 
-import json
 import logging
 import random
 import time
@@ -115,6 +114,3 @@ def train_run(cfg: dict[str, Any], *, tracking_uri: str, experiment: str, progre
                         "history": history}, tmp)
     return paths.checkpoint(cfg["name"])
 
-
-def history_json(summary_path: Path) -> list[dict[str, float]]:
-    return json.loads(Path(summary_path).read_text())["history"]

@@ -30,7 +30,7 @@ def collect(tracking_uri: str, experiment: str, run_names: list[str]) -> tuple[d
     for _, row in df.iterrows():
         name = row["tags.mlflow.runName"]
         measured[name] = {c[len("metrics."):]: float(row[c]) for c in metric_cols if pd.notna(row[c])}
-        w, h = (row.get(f"params.data.input_size") or "[?, ?]").strip("[]").split(",")
+        w, h = (row.get("params.data.input_size") or "[?, ?]").strip("[]").split(",")
         info[name] = {"backbone": f"{row.get('params.model.backbone')}"
                                   + (f" ×{row['params.model.width']}" if pd.notna(row.get("params.model.width")) else ""),
                       "input_size": f"{h.strip()}×{w.strip()}",

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import re
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from decimal import ROUND_HALF_UP, Decimal
 from numbers import Real
 from pathlib import Path
 from typing import Any, Mapping
