@@ -18,21 +18,14 @@ from ..errors import PipelineError
 
 log = logging.getLogger(__name__)
 
-# Which table rows each run fills (the report also knows this; tags make it visible in the UI).
 def table_tags(run_name: str) -> dict[str, str]:
-    """Tags naming the paper tables and row a run belongs to."""
-    tables = []
-    if run_name.startswith("coco_"):
-        base = run_name.removesuffix("_naive").removesuffix("_it500").removesuffix("_it1500")
-        if base == run_name:
-            tables += ["1", "2"]
-        if run_name in ("coco_hrnet_w48_mse", "coco_hrnet_w48_hdm", "coco_hrnet_w48_hdm_naive"):
-            tables.append("4")
-        if run_name in ("coco_hrnet_w48_mse", "coco_hrnet_w48_hdm", "coco_hrnet_w48_hdm_it500",
-                        "coco_hrnet_w48_hdm_it1500"):
-            tables.append("5")
-    elif run_name.startswith("mpii_"):
-        tables.append("3")
+    """Tags naming the paper tables and the row a run fills, so the MLflow UI can filter by table.
+
+    The mapping is the report's own (:mod:`pipeline.report.paper_numbers`), so tags and tables agree.
+    """
+    from ..report.paper_numbers import TABLES
+
+    tables = [str(t.number) for t in TABLES if run_name in t.runs()]
     return {"tables": ",".join(tables), "row": run_name}
 
 
@@ -104,17 +97,14 @@ def open_run(uri: str, experiment: str, *, run_name: str, run_id: str | None = N
             run_id = None
     exp = mlflow.get_experiment_by_name(experiment)
     exp_id = exp.experiment_id if exp is not None else mlflow.create_experiment(experiment)
-    active = mlflow.start_run(run_id=run_id, experiment_id=None if run_id else exp_id,
-                              run_name=None if run_id else run_name, tags=tags)
+    mlflow.start_run(run_id=run_id, experiment_id=None if run_id else exp_id,
+                     run_name=None if run_id else run_name, tags=tags)
     try:
         yield mlflow
     except BaseException:
         mlflow.end_run(status="FAILED")
         raise
-    else:
-        mlflow.end_run(status="FINISHED")
-    finally:
-        del active
+    mlflow.end_run(status="FINISHED")
 
 
 def finished_runs(uri: str, experiment: str) -> "Any":
