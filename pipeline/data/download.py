@@ -1,0 +1,331 @@
+"""Resumable, verified, atomic download and extraction of dataset archives.
+
+The COCO 2017 zips and the MPII tarball are tens of GB, fetched over connections
+that drop. So a download:
+
+* resumes from a ``<name>.part`` file with an HTTP ``Range`` request instead of
+  starting over;
+* is verified by size and sha256 before it is renamed onto its final name, so a
+  file under the final name is always a complete, checked archive (Snakemake/DVC
+  may trust it);
+* is skipped when a valid copy is already present, and re-fetched (with a warning
+  naming the file) when the present copy is corrupt or truncated;
+* can be replaced by a local path or ``file://`` URL of an existing copy, which is
+  verified in place and used as is (no multi-GB copy).
+
+Every failure the user can act on is a one-line :class:`PipelineError` naming the
+file and what failed.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import posixpath
+import tarfile
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from urllib.parse import unquote, urlparse
+from urllib.request import url2pathname
+
+import requests
+
+from ..errors import PipelineError
+from ..io import atomic_path
+
+log = logging.getLogger(__name__)
+
+#: Base delay (seconds) of the exponential backoff between attempts; tests set it to 0.
+BACKOFF_BASE: float = 1.0
+#: Upper bound of one backoff sleep, so a long retry series never stalls for minutes.
+BACKOFF_MAX: float = 60.0
+#: Block size used when hashing files on disk.
+HASH_CHUNK: int = 1 << 20
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where one archive comes from and what it must look like.
+
+    ``url`` is ``http(s)://...``, ``file:///...`` or a plain local path. ``size``
+    and ``sha256`` are what verification checks; ``None`` skips that check (with
+    both ``None`` over HTTP the size announced by the server is used, so at least
+    a truncated transfer is caught).
+    """
+
+    name: str
+    url: str
+    size: int | None = None
+    sha256: str | None = None
+
+
+class _Retryable(Exception):
+    """An attempt failed in a way another attempt may fix (the message says how)."""
+
+
+# ----------------------------------------------------------------------------- verify
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in blocks so a 20 GB archive needs no memory."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for block in iter(lambda: fh.read(HASH_CHUNK), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _problem(path: Path, size: int | None, sha256: str | None) -> str | None:
+    """Why ``path`` fails verification, or ``None`` when it passes.
+
+    The size is checked first because it is free and catches truncation without
+    reading tens of GB.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return "file not found"
+    actual = path.stat().st_size
+    if size is not None and actual != size:
+        return f"size mismatch (expected {size} bytes, got {actual})"
+    if sha256 is not None:
+        got = sha256_file(path)
+        if got.lower() != sha256.strip().lower():
+            return f"sha256 mismatch (expected {sha256[:12]}…, got {got[:12]}…)"
+    return None
+
+
+def verify(path: Path, source: Source) -> bool:
+    """True when ``path`` exists and matches ``source``'s size and sha256 (when given)."""
+    return _problem(path, source.size, source.sha256) is None
+
+
+# ----------------------------------------------------------------------------- fetch
+def _local_path(url: str) -> Path | None:
+    """The filesystem path a ``file://`` URL or plain path names; ``None`` for HTTP(S)."""
+    parsed = urlparse(url)
+    scheme = parsed.scheme.lower()
+    if scheme in ("http", "https"):
+        return None
+    if scheme == "file":
+        return Path(url2pathname(unquote(parsed.path)))
+    if scheme and len(scheme) > 1:  # one letter is a Windows drive, not a scheme
+        raise PipelineError(url, f"unsupported URL scheme {scheme!r} (use http(s)://, file:// or a path)")
+    return Path(url).expanduser()
+
+
+def fetch(
+    source: Source,
+    dest_dir: Path,
+    *,
+    retries: int = 3,
+    chunk: int = 1 << 20,
+    progress: bool = True,
+    timeout: float = 30.0,
+) -> Path:
+    """Return a verified copy of ``source``, downloading it into ``dest_dir`` if needed.
+
+    A local path or ``file://`` source is verified in place and its own path is
+    returned. An HTTP(S) source lands at ``dest_dir / source.name`` only after it
+    passed verification; up to ``retries`` further attempts resume a cut transfer
+    or restart a corrupt one. Raises :class:`PipelineError` naming the file.
+    """
+    local = _local_path(source.url)
+    if local is not None:
+        if not local.is_file():
+            raise PipelineError(str(local), f"{source.name}: local copy not found")
+        problem = _problem(local, source.size, source.sha256)
+        if problem is not None:
+            raise PipelineError(str(local), f"{source.name}: {problem}")
+        log.info("%s: using local copy %s", source.name, local)
+        return local
+
+    dest_dir = Path(dest_dir)
+    final = dest_dir / source.name
+    if final.exists():
+        problem = _problem(final, source.size, source.sha256)
+        if problem is None:
+            log.info("%s: already present at %s", source.name, final)
+            return final
+        log.warning("%s: existing file %s is invalid (%s); downloading it again", source.name, final, problem)
+        final.unlink()
+
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    part = dest_dir / (source.name + ".part")
+    last_error = "no attempt made"
+    attempts = max(0, retries) + 1
+    with requests.Session() as session:
+        for attempt in range(attempts):
+            if attempt:
+                delay = min(BACKOFF_MAX, BACKOFF_BASE * 2 ** (attempt - 1))
+                log.warning("%s: %s; retry %d/%d in %.0fs", source.name, last_error, attempt, retries, delay)
+                if delay > 0:
+                    time.sleep(delay)
+            try:
+                expected = _download(session, source, part, chunk=chunk, progress=progress, timeout=timeout)
+            except _Retryable as exc:
+                last_error = str(exc)
+                continue
+            if expected is not None and part.stat().st_size < expected:
+                # Stream ended cleanly but short: keep the bytes, resume next time.
+                last_error = f"incomplete download ({part.stat().st_size} of {expected} bytes)"
+                continue
+            problem = _problem(part, expected, source.sha256)
+            if problem is not None:
+                part.unlink(missing_ok=True)  # corrupt: resuming would keep the bad bytes
+                last_error = problem
+                continue
+            os.replace(part, final)
+            log.info("%s: downloaded and verified (%s)", source.name, final)
+            return final
+    # A .part still here holds a valid prefix (corrupt ones were deleted): the next run resumes it.
+    raise PipelineError(str(final), f"download failed after {attempts} attempts: {last_error}")
+
+
+def _download(
+    session: requests.Session,
+    source: Source,
+    part: Path,
+    *,
+    chunk: int,
+    progress: bool,
+    timeout: float,
+) -> int | None:
+    """One attempt: append the rest of ``source`` to ``part``; return the expected total size.
+
+    Raises :class:`_Retryable` for failures worth another attempt (connection
+    errors, cut streams, 5xx) and :class:`PipelineError` for those that are not
+    (404 and other client errors).
+    """
+    from tqdm import tqdm  # imported here so the module imports without tqdm
+
+    have = part.stat().st_size if part.exists() else 0
+    if source.size is not None and have > source.size:
+        part.unlink()  # longer than the archive can be: garbage, not a prefix
+        have = 0
+    if source.size is not None and have == source.size:
+        return source.size  # complete from an earlier run that stopped before the rename
+    # identity: a server gzip-encoding a .tar.gz on the fly would break size and checksum.
+    headers = {"Accept-Encoding": "identity"}
+    if have:
+        headers["Range"] = f"bytes={have}-"
+    url = source.url
+    try:
+        resp = session.get(url, headers=headers, stream=True, timeout=timeout)
+    except requests.RequestException as exc:
+        raise _Retryable(f"connection to {url} failed ({type(exc).__name__})") from None
+    with resp:
+        status = resp.status_code
+        if status == 404:
+            raise PipelineError(source.name, f"not found at {url} (HTTP 404)")
+        if status == 416 and have:
+            part.unlink(missing_ok=True)  # our prefix is not a prefix of theirs: start over
+            raise _Retryable(f"HTTP 416 from {url} (range {have}- not satisfiable)")
+        if status >= 500 or status in (408, 429):
+            raise _Retryable(f"HTTP {status} from {url}")
+        if status not in (200, 206):
+            raise PipelineError(source.name, f"HTTP {status} from {url}")
+
+        total = source.size
+        if status == 206:
+            start = _content_range_start(resp.headers.get("Content-Range"))
+            if start != have:
+                raise _Retryable(f"server answered range from byte {start}, asked for {have}")
+            mode = "ab"
+            if total is None:
+                total = _content_range_total(resp.headers.get("Content-Range"))
+        else:  # 200: the server sent the whole file (ignored or got no Range)
+            have, mode = 0, "wb"
+            if total is None and resp.headers.get("Content-Length", "").isdigit():
+                total = int(resp.headers["Content-Length"])
+
+        bar = tqdm(
+            total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
+            desc=source.name, disable=not progress, leave=False,
+        )
+        try:
+            with part.open(mode) as fh:
+                for block in resp.iter_content(chunk_size=chunk):
+                    if block:
+                        fh.write(block)
+                        bar.update(len(block))
+        except (requests.RequestException, ConnectionError) as exc:
+            # requests' errors subclass OSError too, so they must be caught first.
+            raise _Retryable(f"connection lost at byte {part.stat().st_size} ({type(exc).__name__})") from None
+        except OSError as exc:
+            raise PipelineError(str(part), f"cannot write download ({exc})") from None
+        finally:
+            bar.close()
+    return total
+
+
+def _content_range_start(value: str | None) -> int | None:
+    """First byte of a ``Content-Range: bytes a-b/total`` header (None if unparsable)."""
+    try:
+        return int(value.split()[1].split("-")[0])  # type: ignore[union-attr]
+    except (AttributeError, IndexError, ValueError):
+        return None
+
+
+def _content_range_total(value: str | None) -> int | None:
+    """Total size of a ``Content-Range`` header (None when unknown ``*`` or unparsable)."""
+    try:
+        return int(value.rsplit("/", 1)[1])  # type: ignore[union-attr]
+    except (AttributeError, IndexError, ValueError):
+        return None
+
+
+# ----------------------------------------------------------------------------- extract
+def _check_member(archive: Path, name: str) -> None:
+    """Refuse a member name that would land outside the extraction directory."""
+    posix = PurePosixPath(name.replace("\\", "/"))
+    if posix.is_absolute() or ".." in posix.parts or (posix.parts and ":" in posix.parts[0]):
+        raise PipelineError(str(archive), f"unsafe member {name!r} escapes the target directory")
+
+
+def extract(archive: Path, into: Path) -> Path:
+    """Unpack a .zip / .tar / .tar.gz ``archive`` into ``into`` and return ``into``.
+
+    Extraction goes to a temporary directory beside ``into`` that is renamed onto it
+    only when every member is out, so an interrupted or refused extraction never
+    leaves a half-filled dataset directory. Members escaping the target (absolute
+    paths, ``..``, links pointing outside, device files) are refused up front.
+    """
+    archive, into = Path(archive), Path(into)
+    if not archive.is_file():
+        raise PipelineError(str(archive), "archive not found")
+    try:
+        if zipfile.is_zipfile(archive):
+            with zipfile.ZipFile(archive) as zf:
+                for info in zf.infolist():
+                    _check_member(archive, info.filename)
+                with atomic_path(into) as tmp:
+                    tmp.mkdir()
+                    zf.extractall(tmp)
+        elif tarfile.is_tarfile(archive):
+            with tarfile.open(archive, "r:*") as tf:
+                members = tf.getmembers()
+                for m in members:
+                    _check_member(archive, m.name)
+                    if m.issym() or m.islnk():
+                        target = m.linkname if m.islnk() else str(PurePosixPath(m.name).parent / m.linkname)
+                        _check_member(archive, posixpath.normpath(target))
+                    elif not (m.isfile() or m.isdir()):
+                        raise PipelineError(str(archive), f"unsupported member type for {m.name!r}")
+                with atomic_path(into) as tmp:
+                    tmp.mkdir()
+                    if hasattr(tarfile, "data_filter"):
+                        tf.extractall(tmp, members=members, filter="data")
+                    else:  # pragma: no cover - Python < 3.11.4; members already checked
+                        tf.extractall(tmp, members=members)
+        else:
+            raise PipelineError(str(archive), "not a zip or tar archive")
+    except getattr(tarfile, "FilterError", ()) as exc:
+        raise PipelineError(str(archive), f"unsafe member refused ({exc})") from None
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError) as exc:
+        raise PipelineError(str(archive), f"corrupt archive ({exc})") from None
+    except OSError as exc:  # disk full, permissions: name the archive, keep one line
+        raise PipelineError(str(archive), f"cannot extract into {into} ({exc})") from None
+    return into
+
+
+__all__ = ["Source", "fetch", "verify", "extract", "sha256_file", "BACKOFF_BASE"]
