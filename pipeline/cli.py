@@ -2,7 +2,7 @@
 
 Stages (each writes its outputs atomically and can be run by hand):
   validate     check params.yaml against the schema
-  data         synthesise (demo/smoke) or verify (paper) one dataset; writes its manifest
+  data         synthesise (demo/smoke) or download + verify (paper) one dataset; writes its manifest
   mlflow-init  create the MLflow store and the profile's experiment, once, before parallel jobs
   train        train one run                 evaluate  evaluate one run
   report       write Tables 1–5 and figures  runs      list the run names
@@ -26,12 +26,13 @@ from .errors import PipelineError
 log = logging.getLogger("pipeline")
 
 
-def _setup_logging(log_file: Path | None) -> None:
+def _setup_logging(log_file: Path | None, *, mode: str = "w", level: int = logging.INFO,
+                   prefix: str = "") -> None:
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_file, mode="w"))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers.append(logging.FileHandler(log_file, mode=mode))
+    logging.basicConfig(level=level, format=f"%(asctime)s %(levelname)s {prefix}%(name)s: %(message)s",
                         handlers=handlers, force=True)
 
 
@@ -62,15 +63,35 @@ def cmd_mlflow_init(args, params) -> None:
 
 
 def cmd_train(args, params) -> None:
-    from .engine.train import train_run
+    """Train one run. With ``train.gpus`` > 1 it relaunches itself under torchrun (one process per GPU)
+    unless already running under torchrun; a new start resumes from the run's checkpoints."""
+    import subprocess
+
+    from .engine.train import dist_env, torchrun_command, train_run, under_torchrun
 
     cfg = resolve_run(params, args.run)
     paths = Paths(cfg["profile"])
-    _setup_logging(paths.run_dir(args.run) / "train.log")
+    gpus = cfg["train"]["gpus"]
+    if gpus > 1 and not under_torchrun():
+        _setup_logging(None)
+        cmd = torchrun_command(gpus, ["--params", str(args.params), "--profile", cfg["profile"],
+                                      *(["--quiet"] if args.quiet else []), "train", "--run-name", args.run])
+        log.info("train.gpus = %d: relaunching under torchrun: %s", gpus, " ".join(cmd))
+        rc = subprocess.run(cmd).returncode
+        if rc != 0:
+            raise PipelineError(f"train --run {args.run}", f"torchrun exited with status {rc} "
+                                f"(see {paths.run_dir(args.run) / 'train.log'})")
+        return
+    env = dist_env()
+    if env.is_main:  # appended to: a resumed run keeps the log of its earlier attempts
+        _setup_logging(paths.run_dir(args.run) / "train.log", mode="a")
+    else:
+        _setup_logging(None, level=logging.WARNING, prefix=f"[rank {env.rank}] ")
     t0 = time.time()
     ckpt = train_run(cfg, tracking_uri=tracking_uri(params), experiment=experiment_name(params),
                      progress=not args.quiet)
-    log.info("trained %s in %.1f s -> %s", args.run, time.time() - t0, ckpt)
+    if env.is_main:
+        log.info("trained %s in %.1f s -> %s", args.run, time.time() - t0, ckpt)
 
 
 def cmd_evaluate(args, params) -> None:
@@ -123,13 +144,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="stage")
     sub.add_parser("validate", help="check params.yaml").set_defaults(func=cmd_validate)
     sub.add_parser("runs", help="list the run names").set_defaults(func=cmd_runs)
-    d = sub.add_parser("data", help="synthesise or verify one dataset")
+    d = sub.add_parser("data", help="synthesise, or download and verify, one dataset")
     d.add_argument("--dataset", required=True, choices=["coco", "mpii"])
     d.set_defaults(func=cmd_data)
     sub.add_parser("mlflow-init", help="create the MLflow store and experiment").set_defaults(func=cmd_mlflow_init)
     for name, func in (("train", cmd_train), ("evaluate", cmd_evaluate)):
         s = sub.add_parser(name, help=f"{name} one run")
-        s.add_argument("--run", required=True, help="a key of params.yaml's runs")
+        # train also takes --run-name: torchrun's own argument parser rejects "--run" in the relaunch
+        # command (an ambiguous abbreviation of its --run-path)
+        s.add_argument("--run", *(["--run-name"] if name == "train" else []), dest="run", required=True,
+                       help="a key of params.yaml's runs")
         s.set_defaults(func=func)
     sub.add_parser("report", help="write Tables 1-5 and figures").set_defaults(func=cmd_report)
     b = sub.add_parser("bench", help="benchmarks: speed and memory against a reference, JSON in reports/benchmarks/")

@@ -40,6 +40,8 @@ def _describe(error: jsonschema.ValidationError) -> tuple[str, str]:
         missing = [k for k in error.validator_value if k not in error.instance]
         key = f"{where}.{missing[0]}" if where != "(top level)" else missing[0]
         return key, "required key is missing"
+    if error.validator == "pattern" and isinstance(error.schema, dict) and error.schema.get("description"):
+        return where, f"{error.instance!r} is not valid: {error.schema['description']}"  # not the raw regex
     return where, error.message
 
 
@@ -66,7 +68,39 @@ def validate_params(params: Any, source: str = DEFAULT_PARAMS) -> dict[str, Any]
         if prof["data"]["source"] == "synthetic" and "synthetic" not in prof["data"]:
             raise PipelineError(f"{source}: profiles.{pname}.data.synthetic",
                                 "required when data.source is 'synthetic'")
+        if prof["data"]["source"] == "download":
+            _check_archives(prof["data"], f"profiles.{pname}.data", source)
     return params
+
+
+def _overlap(a: str, b: str) -> bool:
+    """True when layout paths ``a`` and ``b`` are equal or one lies inside the other."""
+    pa, pb = a.strip("/").split("/"), b.strip("/").split("/")
+    n = min(len(pa), len(pb))
+    return pa[:n] == pb[:n]
+
+
+def _check_archives(data: dict[str, Any], key: str, source: str) -> None:
+    """What the schema cannot say about ``data.archives``: one of extract/place, unique names and places."""
+    if "archives" not in data:
+        raise PipelineError(f"{source}: {key}.archives", "required when data.source is 'download'")
+    names: dict[str, str] = {}
+    for dataset, entries in data["archives"].items():
+        placed: dict[str, str] = {}
+        for i, entry in enumerate(entries):
+            ekey = f"{key}.archives.{dataset}.{i}"
+            if ("extract" in entry) == ("place" in entry):
+                raise PipelineError(f"{source}: {ekey}",
+                                    "needs exactly one of extract (an archive's members) or place (a plain file)")
+            if entry["name"] in names:  # names share one cache folder
+                raise PipelineError(f"{source}: {ekey}.name", f"{entry['name']!r} is also {names[entry['name']]}")
+            names[entry["name"]] = ekey
+            dests = list(entry["extract"].values()) if "extract" in entry else [entry["place"]]
+            for dest in dests:
+                other = next((k for d, k in placed.items() if _overlap(d, dest)), None)
+                if other is not None:
+                    raise PipelineError(f"{source}: {ekey}", f"destination {dest!r} overlaps a destination of {other}")
+                placed[dest] = ekey
 
 
 def load_params(path: str | os.PathLike = DEFAULT_PARAMS, profile: str | None = None) -> dict[str, Any]:
@@ -105,6 +139,11 @@ class Paths:
 
     def dataset(self, name: str) -> Path:
         return self.data / name
+
+    @property
+    def archives(self) -> Path:
+        """Default download cache of the ``download`` data source (``data.cache`` overrides it)."""
+        return self.data / "_archives"
 
     def manifest(self, name: str) -> Path:
         """Written by the data stage once ``dataset(name)`` is complete and verified."""

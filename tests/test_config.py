@@ -66,6 +66,23 @@ def test_paper_profile_holds_the_paper_settings(params):
     (lambda p: p["profiles"]["paper"]["archs"]["hrnet_w48"]["train"].__setitem__("batch_size", 0),
      "profiles.paper.archs.hrnet_w48.train.batch_size"),
     (lambda p: p.__setitem__("foo", 1), "foo"),
+    # the paper profile's download section
+    (lambda p: p["profiles"]["paper"]["data"]["archives"]["coco"][0].__setitem__("md5", "x"),
+     "profiles.paper.data.archives.coco.0.md5"),
+    (lambda p: p["profiles"]["paper"]["data"]["archives"]["coco"][1].__setitem__("sha256", "abc"),
+     "profiles.paper.data.archives.coco.1.sha256"),
+    (lambda p: p["profiles"]["paper"]["data"]["archives"]["mpii"][0].pop("size"),
+     "profiles.paper.data.archives.mpii.0.size"),
+    (lambda p: p["profiles"]["paper"]["data"]["archives"]["mpii"][1].__setitem__("place", "../train.json"),
+     "profiles.paper.data.archives.mpii.1.place"),
+    (lambda p: p["profiles"]["paper"]["data"]["archives"]["mpii"][1].__setitem__("extract", {"a": "b"}),
+     "profiles.paper.data.archives.mpii.1"),
+    (lambda p: p["profiles"]["paper"]["data"]["archives"]["mpii"][2].__setitem__("name", "train.json"),
+     "profiles.paper.data.archives.mpii.2.name"),
+    (lambda p: p["profiles"]["paper"]["data"]["archives"]["mpii"][2].__setitem__("place", "images/x.json"),
+     "profiles.paper.data.archives.mpii.2"),
+    (lambda p: p["profiles"]["paper"]["data"].pop("archives"), "profiles.paper.data.archives"),
+    (lambda p: p["profiles"]["paper"]["data"].__setitem__("source", "web"), "profiles.paper.data.source"),
 ])
 def test_invalid_params_name_the_key(params, mutate, key):
     bad = copy.deepcopy(params)
@@ -110,6 +127,26 @@ def test_snakemake_stops_on_invalid_params_before_any_job(tmp_path, params):
     assert res.returncode != 0
     assert "profiles.demo.hdm.iterations" in res.stderr + res.stdout
     assert not (tmp_path / "data").exists() and not (tmp_path / "results").exists()
+
+
+def test_paper_profile_downloads_the_real_files(params):
+    data = params["profiles"]["paper"]["data"]
+    assert data["source"] == "download"
+    coco = {e["name"]: e for e in data["archives"]["coco"]}
+    assert coco["train2017.zip"]["url"] == "http://images.cocodataset.org/zips/train2017.zip"
+    assert coco["train2017.zip"]["size"] == 19_336_861_798 and coco["val2017.zip"]["size"] == 815_585_330
+    assert coco["test2017.zip"]["size"] == 6_646_970_404
+    assert coco["annotations_trainval2017.zip"]["size"] == 252_907_541
+    mpii = {e["name"]: e for e in data["archives"]["mpii"]}
+    assert mpii["mpii_human_pose_v1.tar.gz"]["url"].startswith("https://datasets.d2.mpi-inf.mpg.de/")
+    for entry in [*coco.values(), *mpii.values()]:
+        assert entry["sha256"] is None  # nobody publishes them: pinned by the user after a first download
+        assert (entry["url"] is None) == ("manual" in entry), entry["name"]
+    placed = {e.get("place") for e in [*coco.values(), *mpii.values()]} | {
+        d for e in [*coco.values(), *mpii.values()] for d in e.get("extract", {}).values()}
+    from pipeline.data.prepare import REQUIRED
+
+    assert {r.rstrip("/") for r in REQUIRED["coco"] + REQUIRED["mpii"]} <= placed
 
 
 def test_paths_are_per_profile():

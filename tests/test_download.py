@@ -21,7 +21,7 @@ from typing import Callable, Iterator
 import pytest
 
 from pipeline.data import download as dl
-from pipeline.data.download import Source, extract, fetch, verify
+from pipeline.data.download import CorruptArchive, MemberNotFound, Source, extract, fetch, verify
 from pipeline.errors import PipelineError
 
 DATA = random.Random(0).randbytes(3 * 1024 * 1024 + 17)  # odd size: not a chunk multiple
@@ -381,3 +381,22 @@ def test_resume_with_unaligned_cut(server: tuple[str, Script], tmp_path: Path) -
     assert out.read_bytes() == DATA
     start = int(str(script.requests[1]["range"]).split("=")[1].rstrip("-"))
     assert 0 < start <= HALF
+
+
+def test_extract_only_the_members_asked_for(tmp_path: Path) -> None:
+    """``members`` picks files or whole folders (zip and tar alike); a missing one is named."""
+    arc = tmp_path / "x.zip"
+    with zipfile.ZipFile(arc, "w") as zf:
+        for name, data in FILES.items():
+            zf.writestr(name, data)
+    out = extract(arc, tmp_path / "zout", members=["a", "three.json"])
+    _check_tree(out)
+    tout = extract(_tar(tmp_path / "x.tar.gz", FILES), tmp_path / "tout", members=["./a/b"])
+    assert sorted(p.relative_to(tout).as_posix() for p in tout.rglob("*") if p.is_file()) == ["a/b/two.bin"]
+    with pytest.raises(MemberNotFound, match="x.zip: has no member 'val2017'"):
+        extract(arc, tmp_path / "missing", members=["a", "val2017"])
+    assert not (tmp_path / "missing").exists()
+    junk = tmp_path / "junk.zip"
+    junk.write_bytes(arc.read_bytes()[:-30])  # end of central directory cut off
+    with pytest.raises(CorruptArchive, match="junk.zip"):
+        extract(junk, tmp_path / "junk")

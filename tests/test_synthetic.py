@@ -186,6 +186,26 @@ def test_left_is_the_persons_left() -> None:
     assert back[COCO.joints.index("left_shoulder"), 0] < back[COCO.joints.index("right_shoulder"), 0]
 
 
+@pytest.mark.parametrize("difficulty", [0.0, 0.5, 1.0])
+def test_people_overlap_at_most_as_the_difficulty_allows(difficulty: float) -> None:
+    """Scenes hold several people, but one covers at most ``_max_overlap(d)`` of another's box
+    (a hand-computed case of ``_overlap`` first)."""
+    a = synthetic._Person(px=np.array([[0.0, 0.0], [10.0, 10.0]]), depth=np.zeros(2), facing={}, height=1.0,
+                          parts=[], half_width={})
+    b = synthetic._Person(px=np.array([[5.0, 5.0], [9.0, 25.0]]), depth=np.zeros(2), facing={}, height=1.0,
+                          parts=[], half_width={})
+    assert synthetic._overlap(a, b) == pytest.approx(4 * 5 / (4 * 20))
+    style = synthetic._with_difficulty(synthetic._COCO_STYLE, difficulty)
+    counts = []
+    for i in range(12):
+        _, people = synthetic._render_scene(np.random.default_rng(i), 160, 120, 3, style)
+        counts.append(len(people))
+        for j, p in enumerate(people):
+            for q in people[:j]:
+                assert synthetic._overlap(p, q) <= synthetic._max_overlap(difficulty) + 1e-12
+    assert max(counts) >= 2
+
+
 def test_failure_midway_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     real = synthetic._write_jpeg
     calls = {"n": 0}

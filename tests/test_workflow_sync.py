@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from pipeline.config import load_params
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -42,7 +43,7 @@ def dvc_jobs() -> set[tuple[str, str, frozenset[str]]]:
 def test_snakemake_and_dvc_define_the_same_jobs():
     snake = snakemake_jobs()
     dvc = dvc_jobs()
-    assert len(snake) == 2 + 1 + 2 * 15 + 1
+    assert len(snake) == 2 + 1 + 2 * len(load_params(ROOT / "params.yaml")["runs"]) + 1
     assert snake == dvc
 
 

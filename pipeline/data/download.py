@@ -18,6 +18,7 @@ file and what failed.
 """
 from __future__ import annotations
 
+import gzip
 import hashlib
 import logging
 import os
@@ -25,6 +26,8 @@ import posixpath
 import tarfile
 import time
 import zipfile
+import zlib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlparse
@@ -59,6 +62,14 @@ class Source:
     url: str
     size: int | None = None
     sha256: str | None = None
+
+
+class CorruptArchive(PipelineError):
+    """The archive cannot be read (truncated, damaged, or not an archive); fetching it again may help."""
+
+
+class MemberNotFound(PipelineError):
+    """A member asked for is not in the archive (a configuration error; fetching again will not help)."""
 
 
 class _Retryable(Exception):
@@ -282,13 +293,53 @@ def _check_member(archive: Path, name: str) -> None:
         raise PipelineError(str(archive), f"unsafe member {name!r} escapes the target directory")
 
 
-def extract(archive: Path, into: Path) -> Path:
+def _norm(name: str) -> str:
+    """A member name as a plain relative POSIX path: no ``./`` prefix, no trailing slash."""
+    name = name.replace("\\", "/")
+    while name.startswith("./"):
+        name = name[2:]
+    return name.rstrip("/")
+
+
+def _select(archive: Path, items: list, name_of, members: Sequence[str] | None) -> list:
+    """The entries of ``items`` at or below one of ``members`` (all of them when ``members`` is None).
+
+    Raises :class:`MemberNotFound` naming the archive and the first member it lacks.
+    """
+    if members is None:
+        return items
+    wanted = [_norm(m) for m in members]
+    found: set[str] = set()
+    chosen = []
+    for item in items:
+        name = _norm(name_of(item))
+        hit = next((w for w in wanted if name == w or name.startswith(w + "/")), None)
+        if hit is not None:
+            found.add(hit)
+            chosen.append(item)
+    for w in wanted:
+        if w not in found:
+            raise MemberNotFound(str(archive), f"has no member {w!r}")
+    return chosen
+
+
+def _bar(items: list, archive: Path, progress: bool) -> Iterable:
+    from tqdm import tqdm
+
+    return tqdm(items, desc=f"extract {archive.name}", unit="file", disable=not progress, leave=False)
+
+
+def extract(archive: Path, into: Path, *, members: Sequence[str] | None = None, progress: bool = False) -> Path:
     """Unpack a .zip / .tar / .tar.gz ``archive`` into ``into`` and return ``into``.
 
     Extraction goes to a temporary directory beside ``into`` that is renamed onto it
     only when every member is out, so an interrupted or refused extraction never
     leaves a half-filled dataset directory. Members escaping the target (absolute
     paths, ``..``, links pointing outside, device files) are refused up front.
+    ``members`` limits extraction to those paths (a file, or a folder and everything
+    under it); one missing from the archive raises :class:`MemberNotFound`. An
+    unreadable archive raises :class:`CorruptArchive`; ``progress`` shows a bar
+    counting the members written.
     """
     archive, into = Path(archive), Path(into)
     if not archive.is_file():
@@ -296,36 +347,40 @@ def extract(archive: Path, into: Path) -> Path:
     try:
         if zipfile.is_zipfile(archive):
             with zipfile.ZipFile(archive) as zf:
-                for info in zf.infolist():
+                infos = zf.infolist()
+                for info in infos:
                     _check_member(archive, info.filename)
+                chosen = _select(archive, infos, lambda i: i.filename, members)
                 with atomic_path(into) as tmp:
                     tmp.mkdir()
-                    zf.extractall(tmp)
+                    zf.extractall(tmp, members=_bar(chosen, archive, progress))
         elif tarfile.is_tarfile(archive):
             with tarfile.open(archive, "r:*") as tf:
-                members = tf.getmembers()
-                for m in members:
+                tmembers = tf.getmembers()
+                for m in tmembers:
                     _check_member(archive, m.name)
                     if m.issym() or m.islnk():
                         target = m.linkname if m.islnk() else str(PurePosixPath(m.name).parent / m.linkname)
                         _check_member(archive, posixpath.normpath(target))
                     elif not (m.isfile() or m.isdir()):
                         raise PipelineError(str(archive), f"unsupported member type for {m.name!r}")
+                chosen = _select(archive, tmembers, lambda m: m.name, members)
                 with atomic_path(into) as tmp:
                     tmp.mkdir()
                     if hasattr(tarfile, "data_filter"):
-                        tf.extractall(tmp, members=members, filter="data")
+                        tf.extractall(tmp, members=_bar(chosen, archive, progress), filter="data")
                     else:  # pragma: no cover - Python < 3.11.4; members already checked
-                        tf.extractall(tmp, members=members)
+                        tf.extractall(tmp, members=_bar(chosen, archive, progress))
         else:
-            raise PipelineError(str(archive), "not a zip or tar archive")
+            raise CorruptArchive(str(archive), "not a zip or tar archive")
     except getattr(tarfile, "FilterError", ()) as exc:
         raise PipelineError(str(archive), f"unsafe member refused ({exc})") from None
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError) as exc:
-        raise PipelineError(str(archive), f"corrupt archive ({exc})") from None
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise CorruptArchive(str(archive), f"corrupt archive ({exc})") from None
     except OSError as exc:  # disk full, permissions: name the archive, keep one line
         raise PipelineError(str(archive), f"cannot extract into {into} ({exc})") from None
     return into
 
 
-__all__ = ["Source", "fetch", "verify", "extract", "sha256_file", "BACKOFF_BASE"]
+__all__ = ["Source", "fetch", "verify", "extract", "sha256_file", "CorruptArchive", "MemberNotFound",
+           "BACKOFF_BASE"]

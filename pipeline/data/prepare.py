@@ -2,10 +2,12 @@
 
 ``synthetic`` profiles generate the dataset (deterministic by seed, real file formats);
 ``files`` profiles check that an existing copy has every file the pipeline reads, naming the
-first one missing. Either way the stage ends by writing ``data/<profile>/<dataset>.manifest.json``
-(file sizes and annotation checksums): downstream stages depend on the manifest, so Snakemake
-and DVC rerun them exactly when the data changed, and the user's own dataset folder is never
-declared as an output that a workflow engine might delete.
+first one missing; ``download`` profiles first fetch, verify and extract the archives listed in
+``data.archives`` into that layout (see :mod:`.acquire`), then check it the same way. Either way
+the stage ends by writing ``data/<profile>/<dataset>.manifest.json`` (file sizes and annotation
+checksums): downstream stages depend on the manifest, so Snakemake and DVC rerun them exactly
+when the data changed, and the user's own dataset folder is never declared as an output that a
+workflow engine might delete.
 """
 from __future__ import annotations
 
@@ -74,6 +76,13 @@ def prepare_dataset(params: dict[str, Any], profile: str, dataset: str, *, progr
         if dataset == "mpii":
             kwargs.pop("test_images", None)
         summary = gen(root, **kwargs)
+    elif source == "download":
+        from .acquire import install
+
+        data = prof["data"]
+        cache = Path(data["cache"]) if data.get("cache") else paths.archives
+        summary = {"archives": install(data["archives"][dataset], root, cache, progress=progress,
+                                       key=f"profiles.{profile}.data.archives.{dataset}")}
     manifest = {"profile": profile, "dataset": dataset, "source": source, "root": str(root),
                 "summary": summary, "files": verify(root, dataset)}
     out = paths.manifest(dataset)

@@ -737,6 +737,26 @@ def _annotate(person: _Person, label: int, owner: np.ndarray) -> None:
     person.mpii = np.concatenate([mxy, m_in[:, None].astype(float)], axis=1)
 
 
+#: Placement attempts per person before it is left out of a crowded image.
+_PLACEMENT_TRIES = 6
+
+
+def _max_overlap(d: float) -> float:
+    """How much of the smaller of two people's boxes another may cover: photos of groups show
+    some overlap, and the hardest setting allows heavy overlap (crops then hold two people)."""
+    return 0.15 + 0.6 * d
+
+
+def _overlap(a: _Person, b: _Person) -> float:
+    """Intersection of two people's joint boxes over the smaller box's area."""
+    (ax0, ay0), (ax1, ay1) = a.px.min(axis=0), a.px.max(axis=0)
+    (bx0, by0), (bx1, by1) = b.px.min(axis=0), b.px.max(axis=0)
+    iw = max(0.0, min(ax1, bx1) - max(ax0, bx0))
+    ih = max(0.0, min(ay1, by1) - max(ay0, by0))
+    small = min((ax1 - ax0) * (ay1 - ay0), (bx1 - bx0) * (by1 - by0))
+    return iw * ih / max(small, 1e-9)
+
+
 def _render_scene(rng: np.random.Generator, width: int, height: int, max_people: int,
                  style: _Style = _COCO_STYLE) -> tuple[np.ndarray, list[_Person]]:
     """Draw one image; return it (BGR uint8) with its annotated people in draw order."""
@@ -744,7 +764,14 @@ def _render_scene(rng: np.random.Generator, width: int, height: int, max_people:
     d = style.difficulty
     _draw_clutter(rng, img, int(rng.integers(max(1, round(4 * d)), max(2, round(16 * d)))))
     n_people = int(rng.integers(1, max_people + 1))
-    people = [_place_person(rng, width, height, style) for _ in range(n_people)]
+    people: list[_Person] = []
+    for _ in range(n_people):
+        person = _place_person(rng, width, height, style)
+        for _retry in range(_PLACEMENT_TRIES):
+            if all(_overlap(person, other) <= _max_overlap(d) for other in people):
+                people.append(person)
+                break
+            person = _place_person(rng, width, height, style)
     keys = [p.height * _u(rng, 0.7, 1.3) for p in people]
     people = [people[i] for i in np.argsort(keys, kind="stable")]   # far (small) first
     owner = np.zeros((height, width), np.uint16)

@@ -99,3 +99,142 @@ def device(cfg: dict[str, Any]) -> torch.device:
 
         raise PipelineError(f"profiles.{cfg['profile']}.device", "cuda requested but no CUDA device is visible")
     return torch.device(want)
+
+
+# --------------------------------------------------------------------------- optimiser and schedule
+# Optional keys of a run's ``train`` section and their defaults (params.yaml may leave them out; the
+# demo and smoke profiles do, so their runs stay exactly the reference recipe: Adam, no warm-up, fp32).
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "betas": [0.9, 0.999],     # Adam/AdamW (torch's defaults)
+    "warmup_iters": 0,         # linear warm-up over this many optimiser steps (HRFormer: 500) ...
+    "warmup_ratio": 0.001,     # ... starting from warmup_ratio × lr (HRFormer: 0.001)
+    "amp": False,              # mixed precision on CUDA (ignored on CPU)
+    "amp_dtype": "bfloat16",   # bfloat16: no loss scaling needed | float16: with a GradScaler
+}
+
+
+def with_train_defaults(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a resolved run config with every optional ``train`` key filled in."""
+    out = dict(cfg)
+    out["train"] = {**TRAIN_DEFAULTS, **cfg["train"]}
+    out["train"]["betas"] = list(out["train"]["betas"])
+    return out
+
+
+def no_weight_decay_names(net: nn.Module) -> set[str]:
+    """Parameter names a model asks to keep out of weight decay.
+
+    Any submodule (the model itself, or one inside a wrapper such as :class:`CenteredHeatmaps` or
+    DistributedDataParallel) may define a method ``no_weight_decay_keys()`` returning parameter names
+    relative to itself (HRFormer: its relative-position bias tables); they are prefixed with the
+    submodule's path here. Models without the method exempt nothing.
+    """
+    names: set[str] = set()
+    for prefix, module in net.named_modules():
+        fn = getattr(module, "no_weight_decay_keys", None)
+        if callable(fn):
+            names.update(f"{prefix}.{k}" if prefix else k for k in fn())
+    return names
+
+
+def param_groups(net: nn.Module, t: dict[str, Any]) -> list[dict[str, Any]]:
+    """Optimiser parameter groups of a run.
+
+    ``adam`` keeps the reference recipe: one group, its ``weight_decay`` (Adam's L2 term) on every
+    parameter. ``adamw`` decays every parameter except the names of :func:`no_weight_decay_names`:
+    the HRFormer pose recipe (MMPose/HRFormer configs) exempts only the relative-position bias
+    tables, and norms and biases keep their decay there.
+    """
+    params = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
+    if t["optimizer"] != "adamw" or t["weight_decay"] == 0:
+        return [{"params": [p for _, p in params], "weight_decay": t["weight_decay"]}]
+    exempt = no_weight_decay_names(net)
+    decay = [p for n, p in params if n not in exempt]
+    no_decay = [p for n, p in params if n in exempt]
+    return [{"params": decay, "weight_decay": t["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def optimizer(cfg: dict[str, Any], net: nn.Module) -> torch.optim.Optimizer:
+    t = with_train_defaults(cfg)["train"]
+    groups = param_groups(net, t)
+    betas = tuple(t["betas"])
+    if t["optimizer"] == "adam":
+        return torch.optim.Adam(groups, lr=t["lr"], betas=betas, weight_decay=t["weight_decay"])
+    if t["optimizer"] == "adamw":
+        return torch.optim.AdamW(groups, lr=t["lr"], betas=betas, weight_decay=t["weight_decay"])
+    from ..errors import PipelineError
+
+    raise PipelineError(f"profiles.{cfg['profile']}.train.optimizer", f"unknown optimizer {t['optimizer']!r}")
+
+
+class WarmupMultiStepLR:
+    """The learning-rate schedule: a step schedule per epoch with an optional linear warm-up per step.
+
+    The rate of an optimiser step taken after ``epoch`` completed epochs and ``iteration`` completed
+    steps is ``base_lr × gamma^(milestones ≤ epoch) × w(iteration)`` with
+    ``w(i) = warmup_ratio + (1 - warmup_ratio) × i / warmup_iters`` for ``i < warmup_iters``, else 1
+    (MMCV's linear warm-up, which HRFormer uses: 500 steps from 0.001×). Without warm-up it equals
+    torch's MultiStepLR stepped once per epoch, the reference recipe. Call :meth:`step_iter` after every
+    optimiser step and :meth:`step_epoch` after every epoch; the state (two counters) is checkpointed.
+    """
+
+    def __init__(self, opt: torch.optim.Optimizer, milestones: list[int], gamma: float, *,
+                 warmup_iters: int = 0, warmup_ratio: float = 0.001) -> None:
+        self.optimizer = opt
+        self.milestones = sorted(milestones)
+        self.gamma = gamma
+        self.warmup_iters = warmup_iters
+        self.warmup_ratio = warmup_ratio
+        self.base_lrs = [g["lr"] for g in opt.param_groups]
+        self.epoch = 0
+        self.iteration = 0
+        self._apply()
+
+    def warmup_factor(self, iteration: int) -> float:
+        if iteration >= self.warmup_iters:
+            return 1.0
+        return self.warmup_ratio + (1.0 - self.warmup_ratio) * iteration / self.warmup_iters
+
+    def lr_at(self, epoch: int, iteration: int) -> list[float]:
+        """The rates of every parameter group for a step after ``epoch`` epochs and ``iteration`` steps."""
+        out = []
+        for lr in self.base_lrs:
+            for m in self.milestones:  # multiplied milestone by milestone, as MultiStepLR does
+                if m <= epoch:
+                    lr *= self.gamma
+            w = self.warmup_factor(iteration)
+            out.append(lr * w if w != 1.0 else lr)
+        return out
+
+    def _apply(self) -> None:
+        for group, lr in zip(self.optimizer.param_groups, self.lr_at(self.epoch, self.iteration)):
+            group["lr"] = lr
+
+    def get_last_lr(self) -> list[float]:
+        return [g["lr"] for g in self.optimizer.param_groups]
+
+    def step_iter(self) -> None:
+        self.iteration += 1
+        if self.iteration <= self.warmup_iters:
+            self._apply()
+
+    def step_epoch(self) -> None:
+        self.epoch += 1
+        self._apply()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "iteration": self.iteration, "base_lrs": list(self.base_lrs),
+                "milestones": list(self.milestones), "gamma": self.gamma, "warmup_iters": self.warmup_iters,
+                "warmup_ratio": self.warmup_ratio}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epoch = int(state["epoch"])
+        self.iteration = int(state["iteration"])
+        self.base_lrs = list(state["base_lrs"])
+        self._apply()
+
+
+def scheduler(cfg: dict[str, Any], opt: torch.optim.Optimizer) -> WarmupMultiStepLR:
+    t = with_train_defaults(cfg)["train"]
+    return WarmupMultiStepLR(opt, t["lr_steps"], t["lr_factor"], warmup_iters=t["warmup_iters"],
+                             warmup_ratio=t["warmup_ratio"])

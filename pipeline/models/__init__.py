@@ -7,10 +7,11 @@ from torch import nn
 
 from ..errors import PipelineError
 from .heads import CenteredHeatmaps
+from .hrformer import HRFormer, build_hrformer
 from .hrnet import PoseHRNet
 from .simple_baseline import SimpleBaseline
 
-FAMILIES = ("simplebaseline", "hrnet")
+FAMILIES = ("simplebaseline", "hrnet", "hrformer")
 
 
 def build_model(model_cfg: dict[str, Any], num_joints: int) -> nn.Module:
@@ -26,7 +27,12 @@ def build_model(model_cfg: dict[str, Any], num_joints: int) -> nn.Module:
     if family == "hrnet":
         return PoseHRNet(model_cfg["backbone"], num_joints, pretrained=model_cfg.get("pretrained", False),
                          width=model_cfg.get("width", 1.0))
+    if family == "hrformer":
+        # Our own implementation (not in timm); ImageNet weights only from a local ``weights`` file.
+        return build_hrformer(model_cfg["backbone"], num_joints, width=model_cfg.get("width", 1.0),
+                              drop_path_rate=model_cfg.get("drop_path_rate", 0.0),
+                              pretrained=model_cfg.get("pretrained", False), weights=model_cfg.get("weights"))
     raise PipelineError("model.family", f"unknown model family {family!r} (choose from {FAMILIES})")
 
 
-__all__ = ["build_model", "CenteredHeatmaps", "SimpleBaseline", "PoseHRNet", "FAMILIES"]
+__all__ = ["build_model", "CenteredHeatmaps", "SimpleBaseline", "PoseHRNet", "HRFormer", "FAMILIES"]

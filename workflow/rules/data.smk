@@ -1,5 +1,6 @@
-# Data: synthesise (demo/smoke) or verify (paper) one dataset; the manifest is the output
+# Data: synthesise (demo/smoke) or download + verify (paper) one dataset; the manifest is the output
 # that downstream rules depend on (a user's own dataset folder is never a declared output).
+# Downloads (source: download) resume where they stopped, so a job cut by its time limit loses little.
 rule data:
     output:
         "data/{profile}/{dataset}.manifest.json",
@@ -13,5 +14,6 @@ rule data:
     threads: 1
     resources:
         mem_mb=2000,
+        runtime=lambda w: 24 * 60 if config["profiles"][w.profile]["data"]["source"] == "download" else 60,
     shell:
         CLI + " data --dataset {wildcards.dataset} 2> {log}"

@@ -1,5 +1,38 @@
 # Training: one job per run of params.yaml, with its threads, memory and GPUs declared.
+#
+# GPU runs (train.gpus > 0) take their SLURM resources from profiles.<p>.cluster, per GPU:
+#   gpu=<train.gpus>, gpu_model=<cluster.gpu_model>  -> sbatch --gpus=<model>:<n> (--gpus=<n> without a model)
+#   cpus_per_gpu=<cluster.cpus_per_gpu>               -> sbatch --cpus-per-gpu=<c>
+#   mem_mb=<cluster.mem_mb_per_gpu> × gpus            -> sbatch --mem <m>
+#   runtime=<cluster.runtime_min>                     -> sbatch -t <minutes>
+# (snakemake-executor-plugin-slurm's conventions; `tasks` is left out: the job is one launcher that
+# starts one process per GPU under torchrun). Clusters that want --gres instead can set
+# `gres: "gpu:<model>:<n>"` for train with set-resources in their profile and drop gpu/gpu_model there.
+# Locally, `--resources gpu=N` caps the GPUs that concurrent training jobs use.
 
+
+def _train_cfg(w):
+    return resolve_run(config, w.run, w.profile)["train"]
+
+
+def _cluster(w):
+    return config["profiles"][w.profile].get("cluster") or {}
+
+
+def _gpu_job(w):
+    return _train_cfg(w)["gpus"] > 0 and config["profiles"][w.profile]["device"] != "cpu"
+
+
+def _train_mem_mb(w):
+    if not _gpu_job(w):
+        return 4000
+    return _cluster(w).get("mem_mb_per_gpu", 16000) * _train_cfg(w)["gpus"]
+
+
+def _train_runtime(w):
+    if not _gpu_job(w):
+        return 30
+    return _cluster(w).get("runtime_min", 4320)
 
 
 rule train:
@@ -14,8 +47,10 @@ rule train:
         "logs/{profile}/train_{run}.log",
     threads: lambda w: resolve_run(config, w.run, w.profile)["train"]["threads"]
     resources:
-        mem_mb=lambda w: 4000 if config["profiles"][w.profile]["device"] != "cuda" else 64000,
-        gpu=lambda w: resolve_run(config, w.run, w.profile)["train"]["gpus"],
-        runtime=lambda w: 30 if config["profiles"][w.profile]["device"] != "cuda" else 4320,
+        mem_mb=_train_mem_mb,
+        runtime=_train_runtime,
+        gpu=lambda w: _train_cfg(w)["gpus"] if _gpu_job(w) else 0,
+        gpu_model=lambda w: _cluster(w).get("gpu_model", "") if _gpu_job(w) else "",
+        cpus_per_gpu=lambda w: _cluster(w).get("cpus_per_gpu", _train_cfg(w)["threads"]) if _gpu_job(w) else 0,
     shell:
         CLI + " train --run {wildcards.run} 2> {log}"

@@ -1,0 +1,265 @@
+"""Training at scale on the tiny `smoke` profile: automatic resume (same MLflow run, exact continuation,
+restart on a config or code change, fallback past a corrupt checkpoint), AdamW's no-decay groups, the warm-up
+schedule, mixed-precision plumbing, and two DistributedDataParallel processes with Gloo on the CPU."""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from pipeline.config import load_params, resolve_run
+from pipeline.engine import builders
+from pipeline.engine import train as train_mod
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN = "coco_hrnet_w32_mse"
+EXPERIMENT = "hdm-benchmark-smoke"
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """A scratch folder with the smoke COCO data and an MLflow store; cwd while the tests run."""
+    from pipeline.data.prepare import prepare_dataset
+    from pipeline.tracking import init_store
+
+    d = tmp_path_factory.mktemp("train_scale")
+    params = load_params(ROOT / "params.yaml", "smoke")
+    uri = f"sqlite:///{d / 'store' / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(d)
+        prepare_dataset(params, "smoke", "coco", progress=False)
+        init_store(uri, EXPERIMENT)
+        yield d, params, uri
+
+
+def _cfg(params, epochs, **train):
+    cfg = resolve_run(params, RUN, "smoke")
+    cfg["train"].update(epochs=epochs, **train)
+    return cfg
+
+
+def _train(cfg, uri):
+    path = train_mod.train_run(cfg, tracking_uri=uri, experiment=EXPERIMENT, progress=False)
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def _history(uri, run_id, key="train_loss"):
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    return [m.step for m in mlflow.tracking.MlflowClient().get_metric_history(run_id, key)]
+
+
+def test_resume_continues_the_run(workdir, caplog, monkeypatch):
+    d, params, uri = workdir
+    caplog.set_level(logging.INFO, logger="pipeline")
+    ckpts = d / "results/smoke/runs" / RUN / "checkpoints"
+
+    first = _train(_cfg(params, 1), uri)
+    assert (ckpts / "epoch_001.pth").is_file() and [h["epoch"] for h in first["history"]] == [1]
+
+    caplog.clear()
+    second = _train(_cfg(params, 2), uri)  # raising epochs is not a config change: continue at epoch 2
+    assert "resuming coco_hrnet_w32_mse from" in caplog.text and "epoch_001.pth: epoch 2 of 2" in caplog.text
+    assert second["mlflow_run_id"] == first["mlflow_run_id"]
+    assert [h["epoch"] for h in second["history"]] == [1, 2]
+    assert _history(uri, second["mlflow_run_id"]) == [1, 2]
+    import mlflow
+
+    run = mlflow.tracking.MlflowClient().get_run(second["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.epochs"] == "1" and run.data.tags["resume.train.epochs"] == "2"
+    assert run.data.params["seeds.python_numpy_torch"] == "0" and "seeds.loader_generator" in run.data.params
+    summary = json.loads((d / "results/smoke/runs" / RUN / "train_summary.json").read_text())
+    assert summary["resumed_from"].endswith("epoch_001.pth") and len(summary["history"]) == 2
+
+    # the resumed run is exactly the uninterrupted one (RNG, optimiser and schedule state restored)
+    straight = _cfg(params, 2)
+    straight["name"] = RUN + "_straight"
+    ref = _train(straight, uri)
+    assert ref["model"].keys() == second["model"].keys()
+    assert all(torch.equal(ref["model"][k], second["model"][k]) for k in ref["model"])
+    assert [h["train_loss"] for h in ref["history"]] == [h["train_loss"] for h in second["history"]]
+
+    # a changed configuration is never resumed: warn naming the checkpoint, start over in a new MLflow run
+    caplog.clear()
+    changed = _train(_cfg(params, 2, lr=0.002), uri)
+    assert "epoch_002.pth was written under a different run configuration" in caplog.text
+    assert "starting over from epoch 1" in caplog.text
+    assert changed["mlflow_run_id"] != first["mlflow_run_id"]
+    assert [h["epoch"] for h in changed["history"]] == [1, 2] and changed["history"][0]["lr"] == 0.002
+
+    # a corrupt latest checkpoint: warn naming it, fall back to the one before
+    latest = ckpts / "epoch_002.pth"
+    latest.write_bytes(latest.read_bytes()[:1000])
+    caplog.clear()
+    again = _train(_cfg(params, 2, lr=0.002), uri)
+    assert f"checkpoint {Path('results/smoke/runs') / RUN / 'checkpoints/epoch_002.pth'} is unreadable" in caplog.text
+    assert "epoch_001.pth: epoch 2 of 2" in caplog.text
+    assert again["mlflow_run_id"] == changed["mlflow_run_id"]
+    assert all(torch.equal(again["model"][k], changed["model"][k]) for k in again["model"])
+    torch.load(latest, weights_only=False)  # rewritten
+
+    # other training code (say a fix since): retrain instead of resuming the old weights
+    monkeypatch.setattr(train_mod, "code_hash", lambda: "0" * 64)
+    caplog.clear()
+    fixed = _train(_cfg(params, 1, lr=0.002), uri)
+    assert "epoch_001.pth was written by different training code" in caplog.text
+    assert fixed["mlflow_run_id"] != changed["mlflow_run_id"] and len(fixed["history"]) == 1
+
+
+class _WithTable(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.norm = nn.BatchNorm2d(4)
+        self.table = nn.Parameter(torch.zeros(5, 2))
+        self.fc = nn.Linear(4, 2)
+
+    def no_weight_decay_keys(self):
+        return {"table"}
+
+
+class _Wrapper(nn.Module):  # as CenteredHeatmaps wraps a model
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+
+def _names(net, group):
+    ids = {id(p) for p in group["params"]}
+    return {n for n, p in net.named_parameters() if id(p) in ids}
+
+
+def test_adamw_spares_only_the_model_keys():
+    net = _Wrapper(_WithTable())
+    cfg = {"profile": "smoke", "train": {"optimizer": "adamw", "lr": 5e-4, "betas": [0.9, 0.98],
+                                          "weight_decay": 0.01}}
+    opt = builders.optimizer(cfg, net)
+    assert isinstance(opt, torch.optim.AdamW)
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
+    assert decay["betas"] == (0.9, 0.98)
+    assert _names(net, decay) == {"net.conv.weight", "net.conv.bias", "net.norm.weight", "net.norm.bias",
+                                  "net.fc.weight", "net.fc.bias"}
+    assert _names(net, no_decay) == {"net.table"}
+    # without the method nothing is spared (the HRFormer pose recipe decays norms and biases)
+    plain = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    groups = builders.param_groups(plain, {"optimizer": "adamw", "weight_decay": 0.01})
+    assert _names(plain, groups[0]) == {"0.weight", "0.bias", "1.weight", "1.bias"}
+    # adam keeps the reference recipe: one group, decay (L2) on everything
+    opt = builders.optimizer({**cfg, "train": {**cfg["train"], "optimizer": "adam"}}, net)
+    assert type(opt) is torch.optim.Adam and len(opt.param_groups) == 1
+    assert opt.param_groups[0]["weight_decay"] == 0.01
+
+
+def test_warmup_then_step_schedule():
+    p = nn.Parameter(torch.zeros(1))
+    opt = torch.optim.AdamW([p], lr=5e-4)
+    sched = builders.WarmupMultiStepLR(opt, [2], 0.1, warmup_iters=500, warmup_ratio=0.001)
+    seen = {}
+    for it in range(600):
+        seen[it] = opt.param_groups[0]["lr"]
+        sched.step_iter()
+    assert seen[0] == pytest.approx(5e-7)                       # 0.001 × lr
+    assert seen[250] == pytest.approx(5e-4 * (0.001 + 0.999 * 0.5))
+    assert seen[499] == pytest.approx(5e-4 * (0.001 + 0.999 * 499 / 500))
+    assert seen[500] == seen[599] == 5e-4
+    sched.step_epoch()
+    assert opt.param_groups[0]["lr"] == 5e-4
+    state = sched.state_dict()
+    sched.step_epoch()
+    assert opt.param_groups[0]["lr"] == pytest.approx(5e-5)     # milestone 2
+    sched.load_state_dict(state)
+    assert opt.param_groups[0]["lr"] == 5e-4 and sched.iteration == 600
+    # warm-up across an epoch boundary and under a milestone
+    assert sched.lr_at(3, 100)[0] == pytest.approx(5e-5 * (0.001 + 0.999 * 0.2))
+
+
+def test_without_warmup_equals_torch_multisteplr():
+    """The reference recipe is unchanged: the same rates, bit for bit, as MultiStepLR per epoch."""
+    q = nn.Parameter(torch.zeros(1))
+    ours = builders.WarmupMultiStepLR(torch.optim.Adam([nn.Parameter(torch.zeros(1))], lr=1e-3), [170, 200], 0.1)
+    ref_opt = torch.optim.Adam([q], lr=1e-3)
+    ref = torch.optim.lr_scheduler.MultiStepLR(ref_opt, milestones=[170, 200], gamma=0.1)
+    for _ in range(210):
+        assert ours.get_last_lr() == [g["lr"] for g in ref_opt.param_groups]
+        for _ in range(3):
+            ours.step_iter()
+        ours.step_epoch()
+        ref.step()
+
+
+def test_amp_is_ignored_on_cpu_and_the_loss_sees_float32(caplog):
+    caplog.set_level(logging.INFO, logger="pipeline")
+    dtype, scaler = train_mod.amp_settings({"amp": True, "amp_dtype": "float16"}, torch.device("cpu"))
+    assert dtype is None and not scaler.is_enabled()
+    assert "training in float32" in caplog.text
+
+    class Half(nn.Module):
+        def forward(self, x):
+            return torch.zeros(x.shape[0], 2, 4, 4, dtype=torch.bfloat16)
+
+    seen = []
+
+    def crit(out, target, weight):
+        seen.append(out.dtype)
+        return out.sum()
+
+    batch = {"image": torch.zeros(1, 3, 8, 8), "weight": torch.ones(1, 2, 1), "target": torch.zeros(1, 2, 4, 4)}
+    train_mod._step(Half(), crit, batch, {"loss": "mse"}, torch.device("cpu"), None)
+    assert seen == [torch.float32]
+
+
+def test_config_hash_ignores_only_resume_invariant_keys():
+    params = load_params(ROOT / "params.yaml", "smoke")
+    cfg = builders.with_train_defaults(resolve_run(params, RUN, "smoke"))
+    h = train_mod.config_hash(cfg)
+    for key, value in (("epochs", 99), ("workers", 4), ("threads", 2)):
+        c = copy.deepcopy(cfg)
+        c["train"][key] = value
+        assert train_mod.config_hash(c) == h
+    for key, value in (("lr", 0.01), ("gpus", 2), ("optimizer", "adamw"), ("warmup_iters", 5)):
+        c = copy.deepcopy(cfg)
+        c["train"][key] = value
+        assert train_mod.config_hash(c) != h
+    # an explicit default is the same configuration as a left-out key
+    assert train_mod.config_hash(builders.with_train_defaults(
+        {**cfg, "train": {**cfg["train"], "amp": False}})) == h
+
+
+def test_ddp_two_cpu_processes(workdir):
+    """`train` with gpus: 2 relaunches itself under torchrun; Gloo, DistributedSampler, rank 0 writes."""
+    d, params, uri = workdir
+    p = copy.deepcopy(params)
+    p["profile"] = "smoke"
+    p["profiles"]["smoke"]["train"]["gpus"] = 2
+    (d / "params_ddp.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    run = "coco_hrnet_w48_hdm"
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "MLFLOW_TRACKING_URI": uri}
+    res = subprocess.run([sys.executable, "-m", "pipeline", "--params", "params_ddp.yaml", "--quiet", "train",
+                          "--run", run], cwd=d, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "relaunching under torchrun" in res.stderr
+    out = d / "results/smoke/runs" / run
+    final = torch.load(out / "final.pth", map_location="cpu", weights_only=False)
+    assert [h["epoch"] for h in final["history"]] == [1, 2]
+    assert not any(k.startswith("module.") for k in final["model"])  # unwrapped: evaluation loads it as is
+    assert (out / "checkpoints/epoch_002.pth").is_file()
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["world_size"] == 2
+    ckpt = torch.load(out / "checkpoints/epoch_002.pth", map_location="cpu", weights_only=False)
+    assert len(ckpt["rng"]) == 2 and ckpt["world_size"] == 2
+    assert _history(uri, final["mlflow_run_id"]) == [1, 2]
+    log_text = (out / "train.log").read_text()
+    assert log_text.count("epoch 1/2") == 1  # rank 0 alone logs to the file
