@@ -6,7 +6,8 @@ Stages (each writes its outputs atomically and can be run by hand):
   mlflow-init  create the MLflow store and the profile's experiment, once, before parallel jobs
   train        train one run                 evaluate  evaluate one run
   report       write Tables 1–5 and figures  runs      list the run names
-  bench        benchmarks (``bench loss``: the HDM loss engine) -> reports/benchmarks/*.json
+  bench        benchmarks (``bench loss``: the HDM loss engine; ``bench data``: loading) -> reports/benchmarks/*.json
+  testdev-scores  load the COCO server's test-dev scores of one run into MLflow (Table 2)
 A bad input stops with one line, ``error: <file or key>: <problem>``, and exit status 1.
 """
 from __future__ import annotations
@@ -120,6 +121,20 @@ def cmd_report(args, params) -> None:
     print(f"wrote {len(written)} files to {Paths(profile).reports}/")
 
 
+def cmd_testdev_scores(args, params) -> None:
+    """Log the COCO evaluation server's test-dev scores as ``coco_testdev.*`` on the run's MLflow run."""
+    from .metrics.coco_server import log_server_scores
+
+    cfg = resolve_run(params, args.run)
+    if cfg["dataset"] != "coco":
+        raise PipelineError(f"--run {args.run}", f"a {cfg['dataset']} run has no COCO test-dev scores")
+    _setup_logging(None)
+    res = log_server_scores(args.scores, run=args.run, tracking_uri=tracking_uri(params),
+                            experiment=experiment_name(params), eval_dir=Paths(cfg["profile"]).eval_dir(args.run))
+    shown = ", ".join(f"{k.split('.', 1)[1]} {100 * v:.1f}" for k, v in res["metrics"].items())
+    print(f"{args.run}: logged the server's test-dev scores to MLflow run {res['mlflow_run_id']}: {shown}")
+
+
 def cmd_bench(args, params) -> None:
     from .bench import run_loss_benchmark
     from .bench.loss import parse_size
@@ -133,6 +148,11 @@ def cmd_bench(args, params) -> None:
             raise PipelineError("--threads", f"must be >= 1, got {args.threads}")
         run_loss_benchmark(sizes=sizes, threads=args.threads, repeats=max(1, args.repeats),
                            out_dir=Path(args.out_dir), params=params, profile=params["profile"])
+    elif args.what == "data":
+        from .bench.data import run_data_benchmark
+
+        run_data_benchmark(params, dataset=args.dataset, workers=args.workers, seconds=args.seconds,
+                           batches=args.batches, cv2_threads=args.cv2_threads, out_dir=Path(args.out_dir))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -157,13 +177,26 @@ def build_parser() -> argparse.ArgumentParser:
         s.set_defaults(func=func)
     sub.add_parser("report", help="write Tables 1-5 and figures").set_defaults(func=cmd_report)
     b = sub.add_parser("bench", help="benchmarks: speed and memory against a reference, JSON in reports/benchmarks/")
-    b.add_argument("what", choices=["loss"], help="loss: the HDM loss engine against a naive autograd Sinkhorn")
+    b.add_argument("what", choices=["loss", "data"], help="loss: the HDM loss engine against a naive autograd "
+                   "Sinkhorn | data: training-data loading, images/s per DataLoader worker count")
     b.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's setting)")
     b.add_argument("--sizes", nargs="+", default=None, metavar="HxW",
                    help="heatmap sizes, e.g. demo 64x48 96x72 (the default)")
     b.add_argument("--repeats", type=int, default=3, help="timed repetitions per measurement (median)")
+    b.add_argument("--dataset", choices=["coco", "mpii"], default="coco", help="data: which dataset (default coco)")
+    b.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2], help="data: DataLoader worker counts")
+    b.add_argument("--seconds", type=float, default=5.0, help="data: about how long each in-process timed loop runs")
+    b.add_argument("--batches", type=int, default=None,
+                   help="data: timed batches per worker count (overrides --seconds)")
+    b.add_argument("--cv2-threads", nargs="+", default=["default", "0"], metavar="N|default",
+                   help="data: cv2.setNumThreads in the loading processes ('default': untouched, as in training)")
     b.add_argument("--out-dir", default="reports/benchmarks", help="output folder (default: reports/benchmarks)")
     b.set_defaults(func=cmd_bench)
+    t = sub.add_parser("testdev-scores", help="load the COCO server's test-dev scores of one run into MLflow")
+    t.add_argument("--run", required=True, help="a COCO key of params.yaml's runs")
+    t.add_argument("--scores", required=True, help="the server's scores: JSON (metrics or COCOeval.stats) or "
+                                                    "COCOeval's printed summary; values > 1 are read as percent")
+    t.set_defaults(func=cmd_testdev_scores)
     return p
 
 

@@ -1,10 +1,11 @@
-"""Smoke test of the loss benchmark (pipeline.bench): it runs, writes valid JSON, memory is flat.
+"""Smoke tests of the benchmarks (pipeline.bench): they run and write valid JSON; the loss's memory is flat.
 
 Tiny sizes only; no assertion on any timing.
 """
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,8 +17,14 @@ from pipeline.bench.loss import (
     peak_extra_bytes,
     run_loss_benchmark,
 )
+from pipeline.bench.data import STEPS, run_data_benchmark
 from pipeline.cli import build_parser
+from pipeline.config import load_params
+from pipeline.data import synthetic
+from pipeline.errors import PipelineError
 from pipeline.losses import HDMLoss
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_loss_benchmark_writes_the_documented_json(tmp_path, capsys):
@@ -92,3 +99,61 @@ def test_sizes_and_cli():
         parse_size("96by72")
     args = build_parser().parse_args(["bench", "loss", "--threads", "2", "--sizes", "demo", "8x6"])
     assert (args.what, args.threads, args.sizes) == ("loss", 2, ["demo", "8x6"])
+
+
+# ------------------------------------------------------------------------------------------------
+# data loading benchmark
+
+
+@pytest.fixture(scope="module")
+def tiny_coco(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench") / "coco"
+    synthetic.generate_coco(root, seed=1, image_size=(96, 72), train_images=3, val_images=1, test_images=0,
+                            max_people=2, progress=False)
+    return root
+
+
+def test_data_benchmark_writes_the_documented_json(tiny_coco, tmp_path):
+    params = load_params(ROOT / "params.yaml", "smoke")
+    report = run_data_benchmark(params, dataset="coco", workers=[1], batches=2, batch_size=2, split_samples=3,
+                                cv2_threads=["default", 0], root=tiny_coco, out_dir=tmp_path, verbose=False)
+    on_disk = json.loads((tmp_path / "data_smoke_coco.json").read_text())
+    assert on_disk == json.loads(json.dumps(report))
+    assert {"benchmark", "environment", "settings", "opencv_threads", "sample_time_split", "loader"} <= on_disk.keys()
+    env = on_disk["environment"]
+    assert env["device"] == "cpu" and env["device_name"] and env["cpu_count"] >= 1 and env["usable_cpus"] >= 1
+    assert env["torch_version"] and env["opencv_version"] and env["opencv_threads"] >= 1
+    s = on_disk["settings"]
+    assert (s["profile"], s["dataset"], s["codec"], s["batch_size"]) == ("smoke", "coco", "gaussian", 2)
+    assert s["input_size"] == params["profiles"]["smoke"]["datasets"]["coco"]["input_size"]
+    assert s["worker_counts"] == [0, 1] and s["cv2_threads"] == ["default", 0] and s["samples"] >= 2
+    assert on_disk["opencv_threads"]["dataset_sets_threads"] is False
+    assert set(on_disk["opencv_threads"]["in_worker"]) == {"default", "0"}
+
+    split = on_disk["sample_time_split"]
+    assert split["samples"] == 3 and split["matches_dataset"] is True
+    assert tuple(split["mean_ms"]) == STEPS and all(v >= 0 for v in split["mean_ms"].values())
+    assert sum(split["share"].values()) == pytest.approx(1.0)
+    assert split["getitem_ms"] > 0 and split["source_image_sizes_hw"] == [[72, 96]]
+
+    rows = on_disk["loader"]
+    assert [(r["cv2_threads"], r["workers"]) for r in rows] == [("default", 0), ("default", 1), (0, 0), (0, 1)]
+    for r in rows:
+        assert r["batches"] == 2 and r["images"] == 4 and r["image_shape"] == [3, 96, 64]
+        assert r["images_per_s"] > 0 and r["ratio_vs_workers0"] > 0 and r["startup_s"] > 0
+        assert r["images_per_s_per_worker"] == pytest.approx(r["images_per_s"] / max(1, r["workers"]))
+        assert r["ratio_per_worker"] == pytest.approx(r["ratio_vs_workers0"] / max(1, r["workers"]))
+        if r["workers"] == 0:
+            assert r["ratio_vs_workers0"] == 1.0
+
+
+def test_data_benchmark_errors_and_cli(tmp_path):
+    params = load_params(ROOT / "params.yaml", "smoke")
+    with pytest.raises(PipelineError, match="run the data stage first"):
+        run_data_benchmark(params, root=tmp_path / "missing", out_dir=tmp_path, verbose=False)
+    with pytest.raises(PipelineError, match="--workers"):
+        run_data_benchmark(params, workers=[-1], root=tmp_path, out_dir=tmp_path, verbose=False)
+    assert not list(tmp_path.glob("*.json"))
+    args = build_parser().parse_args(["bench", "data", "--workers", "0", "2", "--dataset", "mpii", "--seconds", "1"])
+    assert (args.what, args.workers, args.dataset, args.seconds, args.batches) == ("data", [0, 2], "mpii", 1.0, None)
+    assert args.cv2_threads == ["default", "0"]

@@ -5,6 +5,7 @@ Each benchmark measures against a reference in the same run and writes JSON to
 """
 from __future__ import annotations
 
+from .data import run_data_benchmark
 from .loss import run_loss_benchmark
 
-__all__ = ["run_loss_benchmark"]
+__all__ = ["run_data_benchmark", "run_loss_benchmark"]

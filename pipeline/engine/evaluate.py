@@ -2,8 +2,10 @@
 
 COCO: val2017 with the person detections (flip test, rescoring, OKS-NMS at 0.9) → Table 1;
 val2017 with ground-truth boxes (a detector-free reference); test-dev with its detections → the
-submission file in the COCO results format, scored when ground truth is present (synthetic data)
-→ Table 2. MPII: val with the flip test → PCKh@0.5 (Table 3).
+submission file in the COCO results format, zipped for the evaluation server
+(``submission/person_keypoints_test-dev2017_<run>_results.zip``, see :mod:`pipeline.metrics.coco_server`),
+scored when ground truth is present (synthetic data) → Table 2; real test-dev's scores come back from
+the server and are loaded by ``python -m pipeline testdev-scores``. MPII: val with the flip test → PCKh@0.5 (Table 3).
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from .. import io
 from ..config import Paths
 from ..errors import PipelineError
 from ..metrics import coco as coco_metrics
+from ..metrics import coco_server
 from ..metrics import mpii as mpii_metrics
 from ..tracking import open_run, table_tags
 from . import builders
@@ -64,15 +67,23 @@ def evaluate_run(cfg: dict[str, Any], *, tracking_uri: str, experiment: str, pro
     out_dir = paths.eval_dir(cfg["name"])
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics: dict[str, float] = {}
+    tags: dict[str, str] = {}
+    submission: Path | None = None
     if cfg["dataset"] == "coco":
         for key, split, boxes, fname in (
             ("coco_val", "val", "det", f"person_keypoints_val2017_{cfg['name']}_results.json"),
             ("coco_val_gtbox", "val", "gt", f"person_keypoints_val2017_gtbox_{cfg['name']}_results.json"),
-            ("coco_testdev", "test-dev", "det", f"person_keypoints_test-dev2017_{cfg['name']}_results.json"),
+            ("coco_testdev", "test-dev", "det", coco_server.results_name(cfg["name"])),
         ):
             stats = _coco_split(net, cfg, dev, split, boxes, out_dir, fname, progress)
             if stats is not None:
                 metrics.update({f"{key}.{k}": v for k, v in stats.items()})
+            if key == "coco_testdev":
+                submission, sub_tags = coco_server.package_testdev(out_dir, cfg["name"], scored=stats is not None)
+                tags.update(sub_tags)
+                if stats is None:
+                    log.info("test-dev submission for the COCO server: %s (then: python -m pipeline "
+                             "testdev-scores --run %s --scores FILE)", submission, cfg["name"])
     else:
         recs = builders.records(cfg, "val")
         t = cfg["test"]
@@ -83,14 +94,16 @@ def evaluate_run(cfg: dict[str, Any], *, tracking_uri: str, experiment: str, pro
         # MLflow metric names allow no "@": "Mean@0.1" is logged as "Mean_at_0.1".
         metrics.update({f"mpii_val.{k.replace('@', '_at_')}": v for k, v in stats.items()})
 
-    tags = {**table_tags(cfg["name"]), "profile": cfg["profile"], "evaluated": "true"}
+    tags.update({**table_tags(cfg["name"]), "profile": cfg["profile"], "evaluated": "true"})
     with open_run(tracking_uri, experiment, run_name=cfg["name"], run_id=ckpt.get("mlflow_run_id")) as mlflow:
         finite = {k: float(v) for k, v in metrics.items() if v == v}  # MLflow rejects NaN
         mlflow.log_metrics(finite)
         mlflow.set_tags(tags)
         for f in sorted(out_dir.iterdir()):
-            if f.suffix in (".json", ".mat") and f.name != "metrics.json":
+            if f.suffix in (".json", ".mat") and f.name not in ("metrics.json", "testdev_server_scores.json"):
                 mlflow.log_artifact(str(f), artifact_path="predictions")
+        if submission is not None:
+            mlflow.log_artifact(str(submission), artifact_path=coco_server.SUBMISSION_DIR)
         run_id = mlflow.active_run().info.run_id
     # Strict JSON (DVC reads it): undefined metrics (no person of that size) become null.
     result = {"run": cfg["name"], "profile": cfg["profile"], "mlflow_run_id": run_id,

@@ -12,6 +12,7 @@ from typing import Any
 import pandas as pd
 
 from .. import io
+from ..metrics import coco_server
 from ..tracking import finished_runs, metric_history
 from .tables import build_tables, write_figures, write_tables
 
@@ -35,7 +36,27 @@ def collect(tracking_uri: str, experiment: str, run_names: list[str]) -> tuple[d
                                   + (f" ×{row['params.model.width']}" if pd.notna(row.get("params.model.width")) else ""),
                       "input_size": f"{h.strip()}×{w.strip()}",
                       "mlflow_run_id": row["run_id"]}
+        _testdev(name, row, measured[name], info[name])
     return measured, info, df
+
+
+def _tag(row: pd.Series, key: str) -> str:
+    v = row.get(f"tags.{key}")
+    return v if isinstance(v, str) else ""
+
+
+def _testdev(name: str, row: pd.Series, metrics: dict[str, float], info: dict[str, Any]) -> None:
+    """Test-dev bookkeeping: flag a submission awaiting the server's scores (Table 2 says so), and
+    drop server scores that belong to an earlier results file (the run was evaluated again since)."""
+    info["testdev_submitted"] = bool(_tag(row, coco_server.TAG_SUBMISSION))
+    results_sha = _tag(row, coco_server.TAG_RESULTS_SHA)
+    if (_tag(row, coco_server.TAG_SOURCE) == "server" and results_sha
+            and _tag(row, coco_server.TAG_SCORED_SHA) != results_sha):
+        log.warning("%s: the COCO server's test-dev scores are for an earlier results file; upload %s "
+                    "and load the new scores (python -m pipeline testdev-scores)",
+                    name, _tag(row, coco_server.TAG_SUBMISSION))
+        for k in [k for k in metrics if k.startswith(coco_server.TESTDEV_PREFIX + ".")]:
+            del metrics[k]
 
 
 def curves(tracking_uri: str, selected: pd.DataFrame) -> dict[str, pd.DataFrame]:

@@ -35,6 +35,7 @@ __all__ = ["build_tables", "write_tables", "write_figures", "table_title", "form
 
 NOT_RUN = "not run"
 NOT_EVALUATED = "not evaluated"
+SUBMITTED = "submitted, no scores yet"  # test-dev zip written, the server's scores not loaded yet
 NA = "n/a"  # a run exists but this metric is missing / undefined
 
 # Source / status values (CSV columns "source" and "status").
@@ -213,7 +214,7 @@ def _build_one(table: PaperTable, measured: dict, run_info: dict, profile: str) 
         if values is None:
             status = NOT_RUN
         elif all(v is None for v in values.values()):
-            status = NOT_EVALUATED
+            status = SUBMITTED if table.split == "coco_testdev" and info.get("testdev_submitted") else NOT_EVALUATED
         elif any(v is None for v in values.values()):
             status = ST_PARTIAL
         else:
@@ -253,7 +254,9 @@ def build_tables(measured: dict[str, dict[str, float]], *, profile: str,
 
     ``measured`` maps run name → final metrics ("coco_val.AP" … as fractions in [0, 1];
     "mpii_val.Mean" … in percent). Runs missing from it appear as "not run"; a run present
-    without any metric of a table's split appears as "not evaluated"; a single missing or
+    without any metric of a table's split appears as "not evaluated" (in Table 2 "submitted, no
+    scores yet" when ``run_info[run]["testdev_submitted"]``: the test-dev zip awaits the server's
+    scores); a single missing or
     undefined metric (NaN, pycocotools' -1) is "n/a". ``run_info`` (optional) maps run name →
     {"backbone", "input_size", "mlflow_run_id"}: the backbone and input size actually used.
 
@@ -274,7 +277,7 @@ def _cell_values(df: pd.DataFrame, rec: Mapping[str, Any]) -> list[str]:
     metrics = df.attrs["metrics"]
     main = df.attrs["main_metric"]
     status = rec["status"]
-    if rec["source"] == SRC_MEASURED and status in (NOT_RUN, NOT_EVALUATED):
+    if rec["source"] == SRC_MEASURED and status in (NOT_RUN, NOT_EVALUATED, SUBMITTED):
         return [status] * len(metrics)
     missing = "-" if rec["source"] in (SRC_PAPER, SRC_REFERENCE) else NA
     out = []
@@ -309,6 +312,10 @@ def _footnotes(df: pd.DataFrame) -> list[str]:
         f"\"(↑x)\" / \"(↓x)\" after {main}: Δ = this row − its baseline (difference of the printed numbers); "
         "on paper lines the paper's Δ, on measured lines the measured Δ when both runs exist.",
     ]
+    if num == 2 and (df["status"] == SUBMITTED).any():
+        notes.append(f"\"{SUBMITTED}\": test-dev has no public ground truth; the run's submission zip "
+                     "(results/PROFILE/eval/RUN/submission/) awaits the COCO server's scores, loaded with "
+                     "\"python -m pipeline testdev-scores\" (README, COCO test-dev).")
     if num in (4, 5):
         notes.append("The paper prints no Δ in this table; the Δ on paper lines is computed from its numbers.")
     if df.attrs["unit"].startswith("AP"):
@@ -392,7 +399,7 @@ def render_latex(df: pd.DataFrame) -> str:
         vals = []
         for v in _cell_values(df, rec):
             t = latex_escape(v)
-            vals.append(r"\textit{" + t + "}" if v in (NOT_RUN, NOT_EVALUATED, NA) else t)
+            vals.append(r"\textit{" + t + "}" if v in (NOT_RUN, NOT_EVALUATED, SUBMITTED, NA) else t)
         lines.append(" & ".join(info + vals) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}", r"\par\smallskip", r"\begin{minipage}{\linewidth}\scriptsize"]
     lines += [latex_escape(n) + r"\par" for n in _footnotes(df)]
