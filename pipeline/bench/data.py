@@ -7,14 +7,14 @@ What is measured, on the training dataset of the current profile (``data/<profil
 made by the data stage; the first MSE run of that dataset in ``params.yaml`` gives the config:
 Gaussian targets, the heavier of the two codecs, and the profile's augmentation):
 
-* ``sample_time_split``: one in-process pass over ``split_samples`` training samples, each cut into
-  the steps :meth:`TopDownDataset.__getitem__` takes, in its order: ``imread_decode`` (``cv2.imread``
+* ``sample_time_split``: one in-process pass over ``split_samples`` training samples, timed by
+  :meth:`TopDownDataset.sample` itself at each of its steps, in order: ``imread_decode`` (``cv2.imread``
   of the file, JPEG decode included), ``augment_params`` (drawing the augmentation, affine
   matrices), ``affine_warp`` (``cv2.warpAffine`` to the input size), ``colour_normalise`` (BGR->RGB,
   ImageNet normalisation, CHW), ``target_encoding`` (keypoints to the heatmap frame, visibility
   weights, Gaussian heatmaps) and ``to_tensors``. Means per sample in ms and shares of their sum;
   ``getitem_ms`` is the mean of the dataset's own ``ds[i]`` on the same samples, and
-  ``matches_dataset`` checks that the timed steps give the same image and target as ``ds[i]``.
+  ``matches_dataset`` checks that the timed pass gives the same image and target as ``ds[i]``.
 * ``loader``: a ``torch.utils.data.DataLoader`` as training builds it (``default_collate``, batch
   size of the profile, ``pin_memory`` off, workers started per iterator, the platform's start
   method), for each worker count in ``workers``. Per count: ``warmup_batches = max(1, workers)``
@@ -106,61 +106,12 @@ def build_train_dataset(cfg: dict[str, Any]):
 
 
 def timed_sample(ds, index: int) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
-    """``ds[index]`` computed step by step (the order of ``TopDownDataset.__getitem__``), timing each step.
+    """``ds[index]`` with the seconds each of its steps took (``TopDownDataset.sample``).
 
     Returns ``(seconds per step, the item)``; the item equals ``ds[index]`` (checked by the benchmark).
     """
-    from ..codecs import gaussian, hdm
-    from ..data.dataset import IMAGENET_MEAN, IMAGENET_STD, read_image
-    from ..data.transforms import affine_points, compose, get_affine_matrix, hflip_matrix, random_augment, warp
-
-    clock = time.perf_counter
     t: dict[str, float] = {}
-    t0 = clock()
-    rec = ds.records[index]
-    img = read_image(rec["image_path"], color_rgb=False)
-    t1 = clock()
-    t["imread_decode"] = t1 - t0
-
-    center = np.asarray(rec["center"], dtype=np.float64)
-    scale = np.asarray(rec["scale"], dtype=np.float64)
-    joints = np.asarray(rec["joints"], dtype=np.float64).reshape(ds.num_joints, 2)
-    vis = np.asarray(rec["vis"], dtype=np.float64).reshape(ds.num_joints)
-    rotation, flipped = 0.0, False
-    if ds.train:
-        rng = np.random.default_rng([ds.seed, ds.epoch, int(index)])
-        center, scale, rotation, flipped, joints, vis = random_augment(
-            rng, center, scale, joints, vis, ds.aug_cfg, image_width=img.shape[1])
-    m_in = get_affine_matrix(center, scale, rotation, ds.input_size)
-    m_img = compose(m_in, hflip_matrix(img.shape[1])) if flipped else m_in
-    t2 = clock()
-    t["augment_params"] = t2 - t1
-
-    patch = warp(img, m_img, ds.input_size)
-    t3 = clock()
-    t["affine_warp"] = t3 - t2
-
-    if ds.color_rgb:
-        patch = cv2.cvtColor(patch, cv2.COLOR_BGR2RGB)
-    image = (patch.astype(np.float32) * (1.0 / 255.0) - IMAGENET_MEAN) / IMAGENET_STD
-    image = np.ascontiguousarray(image.transpose(2, 0, 1))
-    t4 = clock()
-    t["colour_normalise"] = t4 - t3
-
-    kp = affine_points(joints, get_affine_matrix(center, scale, rotation, ds.heatmap_size))
-    weight = ((vis > 0) & hdm.inside_heatmap(kp, ds.heatmap_size)).astype(np.float32)
-    if ds.codec == "gaussian":
-        target, weight = gaussian.encode(kp, weight, ds.heatmap_size, ds.sigma)
-    else:
-        _, weight = hdm.encode_dots(kp, weight, ds.heatmap_size)
-        target = np.zeros((ds.num_joints, 1, 1), dtype=np.float32)
-    t5 = clock()
-    t["target_encoding"] = t5 - t4
-
-    item = {"image": torch.from_numpy(image), "target": torch.from_numpy(target),
-            "keypoints": torch.from_numpy(kp.astype(np.float32)),
-            "weight": torch.from_numpy(np.asarray(weight, dtype=np.float32))}
-    t["to_tensors"] = clock() - t5
+    item = ds.sample(index, timings=t)
     return t, item
 
 
