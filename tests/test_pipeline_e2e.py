@@ -13,19 +13,14 @@ from pathlib import Path
 import pytest
 import yaml
 
+from project_copy import copy_project
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 RUNS = ["coco_hrnet_w32_mse", "coco_hrnet_w32_hdm", "mpii_hrnet_w32_hdm"]
 
 
-def _copy_project(dst: Path) -> None:
-    for name in ("Snakefile", "params.yaml", "workflow", "pipeline"):
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, dst / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(src, dst / name)
-    (dst / "profiles").symlink_to("workflow/profiles")
+_copy_project = copy_project
 
 
 @pytest.fixture(scope="module")

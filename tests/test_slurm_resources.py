@@ -10,7 +10,6 @@ faking all three would test our fakes more than the workflow.)
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,18 +20,13 @@ import yaml
 
 from pipeline.config import load_params, resolve_run
 
+from project_copy import copy_project
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
 
-def _copy_project(dst: Path) -> None:
-    for name in ("Snakefile", "params.yaml", "workflow", "pipeline"):
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, dst / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(src, dst / name)
-    (dst / "profiles").symlink_to("workflow/profiles")
+_copy_project = copy_project
 
 
 def _value(v: str):
