@@ -260,7 +260,8 @@ def test_dataset_crop_content_follows_keypoints(tmp_path):
     c, s = T.box_to_center_scale([50, 30, 70, 110], ASPECT)
     rec = {"image_path": str(tmp_path / "blob.png"), "image_id": 5, "center": c, "scale": s,
            "joints": joints, "vis": vis, "box_score": 1.0, "area": 7700.0}
-    ds = _dataset([rec], "hdm", train=True, aug_cfg={"half_body_prob": 0.0, "scale_factor": 0.2})
+    ds = _dataset([rec], "hdm", train=True, aug_cfg={"half_body_prob": 0.0, "scale_factor": 0.2,
+                                                     "shift_factor": 0.1, "shift_prob": 0.5})
     stride = INPUT[0] / HEATMAP[0]
     for epoch in range(5):
         ds.set_epoch(epoch)

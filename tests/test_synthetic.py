@@ -186,6 +186,24 @@ def test_left_is_the_persons_left() -> None:
     assert back[COCO.joints.index("left_shoulder"), 0] < back[COCO.joints.index("right_shoulder"), 0]
 
 
+def test_side_and_back_views_scale_with_difficulty() -> None:
+    """Views from any direction (where left and right are hardest to tell) make up 35 % at
+    difficulty 1 and a tenth of that at 0.1; back views 20 % at 1 and 6.5 % at 0.1."""
+    for d in (1.0, 0.1):
+        rng = np.random.default_rng(11)
+        yaws = np.array([synthetic._sample_view(rng, d)[0] for _ in range(6000)]) % 360
+        side = np.mean((np.abs(yaws - 90) < 30) | (np.abs(yaws - 270) < 30))
+        front = np.mean((yaws < 60) | (yaws > 300))
+        back = np.mean(np.abs(yaws - 180) < 60)
+        u, b = 0.35 * d, 0.20 * (0.25 + 0.75 * d)
+        # uniform yaw puts 1/3 of its share in the two 60-degree side windows (and 1/3 each in the
+        # 120-degree front and back windows); the N(0 or 180, 25) views reach the side windows
+        # with probability 2 * P(z > 2.4) = 1.6 %
+        assert side == pytest.approx(u / 3 + (1 - u) * 0.016, abs=0.012)
+        assert back == pytest.approx(b + u / 3, abs=0.015)
+        assert front == pytest.approx(1 - u - b + u / 3, abs=0.02)
+
+
 @pytest.mark.parametrize("difficulty", [0.0, 0.5, 1.0])
 def test_people_overlap_at_most_as_the_difficulty_allows(difficulty: float) -> None:
     """Scenes hold several people, but one covers at most ``_max_overlap(d)`` of another's box

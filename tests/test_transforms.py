@@ -164,6 +164,33 @@ def test_random_augment_flip_mirrors_and_swaps():
     assert v2[4] == 0 and v2[3] == 1
 
 
+def test_random_augment_box_shift_is_bounded_and_off_by_default():
+    """MMPose-style box shift: the centre moves by at most shift_factor box sizes per axis; the
+    joints, scale and rotation are untouched; with shift_prob 0 (HRNet) nothing is drawn."""
+    cfg = T.default_aug_cfg(COCO, half_body_prob=0.0, scale_factor=0.0, rot_prob=0.0, flip=False,
+                            shift_factor=0.1, shift_prob=1.0)
+    c, s, j, v = _person(np.random.default_rng(7))
+    offsets = []
+    for seed in range(50):
+        c2, s2, r, flipped, j2, _ = T.random_augment(np.random.default_rng(seed), c, s, j, v, cfg,
+                                                     image_width=300)
+        np.testing.assert_allclose(s2, s)
+        np.testing.assert_allclose(j2, j)
+        assert r == 0.0 and not flipped
+        offsets.append((c2 - c) / (s * 200))
+    offsets = np.array(offsets)
+    assert np.all(np.abs(offsets) <= 0.1 + 1e-12)
+    assert np.abs(offsets).max() > 0.05 and np.all(np.abs(offsets).sum(1) > 0)
+    assert offsets[:, 0].min() < 0 < offsets[:, 0].max() and offsets[:, 1].min() < 0 < offsets[:, 1].max()
+    # shift_prob 0: the same draws (and results) as a config without the shift keys
+    plain = T.default_aug_cfg(COCO, half_body_prob=0.0)
+    off = dict(plain, shift_factor=0.1, shift_prob=0.0)
+    a = T.random_augment(np.random.default_rng(3), c, s, j, v, plain, image_width=300)
+    b = T.random_augment(np.random.default_rng(3), c, s, j, v, off, image_width=300)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+
+
 def test_half_body_box():
     cfg = T.default_aug_cfg(COCO, half_body_prob=1.0, scale_factor=0.0, rot_prob=0.0, flip=False,
                             aspect_ratio=0.75)

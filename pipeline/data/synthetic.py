@@ -107,8 +107,8 @@ class _Style:
 
 
 def _with_difficulty(style: _Style, d: float) -> _Style:
-    """The style at difficulty ``d`` (1 = the full variety above; 0 = big, upright, unoccluded people
-    on sparse clutter). Every aspect keeps some variety at any ``d``; the demo uses an intermediate
+    """The style at difficulty ``d`` (1 = the full variety above; 0 = big, upright, unoccluded people,
+    mostly facing the camera, on sparse clutter; ``_sample_view`` and ``_sample_pose`` read ``d``). Every aspect keeps some variety at any ``d``; the demo uses an intermediate
     value so a demo-size model learns something measurable in a few CPU minutes."""
     lo, hi = style.height_range
     return _Style(height_range=(hi - (hi - lo) * (0.4 + 0.6 * d), hi),
@@ -238,11 +238,17 @@ def _sample_build(rng: np.random.Generator) -> _Build:
 
 
 def _sample_view(rng: np.random.Generator, difficulty: float = 1.0) -> tuple[float, float]:
-    """Body yaw (0 = facing the camera) and in-plane roll, both in degrees."""
+    """Body yaw (0 = facing the camera) and in-plane roll, both in degrees.
+
+    A figure's left and right are hardest to tell apart in side views (any direction) and next
+    hardest from behind (no face, no badge), so their shares (35 % and 20 % at difficulty 1) shrink
+    with ``difficulty``, the back views to a quarter at 0; the rest face the camera."""
     r = rng.random()
-    if r < 0.45:
+    any_direction = 0.35 * difficulty
+    back = 0.20 * (0.25 + 0.75 * difficulty)
+    if r < 1.0 - any_direction - back:
         yaw = _n(rng, 0, 25)
-    elif r < 0.65:
+    elif r < 1.0 - any_direction:
         yaw = _n(rng, 180, 25)
     else:
         yaw = _u(rng, 0, 360)

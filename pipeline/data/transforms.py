@@ -279,8 +279,10 @@ def random_augment(
     """HRNet's training augmentation, drawn from ``rng``.
 
     In order: half-body crop (prob ``half_body_prob`` if more than
-    ``num_joints_half_body`` joints are visible), scale ``s * clip(randn*sf + 1, 1-sf,
-    1+sf)``, rotation ``clip(randn*rf, -2rf, 2rf)`` with prob ``rot_prob`` (else 0),
+    ``num_joints_half_body`` joints are visible), box shift (prob ``shift_prob``: the centre
+    moves by ``clip(randn, -1, 1) * shift_factor`` box sizes per axis, MMPose's
+    ``RandomBBoxTransform`` shift; HRNet has none, so it defaults to 0 and then draws nothing),
+    scale ``s * clip(randn*sf + 1, 1-sf, 1+sf)``, rotation ``clip(randn*rf, -2rf, 2rf)`` with prob ``rot_prob`` (else 0),
     horizontal flip with prob ``flip_prob`` (0.5) if ``flip``. A flip mirrors the joints
     and the centre about the image (``x -> image_width - 1 - x``) and swaps left/right;
     the caller must crop the mirrored image (or compose :func:`hflip_matrix`).
@@ -306,6 +308,11 @@ def random_augment(
         hb = half_body_box(rng, j, v, cfg.get("upper_body_ids", []), aspect, pixel_std)
         if hb is not None:
             c, s = hb
+
+    shift_prob = float(cfg.get("shift_prob", 0.0))
+    if shift_prob > 0 and rng.random() < shift_prob:
+        offset = np.clip(rng.standard_normal(2), -1.0, 1.0) * float(cfg.get("shift_factor", 0.0))
+        c = c + offset * s * pixel_std
 
     sf = float(cfg.get("scale_factor", 0.0))
     rf = float(cfg.get("rot_factor", 0.0))

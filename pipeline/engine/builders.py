@@ -68,6 +68,7 @@ def dataset(cfg: dict[str, Any], recs: list[dict], *, train: bool) -> TopDownDat
         "scale_factor": d["scale_factor"], "rot_factor": d["rot_factor"], "rot_prob": d["rot_prob"],
         "flip": d["flip"], "half_body_prob": d["half_body_prob"],
         "num_joints_half_body": d["num_joints_half_body"],
+        "shift_factor": d.get("shift_factor", 0.0), "shift_prob": d.get("shift_prob", 0.0),
     }
     return TopDownDataset(recs, joint_set=js, input_size=d["input_size"], heatmap_size=d["heatmap_size"],
                           codec=codec_name(cfg), sigma=d["sigma"], train=train, aug_cfg=aug,

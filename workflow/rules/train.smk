@@ -29,6 +29,19 @@ def _train_mem_mb(w):
     return _cluster(w).get("mem_mb_per_gpu", 16000) * _train_cfg(w)["gpus"]
 
 
+def _train_priority(w):
+    """Longest-first scheduling: a rough training cost (epochs × input pixels × train images of the
+    synthetic data; 1 image for real data), so the big runs start early and the short runs and the
+    evaluations fill the cores at the end instead of one long run finishing alone."""
+    cfg = resolve_run(config, w.run, w.profile)
+    data = config["profiles"][w.profile]["data"]
+    images = 1
+    if data.get("source") == "synthetic":
+        images = data["synthetic"][cfg["dataset"]]["train_images"]
+    width, height = cfg["data"]["input_size"]
+    return 1 + int(cfg["train"]["epochs"] * width * height * images // 1_000_000)
+
+
 def _train_runtime(w):
     if not _gpu_job(w):
         return 30
@@ -46,6 +59,7 @@ rule train:
     log:
         "logs/{profile}/train_{run}.log",
     threads: lambda w: resolve_run(config, w.run, w.profile)["train"]["threads"]
+    priority: _train_priority
     resources:
         mem_mb=_train_mem_mb,
         runtime=_train_runtime,
