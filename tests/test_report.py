@@ -183,6 +183,24 @@ def test_measured_delta_formatted(tmp_path):
     assert _line(tables["table2"], "coco_hrnet_w48_hdm", "measured")["status"] == "not evaluated"
 
 
+def test_gtbox_reference_note_on_coco_val_tables(tmp_path):
+    measured = {
+        "coco_hrnet_w48_mse": {**_coco("coco_val", 0.40), "coco_val_gtbox.AP": 0.4465},
+        "coco_hrnet_w48_hdm": {**_coco("coco_val", 0.10), "coco_val_gtbox.AP": float("nan")},
+        "coco_hrformer_base_mse": _coco("coco_val", 0.47),
+    }
+    tables = build_tables(measured, profile="demo")
+    expected = ("Measured AP ×100 with ground-truth person boxes instead of detections (same flip test; "
+                "not in the paper's table): coco_hrnet_w48_mse 44.7.")
+    assert expected in tables["table1"].attrs["notes"]
+    assert expected in tables["table4"].attrs["notes"]   # the ablation tables are on COCO val too
+    assert not any("ground-truth person boxes" in n for n in tables["table2"].attrs["notes"])
+    write_tables(tables, tmp_path, profile="demo")
+    assert expected in (tmp_path / "table1.md").read_text()
+    assert "ground-truth" not in (tmp_path / "table3.md").read_text()
+    assert not any("ground-truth person boxes" in n for n in build_tables({}, profile="demo")["table1"].attrs["notes"])
+
+
 def test_hdm_without_baseline_has_no_delta_and_missing_metric_is_na(tmp_path):
     m = _coco("coco_val", 0.5)
     m["coco_val.APM"] = -1.0  # pycocotools' "no ground truth in this range"
