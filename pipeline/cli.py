@@ -6,7 +6,8 @@ Stages (each writes its outputs atomically and can be run by hand):
   mlflow-init  create the MLflow store and the profile's experiment, once, before parallel jobs
   train        train one run                 evaluate  evaluate one run
   report       write Tables 1–5 and figures  runs      list the run names
-  bench        benchmarks (``bench loss``: the HDM loss engine; ``bench data``: loading) -> reports/benchmarks/*.json
+  bench        benchmarks (``bench loss``: the HDM loss engine; ``bench data``: loading; ``bench train``:
+               training steps per run) -> reports/benchmarks/*.json
   testdev-scores  load the COCO server's test-dev scores of one run into MLflow (Table 2)
 A bad input stops with one line, ``error: <file or key>: <problem>``, and exit status 1.
 """
@@ -153,6 +154,12 @@ def cmd_bench(args, params) -> None:
 
         run_data_benchmark(params, dataset=args.dataset, workers=args.workers, seconds=args.seconds,
                            batches=args.batches, cv2_threads=args.cv2_threads, out_dir=Path(args.out_dir))
+    else:
+        from .bench.train import run_train_benchmark
+
+        run_train_benchmark(params, profile=params["profile"], runs=args.runs, iters=args.iters,
+                            warmup=args.warmup, device=args.device, out_dir=Path(args.out_dir),
+                            progress=not args.quiet)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -177,8 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
         s.set_defaults(func=func)
     sub.add_parser("report", help="write Tables 1-5 and figures").set_defaults(func=cmd_report)
     b = sub.add_parser("bench", help="benchmarks: speed and memory against a reference, JSON in reports/benchmarks/")
-    b.add_argument("what", choices=["loss", "data"], help="loss: the HDM loss engine against a naive autograd "
-                   "Sinkhorn | data: training-data loading, images/s per DataLoader worker count")
+    b.add_argument("what", choices=["loss", "data", "train"], help="loss: the HDM loss engine against a naive "
+                   "autograd Sinkhorn | data: training-data loading, images/s per DataLoader worker count | "
+                   "train: training steps of each run at its own config (images/s, peak memory, GPU-hours)")
     b.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's setting)")
     b.add_argument("--sizes", nargs="+", default=None, metavar="HxW",
                    help="heatmap sizes, e.g. demo 64x48 96x72 (the default)")
@@ -190,6 +198,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="data: timed batches per worker count (overrides --seconds)")
     b.add_argument("--cv2-threads", nargs="+", default=["default", "0"], metavar="N|default",
                    help="data: cv2.setNumThreads in the loading processes ('default': untouched, as in training)")
+    b.add_argument("--runs", nargs="+", default=None, metavar="RUN",
+                   help="train: runs to measure (default: the COCO runs of Table 1)")
+    b.add_argument("--iters", type=int, default=200, help="train: timed training steps per run")
+    b.add_argument("--warmup", type=int, default=20, help="train: untimed steps first")
+    b.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None,
+                   help="train: override the profile's device")
     b.add_argument("--out-dir", default="reports/benchmarks", help="output folder (default: reports/benchmarks)")
     b.set_defaults(func=cmd_bench)
     t = sub.add_parser("testdev-scores", help="load the COCO server's test-dev scores of one run into MLflow")

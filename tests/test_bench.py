@@ -157,3 +157,46 @@ def test_data_benchmark_errors_and_cli(tmp_path):
     args = build_parser().parse_args(["bench", "data", "--workers", "0", "2", "--dataset", "mpii", "--seconds", "1"])
     assert (args.what, args.workers, args.dataset, args.seconds, args.batches) == ("data", [0, 2], "mpii", 1.0, None)
     assert args.cv2_threads == ["default", "0"]
+
+
+def test_train_benchmark_writes_the_documented_json(tmp_path):
+    """Smoke profile on the CPU: every field, the HDM/MSE ratio of the same call, the GPU-hour formula."""
+    from pipeline.bench.train import TRAIN_SAMPLES, default_runs, run_train_benchmark
+
+    params = load_params(ROOT / "params.yaml", "smoke")
+    runs = ["coco_hrnet_w32_mse", "coco_hrnet_w32_hdm"]
+    rep = run_train_benchmark(params, profile="smoke", runs=runs, iters=2, warmup=1, device="cpu",
+                              out_dir=tmp_path, progress=False)
+    out = tmp_path / "train_smoke_cpu.json"
+    assert rep["path"] == str(out) and json.loads(out.read_text())["runs"].keys() == set(runs)
+    mse, hdm = rep["runs"]["coco_hrnet_w32_mse"], rep["runs"]["coco_hrnet_w32_hdm"]
+    batch = params["profiles"]["smoke"]["train"]["batch_size"]
+    for r, loss in ((mse, "mse"), (hdm, "hdm")):
+        assert r["loss"] == loss and r["batch_size"] == batch and r["iters"] == 2 and r["warmup"] == 1
+        assert r["input_size"] == [64, 96] and r["heatmap_size"] == [16, 24] and r["amp"] is None
+        assert r["images_per_s"] == pytest.approx(2 * batch / r["elapsed_s"])
+        assert r["est_gpu_hours"] == pytest.approx(r["epochs"] * TRAIN_SAMPLES["coco"] / r["images_per_s"] / 3600)
+        assert r["process_peak_rss_mb"] > 0 and "peak_memory_mb" not in r
+        assert torch.isfinite(torch.tensor(r["final_loss"]))
+    assert "vs_mse" not in mse and hdm["hdm_iterations"] == 1000
+    assert hdm["vs_mse"] == {"run": "coco_hrnet_w32_mse",
+                             "images_per_s_ratio": pytest.approx(hdm["images_per_s"] / mse["images_per_s"])}
+    t1 = rep["per_table"]["table1"]
+    assert t1 == {"runs": 8, "measured_runs": 2, "complete": False,
+                  "est_gpu_hours": pytest.approx(mse["est_gpu_hours"] + hdm["est_gpu_hours"])}
+    assert "table3" not in rep["per_table"]   # no MPII run measured
+    assert default_runs(params) == [f"coco_{a}_{l}" for a in ("simplebaseline", "hrnet_w32", "hrnet_w48",
+                                                               "hrformer_base") for l in ("mse", "hdm")]
+
+
+def test_train_benchmark_errors_and_cli(tmp_path):
+    from pipeline.bench.train import run_train_benchmark
+
+    params = load_params(ROOT / "params.yaml", "smoke")
+    with pytest.raises(PipelineError, match="--runs.*nope"):
+        run_train_benchmark(params, profile="smoke", runs=["nope"], out_dir=tmp_path, progress=False)
+    with pytest.raises(PipelineError, match="--iters"):
+        run_train_benchmark(params, profile="smoke", iters=0, out_dir=tmp_path, progress=False)
+    assert not list(tmp_path.iterdir())
+    args = build_parser().parse_args(["bench", "train", "--runs", "a", "b", "--iters", "5", "--device", "cpu"])
+    assert (args.what, args.runs, args.iters, args.warmup, args.device) == ("train", ["a", "b"], 5, 20, "cpu")

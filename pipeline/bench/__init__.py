@@ -7,5 +7,6 @@ from __future__ import annotations
 
 from .data import run_data_benchmark
 from .loss import run_loss_benchmark
+from .train import run_train_benchmark
 
-__all__ = ["run_data_benchmark", "run_loss_benchmark"]
+__all__ = ["run_data_benchmark", "run_loss_benchmark", "run_train_benchmark"]
