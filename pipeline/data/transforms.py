@@ -282,8 +282,8 @@ def random_augment(
     ``num_joints_half_body`` joints are visible), box shift (prob ``shift_prob``: the centre
     moves by ``clip(randn, -1, 1) * shift_factor`` box sizes per axis, MMPose's
     ``RandomBBoxTransform`` shift; HRNet has none, so it defaults to 0 and then draws nothing),
-    scale ``s * clip(randn*sf + 1, 1-sf, 1+sf)``, rotation ``clip(randn*rf, -2rf, 2rf)`` with prob ``rot_prob`` (else 0),
-    horizontal flip with prob ``flip_prob`` (0.5) if ``flip``. A flip mirrors the joints
+    scale ``s * clip(randn*sf + 1, 1-sf, 1+sf)``, rotation ``clip(randn*rf, -2rf, 2rf)`` with
+    prob ``rot_prob`` (else 0), horizontal flip with prob ``flip_prob`` (0.5) if ``flip``. A flip mirrors the joints
     and the centre about the image (``x -> image_width - 1 - x``) and swaps left/right;
     the caller must crop the mirrored image (or compose :func:`hflip_matrix`).
 
