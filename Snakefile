@@ -7,7 +7,7 @@ import json
 import sys
 
 sys.path.insert(0, workflow.basedir)
-from pipeline.config import TABLE_FILES, Paths, resolve_run, validate_params
+from pipeline.config import TABLE_FILES, Paths, resolve_run, seeds, validate_params
 from pipeline.errors import PipelineError
 
 configfile: "params.yaml"
@@ -19,13 +19,20 @@ except PipelineError as exc:
 
 PROFILE = config["profile"]
 RUNS = list(config["runs"])
+SEEDS = seeds(config)                   # the main target's training seeds
+STUDY_SEEDS = seeds(config, study=True) # the study target's
 PY = sys.executable  # the interpreter running Snakemake (the project's virtualenv)
 CLI = f"{PY} -m pipeline --profile {{wildcards.profile}}"
 
+wildcard_constraints:
+    profile="[A-Za-z0-9_-]+",
+    run="[a-z0-9_]+",
+    seed="[0-9]+",
+
 
 def run_config(wildcards):
-    """The run's fully resolved configuration: a change to it reruns the run (params trigger)."""
-    return json.dumps(resolve_run(config, wildcards.run, wildcards.profile), sort_keys=True)
+    """The run's fully resolved configuration (its seed included): a change to it reruns the run."""
+    return json.dumps(resolve_run(config, wildcards.run, wildcards.profile, int(wildcards.seed)), sort_keys=True)
 
 
 include: "workflow/rules/data.smk"
@@ -40,3 +47,9 @@ rule all:
     default_target: True
     input:
         [str(Paths(PROFILE).reports / f) for f in TABLE_FILES],
+
+
+# Every run with study.seeds (>= 3): `snakemake --cores all study`; tables in reports/<profile>/study/.
+rule study:
+    input:
+        [str(Paths(PROFILE).study_reports / f) for f in TABLE_FILES],

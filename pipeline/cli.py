@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Sequence
 
 from . import io
-from .config import Paths, experiment_name, load_params, resolve_run, tracking_uri
+from .config import Paths, experiment_name, load_params, resolve_run, run_label, seeds, tracking_uri
 from .errors import PipelineError
 
 log = logging.getLogger("pipeline")
@@ -36,6 +36,11 @@ def _setup_logging(log_file: Path | None, *, mode: str = "w", level: int = loggi
         handlers.append(logging.FileHandler(log_file, mode=mode))
     logging.basicConfig(level=level, format=f"%(asctime)s %(levelname)s {prefix}%(name)s: %(message)s",
                         handlers=handlers, force=True)
+
+
+def _seed(args, params) -> int:
+    """``--seed``, or the first of params.yaml's ``seeds``."""
+    return seeds(params)[0] if args.seed is None else args.seed
 
 
 def cmd_validate(args, params) -> None:
@@ -71,67 +76,73 @@ def cmd_train(args, params) -> None:
 
     from .engine.train import dist_env, torchrun_command, train_run, under_torchrun
 
-    cfg = resolve_run(params, args.run)
+    cfg = resolve_run(params, args.run, seed=_seed(args, params))
     paths = Paths(cfg["profile"])
+    run_dir = paths.run_dir(args.run, cfg["seed"])
     gpus = cfg["train"]["gpus"]
     if gpus > 1 and not under_torchrun():
         _setup_logging(None)
         cmd = torchrun_command(gpus, ["--params", str(args.params), "--profile", cfg["profile"],
-                                      *(["--quiet"] if args.quiet else []), "train", "--run-name", args.run])
+                                      *(["--quiet"] if args.quiet else []), "train", "--run-name", args.run,
+                                      "--seed", str(cfg["seed"])])
         log.info("train.gpus = %d: relaunching under torchrun: %s", gpus, " ".join(cmd))
         rc = subprocess.run(cmd).returncode
         if rc != 0:
-            raise PipelineError(f"train --run {args.run}", f"torchrun exited with status {rc} "
-                                f"(see {paths.run_dir(args.run) / 'train.log'})")
+            raise PipelineError(f"train --run {args.run} --seed {cfg['seed']}",
+                                f"torchrun exited with status {rc} (see {run_dir / 'train.log'})")
         return
     env = dist_env()
     if env.is_main:  # appended to: a resumed run keeps the log of its earlier attempts
-        _setup_logging(paths.run_dir(args.run) / "train.log", mode="a")
+        _setup_logging(run_dir / "train.log", mode="a")
     else:
         _setup_logging(None, level=logging.WARNING, prefix=f"[rank {env.rank}] ")
     t0 = time.time()
     ckpt = train_run(cfg, tracking_uri=tracking_uri(params), experiment=experiment_name(params),
                      progress=not args.quiet)
     if env.is_main:
-        log.info("trained %s in %.1f s -> %s", args.run, time.time() - t0, ckpt)
+        log.info("trained %s in %.1f s -> %s", run_label(args.run, cfg["seed"]), time.time() - t0, ckpt)
 
 
 def cmd_evaluate(args, params) -> None:
     from .engine.evaluate import evaluate_run
 
-    cfg = resolve_run(params, args.run)
+    cfg = resolve_run(params, args.run, seed=_seed(args, params))
     paths = Paths(cfg["profile"])
-    paths.eval_dir(args.run).mkdir(parents=True, exist_ok=True)
-    _setup_logging(paths.eval_dir(args.run) / "evaluate.log")
+    eval_dir = paths.eval_dir(args.run, cfg["seed"])
+    eval_dir.mkdir(parents=True, exist_ok=True)
+    _setup_logging(eval_dir / "evaluate.log")
     t0 = time.time()
     res = evaluate_run(cfg, tracking_uri=tracking_uri(params), experiment=experiment_name(params),
                        progress=not args.quiet)
     main = {k: round(v, 4) for k, v in res["metrics"].items() if k in ("coco_val.AP", "coco_testdev.AP",
                                                                          "mpii_val.Mean")}
-    log.info("evaluated %s in %.1f s: %s", args.run, time.time() - t0, json.dumps(main))
+    log.info("evaluated %s in %.1f s: %s", run_label(args.run, cfg["seed"]), time.time() - t0, json.dumps(main))
 
 
 def cmd_report(args, params) -> None:
     from .report.build import build_report
 
     profile = params["profile"]
-    _setup_logging(Paths(profile).logs("report"))
+    paths = Paths(profile)
+    _setup_logging(paths.logs("report_study" if args.study else "report"))
+    out_dir = paths.study_reports if args.study else paths.reports
     written = build_report(profile=profile, tracking_uri=tracking_uri(params),
                            experiment=experiment_name(params), run_names=list(params["runs"]),
-                           out_dir=Paths(profile).reports)
-    print(f"wrote {len(written)} files to {Paths(profile).reports}/")
+                           seeds=seeds(params, study=args.study), out_dir=out_dir)
+    print(f"wrote {len(written)} files to {out_dir}/")
 
 
 def cmd_testdev_scores(args, params) -> None:
     """Log the COCO evaluation server's test-dev scores as ``coco_testdev.*`` on the run's MLflow run."""
     from .metrics.coco_server import log_server_scores
 
-    cfg = resolve_run(params, args.run)
+    cfg = resolve_run(params, args.run, seed=_seed(args, params))
     if cfg["dataset"] != "coco":
         raise PipelineError(f"--run {args.run}", f"a {cfg['dataset']} run has no COCO test-dev scores")
     _setup_logging(None)
-    res = log_server_scores(args.scores, run=args.run, tracking_uri=tracking_uri(params),
-                            experiment=experiment_name(params), eval_dir=Paths(cfg["profile"]).eval_dir(args.run))
+    res = log_server_scores(args.scores, run=args.run, seed=cfg["seed"], tracking_uri=tracking_uri(params),
+                            experiment=experiment_name(params),
+                            eval_dir=Paths(cfg["profile"]).eval_dir(args.run, cfg["seed"]))
     shown = ", ".join(f"{k.split('.', 1)[1]} {100 * v:.1f}" for k, v in res["metrics"].items())
     print(f"{args.run}: logged the server's test-dev scores to MLflow run {res['mlflow_run_id']}: {shown}")
 
@@ -162,6 +173,16 @@ def cmd_bench(args, params) -> None:
                             progress=not args.quiet)
 
 
+def _nonneg_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -181,8 +202,13 @@ def build_parser() -> argparse.ArgumentParser:
         # command (an ambiguous abbreviation of its --run-path)
         s.add_argument("--run", *(["--run-name"] if name == "train" else []), dest="run", required=True,
                        help="a key of params.yaml's runs")
+        s.add_argument("--seed", type=_nonneg_int, default=None,
+                       help="training seed (default: the first of params.yaml's seeds)")
         s.set_defaults(func=func)
-    sub.add_parser("report", help="write Tables 1-5 and figures").set_defaults(func=cmd_report)
+    r = sub.add_parser("report", help="write Tables 1-5, findings.md and figures")
+    r.add_argument("--study", action="store_true",
+                   help="the study target: every run with study.seeds, into reports/<profile>/study/")
+    r.set_defaults(func=cmd_report)
     b = sub.add_parser("bench", help="benchmarks: speed and memory against a reference, JSON in reports/benchmarks/")
     b.add_argument("what", choices=["loss", "data", "train"], help="loss: the HDM loss engine against a naive "
                    "autograd Sinkhorn | data: training-data loading, images/s per DataLoader worker count | "
@@ -208,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=cmd_bench)
     t = sub.add_parser("testdev-scores", help="load the COCO server's test-dev scores of one run into MLflow")
     t.add_argument("--run", required=True, help="a COCO key of params.yaml's runs")
+    t.add_argument("--seed", type=_nonneg_int, default=None,
+                   help="training seed of the evaluated run (default: the first of params.yaml's seeds)")
     t.add_argument("--scores", required=True, help="the server's scores: JSON (metrics or COCOeval.stats) or "
                                                     "COCOeval's printed summary; values > 1 are read as percent")
     t.set_defaults(func=cmd_testdev_scores)

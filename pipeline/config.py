@@ -157,34 +157,54 @@ class Paths:
     def mlflow_marker(self) -> Path:
         return self.results / "mlflow_store.json"
 
-    def run_dir(self, run: str) -> Path:
-        return self.results / "runs" / run
+    def run_dir(self, run: str, seed: int) -> Path:
+        """One training run of one seed: ``results/<profile>/runs/<run>/seed<k>/``."""
+        return self.results / "runs" / run / f"seed{int(seed)}"
 
-    def checkpoint(self, run: str) -> Path:
-        return self.run_dir(run) / "final.pth"
+    def checkpoint(self, run: str, seed: int) -> Path:
+        return self.run_dir(run, seed) / "final.pth"
 
-    def eval_dir(self, run: str) -> Path:
-        return self.results / "eval" / run
+    def eval_dir(self, run: str, seed: int) -> Path:
+        return self.results / "eval" / run / f"seed{int(seed)}"
 
-    def eval_metrics(self, run: str) -> Path:
-        return self.eval_dir(run) / "metrics.json"
+    def eval_metrics(self, run: str, seed: int) -> Path:
+        return self.eval_dir(run, seed) / "metrics.json"
 
     @property
     def reports(self) -> Path:
         return Path("reports") / self.profile
 
+    @property
+    def study_reports(self) -> Path:
+        """The study target's tables (every run with ``study.seeds``)."""
+        return self.reports / "study"
+
     def logs(self, name: str) -> Path:
         return Path("logs") / self.profile / f"{name}.log"
 
 
-TABLE_FILES = [f"table{i}.{ext}" for i in range(1, 6) for ext in ("md", "tex", "csv")] + ["README.md"]
+TABLE_FILES = [f"table{i}.{ext}" for i in range(1, 6) for ext in ("md", "tex", "csv")] + ["findings.md",
+                                                                                           "README.md"]
 
 
-def resolve_run(params: dict[str, Any], run: str, profile: str | None = None) -> dict[str, Any]:
-    """The complete configuration of one run under one profile (plain dict, JSON-serialisable)."""
+def run_label(run: str, seed: int) -> str:
+    """The name of one (run, seed) pair in MLflow and in log file names: ``<run>-seed<k>``."""
+    return f"{run}-seed{int(seed)}"
+
+
+def seeds(params: dict[str, Any], *, study: bool = False) -> list[int]:
+    """The training seeds of the main target (``seeds``) or of the study target (``study.seeds``)."""
+    return [int(s) for s in (params["study"]["seeds"] if study else params["seeds"])]
+
+
+def resolve_run(params: dict[str, Any], run: str, profile: str | None = None,
+                seed: int | None = None) -> dict[str, Any]:
+    """The complete configuration of one run under one profile and training seed (plain dict,
+    JSON-serialisable). ``seed`` defaults to the first of ``seeds``."""
     profile = profile or params["profile"]
     if run not in params["runs"]:
         raise PipelineError("params.yaml: runs", f"no run named {run!r} (known: {', '.join(params['runs'])})")
+    seed = seeds(params)[0] if seed is None else int(seed)
     prof = params["profiles"][profile]
     spec = params["runs"][run]
     arch = prof["archs"][spec["arch"]]
@@ -193,7 +213,7 @@ def resolve_run(params: dict[str, Any], run: str, profile: str | None = None) ->
     return {
         "name": run,
         "profile": profile,
-        "seed": params["seed"],
+        "seed": seed,
         "device": prof["device"],
         "dataset": dataset,
         "arch": spec["arch"],

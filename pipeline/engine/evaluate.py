@@ -16,10 +16,13 @@ from typing import Any
 import torch
 
 from .. import io
-from ..config import Paths
+from ..config import Paths, run_label
 from ..errors import PipelineError
+import numpy as np
+
+from ..data.transforms import image_to_heatmap
 from ..metrics import coco as coco_metrics
-from ..metrics import coco_server
+from ..metrics import coco_server, diagnostics
 from ..metrics import mpii as mpii_metrics
 from ..tracking import open_run, table_tags
 from . import builders
@@ -37,8 +40,33 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise PipelineError(str(path), f"not a readable checkpoint ({type(exc).__name__}: {exc})") from None
 
 
+def run_diagnostics(cfg: dict[str, Any], pred: dict[str, np.ndarray], recs: list[dict]) -> dict[str, float]:
+    """Per-joint median error, left/right separation ratios and dead heatmaps of predictions on
+    ground-truth boxes, as flat MLflow metrics ``diag.*`` (errors in heatmap pixels)."""
+    js = builders.joint_set(cfg)
+    size = cfg["data"]["heatmap_size"]
+    if not recs:
+        return {}
+    gt = np.stack([r["joints"] for r in recs]).astype(np.float64)
+    vis = np.stack([r["vis"] for r in recs]) > 0
+    pred_hm = image_to_heatmap(pred["coords"], pred["center"], pred["scale"], size)
+    gt_hm = image_to_heatmap(gt, pred["center"], pred["scale"], size)
+    errors = diagnostics.joint_errors(pred_hm, gt_hm, vis)
+    ratios = diagnostics.separation_ratios(pred_hm, gt_hm, vis, js.flip_pairs)
+    dead = diagnostics.dead_fractions(pred["peak"])
+    out = {f"diag.err.{js.joints[k]}": float(e) for k, e in enumerate(errors)}
+    out.update({f"diag.sep.{diagnostics.pair_name(js.joints[a], js.joints[b])}": r for (a, b), r in ratios.items()})
+    out.update({f"diag.dead.{js.joints[k]}": float(d) for k, d in enumerate(dead)})
+    out["diag.median_err"] = float(np.nanmedian(errors)) if np.isfinite(errors).any() else float("nan")
+    out["diag.collapsed_pairs"] = float(len(diagnostics.collapsed_pairs(ratios)))
+    out["diag.dead_fraction"] = float(np.mean(pred["peak"] <= 0)) if len(pred["peak"]) else float("nan")
+    return out
+
+
 def _coco_split(net, cfg, dev, split: str, boxes: str, out_dir: Path, results_name: str,
-                progress: bool) -> dict[str, float] | None:
+                progress: bool) -> tuple[dict[str, float] | None, dict[str, np.ndarray], list[dict]]:
+    """Predict one split, write its results file; (COCO stats or None without ground truth, the
+    predictions, the records)."""
     recs = builders.records(cfg, split, boxes=boxes)
     t = cfg["test"]
     pred = predict(net, cfg, recs, flip_test=t["flip_test"], dev=dev, batch_size=t["batch_size"],
@@ -50,21 +78,22 @@ def _coco_split(net, cfg, dev, split: str, boxes: str, out_dir: Path, results_na
     gt = Path(cfg["data"]["root"]) / builders.COCO_SPLITS[split][3]
     if not gt.is_file():
         log.info("%s: no ground truth at %s; wrote %s for the evaluation server", split, gt, results)
-        return None
-    return coco_metrics.evaluate_keypoints(gt, results)
+        return None, pred, recs
+    return coco_metrics.evaluate_keypoints(gt, results), pred, recs
 
 
 def evaluate_run(cfg: dict[str, Any], *, tracking_uri: str, experiment: str, progress: bool = True) -> dict:
     """Evaluate the run's final checkpoint; writes metrics.json and prediction files."""
     paths = Paths(cfg["profile"])
-    ckpt = load_checkpoint(paths.checkpoint(cfg["name"]))
+    seed = cfg["seed"]
+    ckpt = load_checkpoint(paths.checkpoint(cfg["name"], seed))
     dev = builders.device(cfg)
     if dev.type == "cpu":
         torch.set_num_threads(cfg["train"]["threads"])
     net = builders.model(cfg)
     net.load_state_dict(ckpt["model"])
     net.to(dev)
-    out_dir = paths.eval_dir(cfg["name"])
+    out_dir = paths.eval_dir(cfg["name"], seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics: dict[str, float] = {}
     tags: dict[str, str] = {}
@@ -75,9 +104,11 @@ def evaluate_run(cfg: dict[str, Any], *, tracking_uri: str, experiment: str, pro
             ("coco_val_gtbox", "val", "gt", f"person_keypoints_val2017_gtbox_{cfg['name']}_results.json"),
             ("coco_testdev", "test-dev", "det", coco_server.results_name(cfg["name"])),
         ):
-            stats = _coco_split(net, cfg, dev, split, boxes, out_dir, fname, progress)
+            stats, pred, recs = _coco_split(net, cfg, dev, split, boxes, out_dir, fname, progress)
             if stats is not None:
                 metrics.update({f"{key}.{k}": v for k, v in stats.items()})
+            if key == "coco_val_gtbox":
+                metrics.update(run_diagnostics(cfg, pred, recs))
             if key == "coco_testdev":
                 submission, sub_tags = coco_server.package_testdev(out_dir, cfg["name"], scored=stats is not None)
                 tags.update(sub_tags)
@@ -93,9 +124,11 @@ def evaluate_run(cfg: dict[str, Any], *, tracking_uri: str, experiment: str, pro
         stats = mpii_metrics.pckh(pred["coords"], Path(cfg["data"]["root"]) / builders.MPII_GT_VALID)
         # MLflow metric names allow no "@": "Mean@0.1" is logged as "Mean_at_0.1".
         metrics.update({f"mpii_val.{k.replace('@', '_at_')}": v for k, v in stats.items()})
+        metrics.update(run_diagnostics(cfg, pred, recs))
 
-    tags.update({**table_tags(cfg["name"]), "profile": cfg["profile"], "evaluated": "true"})
-    with open_run(tracking_uri, experiment, run_name=cfg["name"], run_id=ckpt.get("mlflow_run_id")) as mlflow:
+    tags.update({**table_tags(cfg["name"]), "seed": str(seed), "profile": cfg["profile"], "evaluated": "true"})
+    with open_run(tracking_uri, experiment, run_name=run_label(cfg["name"], seed),
+                  run_id=ckpt.get("mlflow_run_id")) as mlflow:
         finite = {k: float(v) for k, v in metrics.items() if v == v}  # MLflow rejects NaN
         mlflow.log_metrics(finite)
         mlflow.set_tags(tags)
@@ -106,7 +139,7 @@ def evaluate_run(cfg: dict[str, Any], *, tracking_uri: str, experiment: str, pro
             mlflow.log_artifact(str(submission), artifact_path=coco_server.SUBMISSION_DIR)
         run_id = mlflow.active_run().info.run_id
     # Strict JSON (DVC reads it): undefined metrics (no person of that size) become null.
-    result = {"run": cfg["name"], "profile": cfg["profile"], "mlflow_run_id": run_id,
+    result = {"run": cfg["name"], "seed": seed, "profile": cfg["profile"], "mlflow_run_id": run_id,
               "metrics": {k: (v if v == v else None) for k, v in metrics.items()}}
-    io.write_json(paths.eval_metrics(cfg["name"]), result)
+    io.write_json(paths.eval_metrics(cfg["name"], seed), result)
     return result

@@ -21,13 +21,14 @@ def predict(net: nn.Module, cfg: dict[str, Any], recs: list[dict], *, flip_test:
             dev: torch.device, batch_size: int, progress: bool = False, desc: str = "predict"
             ) -> dict[str, np.ndarray]:
     """Predict every record; returns image-space ``coords`` (N,K,2), ``scores`` (N,K) and the
-    records' ``box_score``, ``area``, ``image_id`` arrays, in record order."""
+    records' ``box_score``, ``area``, ``image_id`` arrays, in record order, and ``peak`` (N,K): each
+    heatmap's largest value (≤ 0: a dead heatmap, see :mod:`pipeline.metrics.diagnostics`)."""
     ds = builders.dataset(cfg, recs, train=False)
     codec = get_codec(builders.codec_name(cfg))
     flip_index = builders.joint_set(cfg).flip_index()
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=cfg["train"]["workers"])
     net.eval().to(memory_format=torch.channels_last)
-    coords, scores, centers, scales = [], [], [], []
+    coords, scores, centers, scales, peaks = [], [], [], [], []
     box_scores, areas, image_ids = [], [], []
     for batch in tqdm(loader, desc=desc, disable=not progress, leave=False, mininterval=2.0):
         images = batch["image"].to(dev, non_blocking=True, memory_format=torch.channels_last)
@@ -35,6 +36,7 @@ def predict(net: nn.Module, cfg: dict[str, Any], recs: list[dict], *, flip_test:
         if flip_test:
             heat_f = net(flip_codec.flip_image_batch(images)).float()
             heat = 0.5 * (heat + flip_codec.flip_back(heat_f, flip_index))
+        peaks.append(heat.amax(dim=(-2, -1)).cpu().numpy().astype(np.float64))
         xy, sc = codec.decode(heat.cpu())
         coords.append(np.asarray(xy, dtype=np.float64))
         scores.append(np.asarray(sc, dtype=np.float64))
@@ -47,12 +49,13 @@ def predict(net: nn.Module, cfg: dict[str, Any], recs: list[dict], *, flip_test:
         k = builders.joint_set(cfg).num_joints
         return {"coords": np.zeros((0, k, 2)), "scores": np.zeros((0, k)), "box_score": np.zeros(0),
                 "area": np.zeros(0), "image_id": np.zeros(0, dtype=np.int64), "center": np.zeros((0, 2)),
-                "scale": np.zeros((0, 2))}
+                "scale": np.zeros((0, 2)), "peak": np.zeros((0, k))}
     c = np.concatenate(centers)
     s = np.concatenate(scales)
     xy_img = heatmap_to_image(np.concatenate(coords), c, s, cfg["data"]["heatmap_size"])
     return {"coords": xy_img, "scores": np.concatenate(scores), "box_score": np.concatenate(box_scores),
-            "area": np.concatenate(areas), "image_id": np.concatenate(image_ids), "center": c, "scale": s}
+            "area": np.concatenate(areas), "image_id": np.concatenate(image_ids), "center": c, "scale": s,
+            "peak": np.concatenate(peaks)}
 
 
 def coco_predictions(pred: dict[str, np.ndarray]) -> list[dict]:

@@ -49,7 +49,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from .. import io
-from ..config import Paths
+from ..config import Paths, run_label
 from ..errors import PipelineError
 from ..tracking import flatten, open_run, table_tags
 from . import builders
@@ -274,7 +274,7 @@ def train_run(cfg: dict[str, Any], *, tracking_uri: str, experiment: str, progre
 def _train(cfg: dict[str, Any], env: DistEnv, dev: torch.device, *, tracking_uri: str, experiment: str,
            progress: bool) -> Path:
     paths = Paths(cfg["profile"])
-    run_dir = paths.run_dir(cfg["name"])
+    run_dir = paths.run_dir(cfg["name"], cfg["seed"])
     ckpt_dir = run_dir / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     t = cfg["train"]
@@ -352,9 +352,9 @@ def _train(cfg: dict[str, Any], env: DistEnv, dev: torch.device, *, tracking_uri
                  len(train_ds), len(val_recs), n_params / 1e6, dev,
                  f" × {env.world_size} processes" if env.distributed else "", t["optimizer"])
 
-    tags = {**table_tags(cfg["name"]), "profile": cfg["profile"], "dataset": cfg["dataset"],
+    tags = {**table_tags(cfg["name"]), "seed": str(seed), "profile": cfg["profile"], "dataset": cfg["dataset"],
             "arch": cfg["arch"], "loss": cfg["loss"], "evaluated": "false"}
-    tracking = (open_run(tracking_uri, experiment, run_name=cfg["name"], run_id=run_id, tags=tags)
+    tracking = (open_run(tracking_uri, experiment, run_name=run_label(cfg["name"], seed), run_id=run_id, tags=tags)
                 if env.is_main else contextlib.nullcontext(None))
     with tracking as mlflow:
         if mlflow is not None:
@@ -431,12 +431,12 @@ def _train(cfg: dict[str, Any], env: DistEnv, dev: torch.device, *, tracking_uri
                     torch.save(ckpt, tmp)
             _barrier(env)
         if env.is_main:
-            summary = {"run": cfg["name"], "mlflow_run_id": run_id, "epochs": t["epochs"], "history": history,
+            summary = {"run": cfg["name"], "seed": seed, "mlflow_run_id": run_id, "epochs": t["epochs"], "history": history,
                        "num_parameters": n_params, "device": str(dev), "world_size": env.world_size,
                        "resumed_from": str(resumed_from) if resumed_from is not None else None}
             io.write_json(run_dir / "train_summary.json", summary)
-            with io.atomic_path(paths.checkpoint(cfg["name"])) as tmp:
+            with io.atomic_path(paths.checkpoint(cfg["name"], seed)) as tmp:
                 torch.save({"model": net.state_dict(), "config": cfg, "mlflow_run_id": run_id,
                             "history": history, "config_hash": cfg_hash}, tmp)
     _barrier(env)
-    return paths.checkpoint(cfg["name"])
+    return paths.checkpoint(cfg["name"], seed)

@@ -244,11 +244,11 @@ def parse_server_scores(path: str | Path) -> dict[str, float]:
 
 
 # ------------------------------------------------------------------------------ MLflow
-def log_server_scores(scores_file: str | Path, *, run: str, tracking_uri: str, experiment: str,
+def log_server_scores(scores_file: str | Path, *, run: str, seed: int, tracking_uri: str, experiment: str,
                       eval_dir: str | Path | None = None) -> dict[str, Any]:
     """Log the server's scores as ``coco_testdev.*`` onto the run's latest evaluated MLflow run.
 
-    The run is the one the report reads: the newest finished run named ``run`` with tag
+    The run is the one the report reads: the newest finished run of ``run`` and ``seed`` with tag
     ``evaluated=true`` in ``experiment``. Tags it ``testdev_source=server`` (and the results sha256
     the scores belong to), attaches the scores file, and writes a copy of the parsed scores to
     ``<eval_dir>/testdev_server_scores.json`` (so DVC's report stage sees a change).
@@ -260,12 +260,15 @@ def log_server_scores(scores_file: str | Path, *, run: str, tracking_uri: str, e
 
     scores = parse_server_scores(scores_file)
     df = finished_runs(tracking_uri, experiment)
-    if not df.empty:
-        df = df[df["tags.mlflow.runName"] == run]
+    if not df.empty and {"tags.row", "tags.seed"} <= set(df.columns):
+        df = df[(df["tags.row"] == run) & (df["tags.seed"] == str(seed))]
+    else:
+        df = df.iloc[0:0]
     if df.empty:
-        raise PipelineError(f"--run {run}", f"no finished, evaluated MLflow run of that name in experiment "
-                                            f"{experiment!r} at {tracking_uri}: evaluate it first "
-                                            f"(python -m pipeline evaluate --run {run})")
+        raise PipelineError(f"--run {run} --seed {seed}",
+                            f"no finished, evaluated MLflow run of that run and seed in experiment "
+                            f"{experiment!r} at {tracking_uri}: evaluate it first "
+                            f"(python -m pipeline evaluate --run {run} --seed {seed})")
     row = df.iloc[0]  # newest first, as the report picks it
     run_id = str(row["run_id"])
     sha = row.get(f"tags.{TAG_RESULTS_SHA}")
@@ -276,7 +279,7 @@ def log_server_scores(scores_file: str | Path, *, run: str, tracking_uri: str, e
     client.log_batch(run_id, tags=tags,
                      metrics=[Metric(f"{TESTDEV_PREFIX}.{k}", float(v), now, 0) for k, v in scores.items()])
     client.log_artifact(run_id, str(scores_file), artifact_path="testdev_server")
-    result = {"run": run, "mlflow_run_id": run_id, "source": "server", "scores_file": str(scores_file),
+    result = {"run": run, "seed": seed, "mlflow_run_id": run_id, "source": "server", "scores_file": str(scores_file),
               "results_sha256": sha or None, "metrics": {f"{TESTDEV_PREFIX}.{k}": v for k, v in scores.items()}}
     if eval_dir is not None:
         write_json(Path(eval_dir) / "testdev_server_scores.json", result)

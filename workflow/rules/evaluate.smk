@@ -1,16 +1,16 @@
 # Evaluation: the paper's test protocol on the final checkpoint, logged to the same MLflow run.
 rule evaluate:
     input:
-        "results/{profile}/runs/{run}/final.pth",
+        "results/{profile}/runs/{run}/seed{seed}/final.pth",
     output:
-        "results/{profile}/eval/{run}/metrics.json",
+        "results/{profile}/eval/{run}/seed{seed}/metrics.json",
     params:
         config=run_config,
     log:
-        "logs/{profile}/evaluate_{run}.log",
+        "logs/{profile}/evaluate_{run}-seed{seed}.log",
     threads: 1
     resources:
         mem_mb=lambda w: 4000 if config["profiles"][w.profile]["device"] != "cuda" else 32000,
         gpu=lambda w: 1 if config["profiles"][w.profile]["device"] == "cuda" else 0,
     shell:
-        CLI + " evaluate --run {wildcards.run} 2> {log}"
+        CLI + " evaluate --run {wildcards.run} --seed {wildcards.seed} 2> {log}"

@@ -1,7 +1,11 @@
-# Report: Tables 1-5 (Markdown, LaTeX, CSV) and figures from the runs recorded in MLflow.
+# Report: Tables 1-5 (Markdown, LaTeX, CSV), findings.md and figures from the runs recorded in MLflow.
+def _evaluated(profile, seed_list):
+    return [f"results/{profile}/eval/{run}/seed{seed}/metrics.json" for run in RUNS for seed in seed_list]
+
+
 rule report:
     input:
-        lambda w: [f"results/{w.profile}/eval/{run}/metrics.json" for run in RUNS],
+        lambda w: _evaluated(w.profile, SEEDS),
     output:
         [f"reports/{{profile}}/{f}" for f in TABLE_FILES],
     log:
@@ -11,3 +15,18 @@ rule report:
         mem_mb=2000,
     shell:
         CLI + " report 2> {log}"
+
+
+# The study target: the same tables over study.seeds (not a DVC stage: there, dvc exp run -S 'seeds=[0,1,2]').
+rule report_study:
+    input:
+        lambda w: _evaluated(w.profile, STUDY_SEEDS),
+    output:
+        [f"reports/{{profile}}/study/{f}" for f in TABLE_FILES],
+    log:
+        "logs/{profile}/report_study.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+    shell:
+        CLI + " report --study 2> {log}"

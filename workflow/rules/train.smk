@@ -1,4 +1,4 @@
-# Training: one job per run of params.yaml, with its threads, memory and GPUs declared.
+# Training: one job per run of params.yaml and training seed, with its threads, memory and GPUs declared.
 #
 # GPU runs (train.gpus > 0) take their SLURM resources from profiles.<p>.cluster, per GPU:
 #   gpu=<train.gpus>, gpu_model=<cluster.gpu_model>  -> sbatch --gpus=<model>:<n> (--gpus=<n> without a model)
@@ -12,7 +12,7 @@
 
 
 def _train_cfg(w):
-    return resolve_run(config, w.run, w.profile)["train"]
+    return resolve_run(config, w.run, w.profile, int(w.seed))["train"]
 
 
 def _cluster(w):
@@ -33,7 +33,7 @@ def _train_priority(w):
     """Longest-first scheduling: a rough training cost (epochs × input pixels × train images of the
     synthetic data; 1 image for real data), so the big runs start early and the short runs and the
     evaluations fill the cores at the end instead of one long run finishing alone."""
-    cfg = resolve_run(config, w.run, w.profile)
+    cfg = resolve_run(config, w.run, w.profile, int(w.seed))
     data = config["profiles"][w.profile]["data"]
     images = 1
     if data.get("source") == "synthetic":
@@ -53,12 +53,12 @@ rule train:
         data=lambda w: f"data/{w.profile}/{config['runs'][w.run]['dataset']}.manifest.json",
         store="results/{profile}/mlflow_store.json",
     output:
-        "results/{profile}/runs/{run}/final.pth",
+        "results/{profile}/runs/{run}/seed{seed}/final.pth",
     params:
         config=run_config,
     log:
-        "logs/{profile}/train_{run}.log",
-    threads: lambda w: resolve_run(config, w.run, w.profile)["train"]["threads"]
+        "logs/{profile}/train_{run}-seed{seed}.log",
+    threads: lambda w: resolve_run(config, w.run, w.profile, int(w.seed))["train"]["threads"]
     priority: _train_priority
     resources:
         mem_mb=_train_mem_mb,
@@ -67,4 +67,4 @@ rule train:
         gpu_model=lambda w: _cluster(w).get("gpu_model", "") if _gpu_job(w) else "",
         cpus_per_gpu=lambda w: _cluster(w).get("cpus_per_gpu", _train_cfg(w)["threads"]) if _gpu_job(w) else 0,
     shell:
-        CLI + " train --run {wildcards.run} 2> {log}"
+        CLI + " train --run {wildcards.run} --seed {wildcards.seed} 2> {log}"
