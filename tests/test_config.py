@@ -151,6 +151,6 @@ def test_paper_profile_downloads_the_real_files(params):
 
 def test_paths_are_per_profile():
     p = Paths("demo")
-    assert str(p.checkpoint("x")) == "results/demo/runs/x/final.pth"
-    assert str(p.eval_metrics("x")) == "results/demo/eval/x/metrics.json"
+    assert str(p.checkpoint("x", 0)) == "results/demo/runs/x/seed0/final.pth"
+    assert str(p.eval_metrics("x", 2)) == "results/demo/eval/x/seed2/metrics.json"
     assert str(p.manifest("coco")) == "data/demo/coco.manifest.json"

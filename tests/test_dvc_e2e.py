@@ -55,7 +55,7 @@ def test_dvc_repro_and_exp_run(tmp_path):
     _run(["git", "add", "-A"], d, env)
     _run(["git", "commit", "-qm", "lock"], d, env)
     _run([str(BIN / "dvc"), "exp", "run", "-S", "profiles.smoke.train.epochs=1"], d, env)
-    summary = json.loads((d / "results/smoke/runs/coco_hrnet_w32_hdm/train_summary.json").read_text())
+    summary = json.loads((d / "results/smoke/runs/coco_hrnet_w32_hdm/seed0/train_summary.json").read_text())
     assert summary["epochs"] == 1 and len(summary["history"]) == 1
     shown = json.loads(_run([str(BIN / "dvc"), "exp", "show", "--json"], d, env).stdout)
     exps = [e for rev in shown for e in (rev.get("experiments") or [])]

@@ -4,6 +4,7 @@ line naming the file and leave no output behind."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -18,6 +19,7 @@ from project_copy import copy_project
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 RUNS = ["coco_hrnet_w32_mse", "coco_hrnet_w32_hdm", "mpii_hrnet_w32_hdm"]
+SEEDS = [0, 1]
 
 
 _copy_project = copy_project
@@ -31,6 +33,7 @@ def project(tmp_path_factory):
     params = yaml.safe_load((d / "params.yaml").read_text())
     params["profile"] = "smoke"
     params["runs"] = {k: v for k, v in params["runs"].items() if k in RUNS}
+    params["seeds"] = SEEDS
     (d / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{d / 'store' / 'mlflow.db'}"}
     first = subprocess.run([str(BIN / "snakemake"), "--cores", "2"], cwd=d, env=env, capture_output=True,
@@ -59,23 +62,33 @@ def test_snakemake_builds_every_table(project):
     t3 = pd.read_csv(d / "reports" / "smoke" / "table3.csv")
     row = t3[(t3["source"] == "measured") & (t3["run"] == "mpii_hrnet_w32_hdm")].iloc[0]
     assert row["status"] in ("ok", "partial") and 0.0 <= row["Mean"] <= 100.0
+    # two seeds: t-intervals over seeds, the HDM-MSE Δ paired by seed
+    hdm = measured.loc["coco_hrnet_w32_hdm"]
+    assert hdm["n"] == 2 and hdm["interval"] == "t" and hdm["delta_vs"] == "coco_hrnet_w32_mse"
+    assert hdm["ci_low"] <= hdm["AP"] <= hdm["ci_high"] or math.isnan(hdm["ci_low"])
+    findings = (d / "reports" / "smoke" / "findings.md").read_text()
+    assert "coco_hrnet_w32_hdm" in findings and "Sec. 4" in findings
 
 
 def test_outputs_per_run(project):
     d, env, _ = project
     for run in RUNS:
-        assert (d / "results/smoke/runs" / run / "final.pth").is_file()
-        assert (d / "results/smoke/runs" / run / "checkpoints/epoch_002.pth").is_file()
-        assert (d / "results/smoke/runs" / run / "train.log").read_text().count("epoch ") >= 2
-        text = (d / "results/smoke/eval" / run / "metrics.json").read_text()
-        assert "NaN" not in text  # strict JSON for DVC
-        metrics = json.loads(text)["metrics"]
-        key = "mpii_val.Mean" if run.startswith("mpii") else "coco_val.AP"
-        assert key in metrics
-    sub = d / "results/smoke/eval/coco_hrnet_w32_hdm/person_keypoints_test-dev2017_coco_hrnet_w32_hdm_results.json"
+        for seed in SEEDS:
+            run_dir = d / "results/smoke/runs" / run / f"seed{seed}"
+            assert (run_dir / "final.pth").is_file()
+            assert (run_dir / "checkpoints/epoch_002.pth").is_file()
+            assert (run_dir / "train.log").read_text().count("epoch ") >= 2
+            eval_dir = d / "results/smoke/eval" / run / f"seed{seed}"
+            text = (eval_dir / "metrics.json").read_text()
+            assert "NaN" not in text  # strict JSON for DVC
+            metrics = json.loads(text)["metrics"]
+            key = "mpii_val.Mean" if run.startswith("mpii") else "coco_val.AP"
+            assert key in metrics and "diag.median_err" in metrics
+            assert (eval_dir / ("mpii_val.boot.npz" if run.startswith("mpii") else "coco_val.boot.npz")).is_file()
+    sub = d / "results/smoke/eval/coco_hrnet_w32_hdm/seed0/person_keypoints_test-dev2017_coco_hrnet_w32_hdm_results.json"
     entries = json.loads(sub.read_text())
     assert entries and set(entries[0]) == {"image_id", "category_id", "keypoints", "score"}
-    assert (d / "logs/smoke/train_coco_hrnet_w32_hdm.log").is_file()
+    assert (d / "logs/smoke/train_coco_hrnet_w32_hdm-seed1.log").is_file()
 
 
 def test_mlflow_has_every_run_with_curves(project):
@@ -84,9 +97,10 @@ def test_mlflow_has_every_run_with_curves(project):
 
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
     df = mlflow.search_runs(experiment_names=["hdm-benchmark-smoke"])
-    assert sorted(df["tags.mlflow.runName"]) == sorted(RUNS)
+    assert sorted(df["tags.mlflow.runName"]) == sorted(f"{r}-seed{s}" for r in RUNS for s in SEEDS)
     assert set(df["status"]) == {"FINISHED"} and set(df["tags.evaluated"]) == {"true"}
-    row = df[df["tags.mlflow.runName"] == "coco_hrnet_w32_hdm"].iloc[0]
+    row = df[df["tags.mlflow.runName"] == "coco_hrnet_w32_hdm-seed1"].iloc[0]
+    assert row["tags.row"] == "coco_hrnet_w32_hdm" and row["tags.seed"] == "1" and row["params.seed"] == "1"
     assert row["params.hdm.iterations"] == "1000" and row["tags.tables"] == "1,2"
     client = mlflow.tracking.MlflowClient()
     assert [m.step for m in client.get_metric_history(row["run_id"], "val_AP")] == [1, 2]
@@ -124,7 +138,7 @@ def test_malformed_annotation_stops_training_without_output(project, tmp_path):
     assert res.returncode == 1
     err = [line for line in res.stderr.splitlines() if line.startswith("error:")]
     assert len(err) == 1 and "person_keypoints_train2017.json" in err[0] and "keypoints" in err[0]
-    assert not (work / "results/smoke/runs/coco_hrnet_w32_mse/final.pth").exists()
+    assert not (work / "results/smoke/runs/coco_hrnet_w32_mse/seed0/final.pth").exists()
 
     ann.write_text("{ not json")
     res = _cli(work, env, "train", "--run", "coco_hrnet_w32_mse")

@@ -10,7 +10,8 @@ import pytest
 
 from pipeline.errors import PipelineError
 from pipeline.report.paper_numbers import BENCHMARK_RUNS, TABLES, get_table
-from pipeline.report.tables import build_tables, format_delta, write_figures, write_tables
+from pipeline.report.figures import write_figures
+from pipeline.report.tables import build_tables, format_delta, write_tables
 
 PAPER_MD = Path("/work/shared/paper/heatmap-distribution-matching.md")
 
@@ -288,9 +289,9 @@ def test_write_figures(tmp_path):
         return pd.DataFrame({"epoch": [1, 2, 3], "train_loss": [1.0, 0.8, 0.6],
                              "val_metric": [0.1 + offset, 0.2 + offset, 0.3 + offset]})
 
-    paths = write_figures({"coco_hrnet_w48_mse": curve(0.0), "coco_hrnet_w48_hdm": curve(0.05),
-                           "mpii_hrnet_w32_mse": curve(0.0)}, tmp_path)
+    paths = write_figures({"coco_hrnet_w48_mse": {0: curve(0.0), 1: curve(0.01)}, "coco_hrnet_w48_hdm": {0: curve(0.05)},
+                           "mpii_hrnet_w32_mse": {0: curve(0.0)}}, tmp_path)
     assert sorted(p.name for p in paths) == ["curves_coco.png", "curves_mpii.png"]
     assert all(p.stat().st_size > 0 and p.parent == tmp_path / "figures" for p in paths)
     with pytest.raises(PipelineError, match="val_metric"):
-        write_figures({"coco_x_mse": pd.DataFrame({"epoch": [1]})}, tmp_path)
+        write_figures({"coco_x_mse": {0: pd.DataFrame({"epoch": [1]})}}, tmp_path)

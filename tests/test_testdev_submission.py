@@ -125,7 +125,7 @@ def _evaluated_run(uri: str, exp: str, eval_dir: Path) -> str:
 
     _results(eval_dir)
     _, tags = coco_server.package_testdev(eval_dir, RUN, scored=False)
-    with open_run(uri, exp, run_name=RUN) as mlflow:
+    with open_run(uri, exp, run_name=f"{RUN}-seed0", tags={"row": RUN, "seed": "0"}) as mlflow:
         mlflow.log_params({"data.input_size": "[288, 384]", "model.backbone": "hrnet_w32"})
         mlflow.log_metrics({f"coco_val.{k}": 0.7 for k in STAT_NAMES})
         mlflow.set_tags({**tags, "evaluated": "true", "profile": "paper"})
@@ -145,7 +145,7 @@ def test_server_scores_fill_table2(store, tmp_path, monkeypatch, capsys):
     uri, exp = store
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    eval_dir = tmp_path / "results" / "paper" / "eval" / RUN
+    eval_dir = tmp_path / "results" / "paper" / "eval" / RUN / "seed0"
     run_id = _evaluated_run(uri, exp, eval_dir)
     cli = ["--params", str(ROOT / "params.yaml"), "--profile", "paper"]
 
@@ -153,7 +153,7 @@ def test_server_scores_fill_table2(store, tmp_path, monkeypatch, capsys):
     assert main(cli + ["report"]) == 0
     reports = tmp_path / "reports" / "paper"
     line, cells = _table2_line(reports)
-    assert line["status"] == "submitted, no scores yet" and cells[6:] == ["submitted, no scores yet"] * 6
+    assert line["status"] == "submitted, no scores yet" and cells[7:] == ["submitted, no scores yet"] * 6
 
     # a malformed scores file: one line naming it, nothing logged
     bad = _write(tmp_path, "bad.json", {"AP": "x"})
@@ -178,7 +178,7 @@ def test_server_scores_fill_table2(store, tmp_path, monkeypatch, capsys):
     line, cells = _table2_line(reports)
     assert line["status"] == "ok"
     assert [line[m] for m in ("AP", "AP50", "AP75", "APM", "APL", "AR")] == [76.0, 92.5, 83.3, 72.2, 82.1, 81.0]
-    assert cells[6:] == ["76.0", "92.5", "83.3", "72.2", "82.1", "81.0"]
+    assert cells[7:] == ["76.0", "92.5", "83.3", "72.2", "82.1", "81.0"]
 
     # evaluated again with different test-dev results: the old scores are dropped
     mlflow.tracking.MlflowClient().set_tag(run_id, "testdev_results_sha256", "0" * 64)

@@ -12,9 +12,9 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
 
-def snakemake_jobs(*extra: str) -> set[tuple[str, str, frozenset[str]]]:
+def snakemake_jobs(*extra: str, cwd: Path = ROOT) -> set[tuple[str, str, frozenset[str]]]:
     """(rule, CLI arguments, outputs) of every job of a forced dry run."""
-    out = subprocess.run([str(BIN / "snakemake"), "-n", "-p", "--forceall", *extra], cwd=ROOT,
+    out = subprocess.run([str(BIN / "snakemake"), "-n", "-p", "--forceall", *extra], cwd=cwd,
                          capture_output=True, text=True, check=True).stdout
     jobs = set()
     for block in re.split(r"\n(?=\[[^\]]+\]\nrule )", out):
@@ -28,11 +28,11 @@ def snakemake_jobs(*extra: str) -> set[tuple[str, str, frozenset[str]]]:
     return jobs
 
 
-def dvc_jobs() -> set[tuple[str, str, frozenset[str]]]:
+def dvc_jobs(root: Path = ROOT) -> set[tuple[str, str, frozenset[str]]]:
     from dvc.repo import Repo
 
     jobs = set()
-    with Repo(str(ROOT)) as repo:
+    with Repo(str(root)) as repo:
         for stage in repo.index.stages:
             args = stage.cmd.split(" -m pipeline ", 1)[1]
             outs = frozenset(str(o.def_path) for o in stage.outs)
@@ -43,16 +43,30 @@ def dvc_jobs() -> set[tuple[str, str, frozenset[str]]]:
 def test_snakemake_and_dvc_define_the_same_jobs():
     snake = snakemake_jobs()
     dvc = dvc_jobs()
-    assert len(snake) == 2 + 1 + 2 * len(load_params(ROOT / "params.yaml")["runs"]) + 1
+    params = load_params(ROOT / "params.yaml")
+    assert len(snake) == 2 + 1 + 2 * len(params["runs"]) * len(params["seeds"]) + 1
     assert snake == dvc
 
 
-def test_every_run_has_train_and_evaluate_jobs():
+def test_every_run_and_seed_has_train_and_evaluate_jobs(tmp_path):
+    """Both front-ends key the runs by seed: with seeds [0, 3], every run has one job per seed."""
+    import shutil
+
     import yaml
 
-    runs = yaml.safe_load((ROOT / "params.yaml").read_text())["runs"]
-    rules = {(r, a.split("--run ")[-1]) for r, a, _ in dvc_jobs() if r in ("train", "evaluate")}
-    assert rules == {(r, n) for r in ("train", "evaluate") for n in runs}
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["seeds"] = [0, 3]
+    for name in ("Snakefile", "dvc.yaml", "workflow", "pipeline", ".dvc"):
+        src = ROOT / name
+        (shutil.copytree(src, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
+         if src.is_dir() else shutil.copy(src, tmp_path / name))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    want = {(r, f"--run {n} --seed {s}") for r in ("train", "evaluate") for n in params["runs"] for s in (0, 3)}
+    for jobs in (dvc_jobs(tmp_path), snakemake_jobs(cwd=tmp_path)):
+        got = {(r, a.split(f" {r} ", 1)[1]) for r, a, _ in jobs if r in ("train", "evaluate")}
+        assert got == want
+    outs = {o for r, _, outs in snakemake_jobs(cwd=tmp_path) if r == "train" for o in outs}
+    assert "results/demo/runs/coco_hrnet_w32_hdm/seed3/final.pth" in outs
 
 
 def test_dvc_cmds_use_params_profile():

@@ -22,7 +22,8 @@ import numpy as np
 
 from ..data.transforms import image_to_heatmap
 from ..metrics import coco as coco_metrics
-from ..metrics import coco_server, diagnostics
+from ..metrics import coco_bootstrap, coco_server, diagnostics, mpii_bootstrap
+from ..metrics.bootstrap_files import bootstrap_file
 from ..metrics import mpii as mpii_metrics
 from ..tracking import open_run, table_tags
 from . import builders
@@ -107,6 +108,10 @@ def evaluate_run(cfg: dict[str, Any], *, tracking_uri: str, experiment: str, pro
             stats, pred, recs = _coco_split(net, cfg, dev, split, boxes, out_dir, fname, progress)
             if stats is not None:
                 metrics.update({f"{key}.{k}": v for k, v in stats.items()})
+                if key in ("coco_val", "coco_testdev"):  # per-image matches for the report's bootstrap
+                    gt = Path(cfg["data"]["root"]) / builders.COCO_SPLITS[split][3]
+                    coco_bootstrap.save_matches(coco_bootstrap.coco_image_matches(gt, out_dir / fname),
+                                                bootstrap_file(out_dir, key))
             if key == "coco_val_gtbox":
                 metrics.update(run_diagnostics(cfg, pred, recs))
             if key == "coco_testdev":
@@ -121,7 +126,10 @@ def evaluate_run(cfg: dict[str, Any], *, tracking_uri: str, experiment: str, pro
         pred = predict(net, cfg, recs, flip_test=t["flip_test"], dev=dev, batch_size=t["batch_size"],
                        progress=progress, desc=f"{cfg['name']} val")
         mpii_metrics.write_predictions(pred["coords"], out_dir / "pred.mat")
-        stats = mpii_metrics.pckh(pred["coords"], Path(cfg["data"]["root"]) / builders.MPII_GT_VALID)
+        gt_valid = Path(cfg["data"]["root"]) / builders.MPII_GT_VALID
+        stats = mpii_metrics.pckh(pred["coords"], gt_valid)
+        mpii_bootstrap.save_correct(mpii_bootstrap.mpii_person_correct(pred["coords"], gt_valid),
+                                    bootstrap_file(out_dir, "mpii_val"))
         # MLflow metric names allow no "@": "Mean@0.1" is logged as "Mean_at_0.1".
         metrics.update({f"mpii_val.{k.replace('@', '_at_')}": v for k, v in stats.items()})
         metrics.update(run_diagnostics(cfg, pred, recs))
@@ -133,7 +141,7 @@ def evaluate_run(cfg: dict[str, Any], *, tracking_uri: str, experiment: str, pro
         mlflow.log_metrics(finite)
         mlflow.set_tags(tags)
         for f in sorted(out_dir.iterdir()):
-            if f.suffix in (".json", ".mat") and f.name not in ("metrics.json", "testdev_server_scores.json"):
+            if f.suffix in (".json", ".mat", ".npz") and f.name not in ("metrics.json", "testdev_server_scores.json"):
                 mlflow.log_artifact(str(f), artifact_path="predictions")
         if submission is not None:
             mlflow.log_artifact(str(submission), artifact_path=coco_server.SUBMISSION_DIR)

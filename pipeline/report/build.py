@@ -12,32 +12,58 @@ from typing import Any
 import pandas as pd
 
 from .. import io
+from ..config import Paths
 from ..metrics import coco_server
 from ..tracking import finished_runs, metric_history
-from .tables import build_tables, write_figures, write_tables
+from .aggregate import RunRecord, all_intervals, image_bootstrap, mean_metrics
+from .figures import write_diagnostic_figures, write_figures
+from .findings import build_findings
+from .tables import build_tables, write_tables
 
 log = logging.getLogger(__name__)
 
 
-def collect(tracking_uri: str, experiment: str, run_names: list[str]) -> tuple[dict, dict, pd.DataFrame]:
-    """(measured metrics per run, run info per run, the selected MLflow rows)."""
+def collect(tracking_uri: str, experiment: str, run_names: list[str], seeds: list[int]
+            ) -> tuple[dict[str, RunRecord], dict[str, dict[str, Any]], pd.DataFrame]:
+    """(per-seed records per run, run info per run, the selected MLflow rows: one per run and seed).
+
+    An MLflow run belongs to row ``tags.row`` and seed ``tags.seed``; of several finished, evaluated runs
+    of one (row, seed) the newest counts. Runs without those tags (older store layouts) are ignored.
+    """
     df = finished_runs(tracking_uri, experiment)
-    measured: dict[str, dict[str, float]] = {}
+    records: dict[str, RunRecord] = {}
     info: dict[str, dict[str, Any]] = {}
-    if df.empty:
-        return measured, info, df
-    df = df[df["tags.mlflow.runName"].isin(run_names)].drop_duplicates("tags.mlflow.runName", keep="first")
+    if df.empty or not {"tags.row", "tags.seed"} <= set(df.columns):
+        return records, info, df.iloc[0:0]
+    wanted = {str(s) for s in seeds}
+    df = df[df["tags.row"].isin(run_names) & df["tags.seed"].isin(wanted)]
+    df = df.drop_duplicates(["tags.row", "tags.seed"], keep="first")
     metric_cols = [c for c in df.columns if c.startswith("metrics.") and "." in c[len("metrics."):]]
     for _, row in df.iterrows():
-        name = row["tags.mlflow.runName"]
-        measured[name] = {c[len("metrics."):]: float(row[c]) for c in metric_cols if pd.notna(row[c])}
-        w, h = (row.get("params.data.input_size") or "[?, ?]").strip("[]").split(",")
-        info[name] = {"backbone": f"{row.get('params.model.backbone')}"
-                                  + (f" ×{row['params.model.width']}" if pd.notna(row.get("params.model.width")) else ""),
-                      "input_size": f"{h.strip()}×{w.strip()}",
-                      "mlflow_run_id": row["run_id"]}
-        _testdev(name, row, measured[name], info[name])
-    return measured, info, df
+        name, seed = row["tags.row"], int(row["tags.seed"])
+        rec = records.setdefault(name, RunRecord(name))
+        rec.metrics[seed] = {c[len("metrics."):]: float(row[c]) for c in metric_cols if pd.notna(row[c])}
+        rec.run_ids[seed] = row["run_id"]
+        if name not in info or seed < min(rec.run_ids):
+            info[name] = _run_info(row)
+        _testdev(name, row, rec.metrics[seed], info[name])
+    for name, rec in records.items():
+        info[name]["mlflow_run_id"] = ", ".join(rec.run_ids[s] for s in rec.seeds)
+        info[name]["seeds"] = rec.seeds
+    return records, info, df
+
+
+def _param(row: pd.Series, key: str) -> str:
+    v = row.get(f"params.{key}")
+    return v if isinstance(v, str) else ""
+
+
+def _run_info(row: pd.Series) -> dict[str, Any]:
+    """Backbone and input size as the run logged them (blank when a param is missing)."""
+    size = _param(row, "data.input_size").strip("[]").split(",")
+    width = _param(row, "model.width")
+    return {"backbone": _param(row, "model.backbone") + (f" ×{width}" if width else ""),
+            "input_size": f"{size[1].strip()}×{size[0].strip()}" if len(size) == 2 else ""}
 
 
 def _tag(row: pd.Series, key: str) -> str:
@@ -48,7 +74,7 @@ def _tag(row: pd.Series, key: str) -> str:
 def _testdev(name: str, row: pd.Series, metrics: dict[str, float], info: dict[str, Any]) -> None:
     """Test-dev bookkeeping: flag a submission awaiting the server's scores (Table 2 says so), and
     drop server scores that belong to an earlier results file (the run was evaluated again since)."""
-    info["testdev_submitted"] = bool(_tag(row, coco_server.TAG_SUBMISSION))
+    info["testdev_submitted"] = info.get("testdev_submitted", False) or bool(_tag(row, coco_server.TAG_SUBMISSION))
     results_sha = _tag(row, coco_server.TAG_RESULTS_SHA)
     if (_tag(row, coco_server.TAG_SOURCE) == "server" and results_sha
             and _tag(row, coco_server.TAG_SCORED_SHA) != results_sha):
@@ -59,29 +85,40 @@ def _testdev(name: str, row: pd.Series, metrics: dict[str, float], info: dict[st
             del metrics[k]
 
 
-def curves(tracking_uri: str, selected: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """Per-epoch train loss and validation metric of every selected run."""
-    out = {}
+def curves(tracking_uri: str, selected: pd.DataFrame) -> dict[str, dict[int, pd.DataFrame]]:
+    """Per-epoch train loss and validation metric of every selected run, per seed."""
+    out: dict[str, dict[int, pd.DataFrame]] = {}
     for _, row in selected.iterrows():
-        key = "val_AP" if row["tags.mlflow.runName"].startswith("coco_") else "val_PCKh"
+        run = row["tags.row"]
+        key = "val_AP" if run.startswith("coco_") else "val_PCKh"
         loss = dict(metric_history(tracking_uri, row["run_id"], "train_loss"))
         val = dict(metric_history(tracking_uri, row["run_id"], key))
         epochs = sorted(set(loss) | set(val))
-        out[row["tags.mlflow.runName"]] = pd.DataFrame(
+        out.setdefault(run, {})[int(row["tags.seed"])] = pd.DataFrame(
             {"epoch": epochs, "train_loss": [loss.get(e) for e in epochs], "val_metric": [val.get(e) for e in epochs]})
     return out
 
 
-def build_report(*, profile: str, tracking_uri: str, experiment: str, run_names: list[str],
+def build_report(*, profile: str, tracking_uri: str, experiment: str, run_names: list[str], seeds: list[int],
                  out_dir: Path) -> list[Path]:
-    measured, info, selected = collect(tracking_uri, experiment, run_names)
-    missing = sorted(set(run_names) - set(measured))
+    """Tables 1–5, findings.md, figures and measured.json from the runs of ``seeds``."""
+    records, info, selected = collect(tracking_uri, experiment, run_names, seeds)
+    missing = sorted(set(run_names) - set(records))
     if missing:
         log.warning("no evaluated MLflow run for: %s (their rows say 'not run')", ", ".join(missing))
-    tables = build_tables(measured, profile=profile, run_info=info)
+    measured = {run: mean_metrics(rec) for run, rec in records.items()}
+    intervals = all_intervals(records, bootstrap=image_bootstrap(Paths(profile)))
+    tables = build_tables(measured, profile=profile, run_info=info, intervals=intervals)
     written = write_tables(tables, out_dir, profile=profile)
-    if not selected.empty:
-        written += write_figures(curves(tracking_uri, selected), out_dir)
-    io.write_json(out_dir / "measured.json", {"profile": profile, "experiment": experiment,
-                                               "runs": measured, "run_info": info})
+    run_curves = curves(tracking_uri, selected) if not selected.empty else {}
+    findings = out_dir / "findings.md"
+    io.write_text(findings, build_findings(profile=profile, records=records, intervals=intervals,
+                                           curves=run_curves, seeds=seeds))
+    written.insert(-1, findings)
+    if run_curves:
+        written += write_figures(run_curves, out_dir)
+        written += write_diagnostic_figures(records, run_curves, out_dir)
+    io.write_json(out_dir / "measured.json", {
+        "profile": profile, "experiment": experiment, "seeds": seeds, "runs": measured, "run_info": info,
+        "per_seed": {run: {str(s): m for s, m in rec.metrics.items()} for run, rec in records.items()}})
     return written

@@ -31,9 +31,11 @@ from ..errors import PipelineError
 from ..io import atomic_path, write_text
 from .paper_numbers import TABLES, PaperRow, PaperTable
 
-__all__ = ["build_tables", "write_tables", "write_figures", "table_title", "format_delta"]
+__all__ = ["build_tables", "write_tables", "table_title", "format_delta"]
 
 NOT_RUN = "not run"
+_BOOT_TEXT = ("1,000 resamples of the images with replacement, the same resamples for both runs of a pair, "
+              "the metric recomputed per resample; 2.5 and 97.5 percentiles")
 NOT_EVALUATED = "not evaluated"
 SUBMITTED = "submitted, no scores yet"  # test-dev zip written, the server's scores not loaded yet
 NA = "n/a"  # a run exists but this metric is missing / undefined
@@ -44,7 +46,10 @@ ST_REFERENCE, ST_PAPER, ST_OK, ST_PARTIAL = "reference", "paper", "ok", "partial
 
 _INFO_COLUMNS = ["table", "paper_row", "method", "citation", "venue", "backbone", "input_size",
                  "source", "run", "status"]
-_TRAILING_COLUMNS = ["delta_vs", "mlflow_run_id", "profile"]
+_TRAILING_COLUMNS = ["n", "interval", "ci_low", "ci_high", "delta_ci_low", "delta_ci_high", "delta_resolved",
+                     "delta_vs", "mlflow_run_id", "profile"]
+_NO_INTERVAL = {"n": None, "interval": "", "ci_low": None, "ci_high": None, "delta_ci_low": None,
+                "delta_ci_high": None, "delta_resolved": None}
 
 _MD_HEADERS = {"AP50": "AP50", "AP75": "AP75", "APM": "APM", "APL": "APL"}
 _TEX_HEADERS = {"AP50": r"AP$^{50}$", "AP75": r"AP$^{75}$", "APM": r"AP$^{M}$", "APL": r"AP$^{L}$"}
@@ -70,14 +75,16 @@ def _fmt(x: float) -> str:
     return f"{x:.1f}"
 
 
-def format_delta(delta: float) -> str:
-    """"(↑1.4)", "(↓0.3)" or "(±0.0)" — the paper's notation for a gain over the baseline."""
+def format_delta(delta: float, method: str | None = None, low: float | None = None, high: float | None = None,
+                 resolved: bool | None = None) -> str:
+    """"(↑1.4)", "(↓0.3)" or "(±0.0)" — the paper's notation for a gain over the baseline; with an
+    interval, "(↑1.4 ±0.6)*" (t over seeds) or "(↓0.3 [−0.9, 0.2])" (bootstrap), "*" when it excludes 0."""
     d = _round1(delta)
-    if d > 0:
-        return f"(↑{_fmt(d)})"
-    if d < 0:
-        return f"(↓{_fmt(-d)})"
-    return "(±0.0)"
+    text = f"↑{_fmt(d)}" if d > 0 else f"↓{_fmt(-d)}" if d < 0 else "±0.0"
+    if low is not None and high is not None and low == low and high == high:
+        text += f" ±{_fmt(_round1((high - low) / 2))}" if method == "t" else \
+            f" [{_fmt(_round1(low))}, {_fmt(_round1(high))}]"
+    return f"({text})" + ("*" if resolved else "")
 
 
 def _check_profile(profile: Any) -> str:
@@ -186,7 +193,28 @@ def _gtbox_note(table: PaperTable, measured: dict) -> list[str]:
             "in the paper's table): " + "; ".join(cells) + "."]
 
 
-def _build_one(table: PaperTable, measured: dict, run_info: dict, profile: str) -> pd.DataFrame:
+def _interval_cells(table: PaperTable, iv: Any) -> dict[str, Any]:
+    """The interval columns of a measured line in the paper's units: n, method ("t" over seeds,
+    "bootstrap" over evaluation images, "none"), the main metric's 95 % interval and Δ's."""
+    if iv is None:
+        return dict(_NO_INTERVAL)
+    scale = table.measured_scale
+    value, delta = iv.value, iv.delta
+
+    def sc(x: float) -> float | None:
+        return None if x is None or x != x else float(x) * scale
+
+    out = {"n": value.n if value.method == "t" or value.method == "none" else 1, "interval": value.method,
+           "ci_low": sc(value.low), "ci_high": sc(value.high), "delta_ci_low": None, "delta_ci_high": None,
+           "delta_resolved": None}
+    if delta is not None:
+        out.update({"delta_ci_low": sc(delta.low), "delta_ci_high": sc(delta.high),
+                    "delta_resolved": bool(delta.excludes_zero) if delta.method != "none" else None})
+    return out
+
+
+def _build_one(table: PaperTable, measured: dict, run_info: dict, profile: str,
+               intervals: Mapping[str, Any]) -> pd.DataFrame:
     metrics = list(table.metrics)
     # measured values per run (only the runs of this table that have at least the run entry)
     meas: dict[str, dict[str, float | None]] = {}
@@ -208,7 +236,7 @@ def _build_one(table: PaperTable, measured: dict, run_info: dict, profile: str) 
             rec = base(row, i, SRC_REFERENCE, ST_REFERENCE)
             rec.update({m: table.value(row, m) for m in metrics})
             rec.update({f"delta_{m}": None for m in metrics})
-            rec.update({"delta_vs": "", "mlflow_run_id": "", "profile": profile})
+            rec.update({**_NO_INTERVAL, "delta_vs": "", "mlflow_run_id": "", "profile": profile})
             records.append(rec)
             continue
 
@@ -220,7 +248,7 @@ def _build_one(table: PaperTable, measured: dict, run_info: dict, profile: str) 
             rec[f"delta_{m}"] = _delta(table.value(row, m), table.value(baseline, m)) if baseline else None
         if baseline is not None and row.paper_delta is not None:
             rec[f"delta_{table.main_metric}"] = row.paper_delta  # as printed
-        rec.update({"delta_vs": row.baseline_run or "", "mlflow_run_id": "", "profile": profile})
+        rec.update({**_NO_INTERVAL, "delta_vs": row.baseline_run or "", "mlflow_run_id": "", "profile": profile})
         records.append(rec)
 
         # measured line
@@ -241,6 +269,7 @@ def _build_one(table: PaperTable, measured: dict, run_info: dict, profile: str) 
         base_vals = meas.get(row.baseline_run) if row.baseline_run else None
         for m in metrics:
             rec[f"delta_{m}"] = _delta(values.get(m), base_vals.get(m)) if (values and base_vals) else None
+        rec.update(_interval_cells(table, intervals.get(row.run) if values else None))
         rec.update({"delta_vs": row.baseline_run or "", "mlflow_run_id": str(info.get("mlflow_run_id") or ""),
                     "profile": profile})
         records.append(rec)
@@ -251,8 +280,9 @@ def _build_one(table: PaperTable, measured: dict, run_info: dict, profile: str) 
 
     columns = _INFO_COLUMNS + metrics + [f"delta_{m}" for m in metrics] + _TRAILING_COLUMNS
     df = pd.DataFrame.from_records(records, columns=columns)
-    for c in metrics + [f"delta_{m}" for m in metrics]:
+    for c in metrics + [f"delta_{m}" for m in metrics] + ["ci_low", "ci_high", "delta_ci_low", "delta_ci_high"]:
         df[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")
+    df["n"] = pd.array(df["n"], dtype="Int64")
     df.attrs.update({
         "table": table.number,
         "key": table.key,
@@ -268,7 +298,8 @@ def _build_one(table: PaperTable, measured: dict, run_info: dict, profile: str) 
 
 
 def build_tables(measured: dict[str, dict[str, float]], *, profile: str,
-                 run_info: dict[str, dict] | None = None) -> dict[str, pd.DataFrame]:
+                 run_info: dict[str, dict] | None = None,
+                 intervals: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, pd.DataFrame]:
     """One DataFrame per paper table, keyed "table1" … "table5".
 
     ``measured`` maps run name → final metrics ("coco_val.AP" … as fractions in [0, 1];
@@ -279,15 +310,22 @@ def build_tables(measured: dict[str, dict[str, float]], *, profile: str,
     undefined metric (NaN, pycocotools' -1) is "n/a". ``run_info`` (optional) maps run name →
     {"backbone", "input_size", "mlflow_run_id"}: the backbone and input size actually used.
 
+    ``measured`` holds the mean over seeds; ``intervals`` (optional, from
+    :func:`pipeline.report.aggregate.all_intervals`) maps table key → run → the intervals of its main
+    metric and of its Δ (objects with ``value`` and ``delta`` :class:`~pipeline.metrics.uncertainty.Interval`).
+
     Each frame has one row per printed line (reference / paper / measured) with columns
     ``table, paper_row, method, citation, venue, backbone, input_size, source, run, status``,
     the metrics in the paper's units (one decimal; NaN = "-" or missing), ``delta_<metric>``
-    (Δ against ``delta_vs``), ``delta_vs, mlflow_run_id, profile``. Title, caption and notes
-    are in ``df.attrs``.
+    (Δ against ``delta_vs``), then ``n`` (seeds), ``interval`` (t / bootstrap / none), the 95 %
+    interval of the main metric ``ci_low, ci_high`` and of its Δ ``delta_ci_low, delta_ci_high``,
+    ``delta_resolved`` (the Δ interval excludes 0), ``delta_vs, mlflow_run_id, profile``. Title,
+    caption and notes are in ``df.attrs``.
     """
     profile = _check_profile(profile)
     measured, run_info = _check_inputs(measured, run_info)
-    return {t.key: _build_one(t, measured, run_info, profile) for t in TABLES}
+    intervals = intervals or {}
+    return {t.key: _build_one(t, measured, run_info, profile, intervals.get(t.key, {})) for t in TABLES}
 
 
 # ----------------------------------------------------------------------------- render
@@ -307,11 +345,33 @@ def _cell_values(df: pd.DataFrame, rec: Mapping[str, Any]) -> list[str]:
             continue
         s = _fmt(v)
         if m == main:
+            s += _interval_text(rec.get("interval"), v, rec.get("ci_low"), rec.get("ci_high"))
             d = rec[f"delta_{m}"]
             if d is not None and not (isinstance(d, float) and math.isnan(d)):
-                s += " " + format_delta(d)
+                s += " " + format_delta(d, rec.get("interval"), rec.get("delta_ci_low"), rec.get("delta_ci_high"),
+                                        rec.get("delta_resolved"))
         out.append(s)
     return out
+
+
+def _defined(*xs: Any) -> bool:
+    return all(x is not None and not (isinstance(x, float) and math.isnan(x)) for x in xs)
+
+
+def _interval_text(method: Any, value: float, low: Any, high: Any) -> str:
+    """" ±0.9" for a t-interval over seeds (symmetric), " [45.9, 47.6]" for a bootstrap interval."""
+    if not _defined(low, high):
+        return ""
+    if method == "t":
+        return f" ±{_fmt(_round1((high - low) / 2))}"
+    return f" [{_fmt(_round1(low))}, {_fmt(_round1(high))}]"
+
+
+def _n_cell(rec: Mapping[str, Any]) -> str:
+    n = rec.get("n")
+    if rec["source"] != SRC_MEASURED or n is None or (isinstance(n, float) and math.isnan(n)) or n is pd.NA:
+        return ""
+    return f"{int(n)} (boot)" if rec.get("interval") == "bootstrap" else str(int(n))
 
 
 def _info_cells(rec: Mapping[str, Any]) -> list[str]:
@@ -331,6 +391,13 @@ def _footnotes(df: pd.DataFrame) -> list[str]:
         f"\"(↑x)\" / \"(↓x)\" after {main}: Δ = this row − its baseline (difference of the printed numbers); "
         "on paper lines the paper's Δ, on measured lines the measured Δ when both runs exist.",
     ]
+    if (df["source"] == SRC_MEASURED).any() and df["interval"].isin(["t", "bootstrap"]).any():
+        notes.append(
+            f"Measured lines: the mean over n training seeds. After {main}, \"±h\" is the half-width of the 95 % "
+            "Student-t interval over seeds; after Δ, of the 95 % t-interval of the per-seed differences (the "
+            "two runs paired by seed: same initial weights, data order and augmentation). \"[a, b]\" with "
+            "\"n = 1 (boot)\": one seed only, so the interval is a paired bootstrap over the evaluation images "
+            f"({_BOOT_TEXT}): evaluation noise only, not training noise. \"*\": the Δ interval excludes 0.")
     if num == 2 and (df["status"] == SUBMITTED).any():
         notes.append(f"\"{SUBMITTED}\": test-dev has no public ground truth; the run's submission zip "
                      "(results/PROFILE/eval/RUN/submission/) awaits the COCO server's scores, loaded with "
@@ -356,15 +423,16 @@ def _md_escape(s: Any) -> str:
 
 def render_markdown(df: pd.DataFrame) -> str:
     metrics = df.attrs["metrics"]
-    headers = ["Method", "Venue", "Backbone", "Input size", "Source", "Run"] + [_MD_HEADERS.get(m, m) for m in metrics]
+    headers = ["Method", "Venue", "Backbone", "Input size", "Source", "Run", "n"] + \
+        [_MD_HEADERS.get(m, m) for m in metrics]
     lines = [f"## {df.attrs['title']}", ""]
     lines.append("| " + " | ".join(headers) + " |")
-    lines.append("|" + "|".join(["---"] * 6 + ["---:"] * len(metrics)) + "|")
+    lines.append("|" + "|".join(["---"] * 6 + ["---:"] * (1 + len(metrics))) + "|")
     for rec in df.to_dict("records"):
         info = _info_cells(rec)
         if info[5]:
             info[5] = f"`{info[5]}`"
-        cells = [_md_escape(c) for c in info + _cell_values(df, rec)]
+        cells = [_md_escape(c) for c in info + [_n_cell(rec)] + _cell_values(df, rec)]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.extend(f"- {_md_escape(n)}" for n in _footnotes(df))
@@ -393,7 +461,7 @@ def latex_escape(s: Any) -> str:
 
 def render_latex(df: pd.DataFrame) -> str:
     metrics = df.attrs["metrics"]
-    headers = ["Method", "Venue", "Backbone", "Input size", "Source", "Run"]
+    headers = ["Method", "Venue", "Backbone", "Input size", "Source", "Run", "n"]
     tex_headers = [latex_escape(h) for h in headers] + [_TEX_HEADERS.get(m, latex_escape(m)) for m in metrics]
     lines = [
         r"% Generated by pipeline.report.tables; needs \usepackage{booktabs}.",
@@ -402,7 +470,7 @@ def render_latex(df: pd.DataFrame) -> str:
         r"\scriptsize",
         r"\caption{" + latex_escape(df.attrs["title"]) + "}",
         r"\label{tab:hdm-" + df.attrs["key"] + "}",
-        r"\begin{tabular}{" + "l" * 6 + "r" * len(metrics) + "}",
+        r"\begin{tabular}{" + "l" * 6 + "r" * (1 + len(metrics)) + "}",
         r"\toprule",
         " & ".join(tex_headers) + r" \\",
         r"\midrule",
@@ -415,6 +483,7 @@ def render_latex(df: pd.DataFrame) -> str:
         info = [latex_escape(c) for c in _info_cells(rec)]
         if info[5]:
             info[5] = r"\texttt{" + info[5] + "}"
+        info.append(latex_escape(_n_cell(rec)))
         vals = []
         for v in _cell_values(df, rec):
             t = latex_escape(v)
@@ -469,59 +538,3 @@ def write_tables(tables: Mapping[str, pd.DataFrame], out_dir: Path, *, profile: 
     write_text(readme_path, "\n".join(readme) + "\n")
     written.append(readme_path)
     return written
-
-
-# ---------------------------------------------------------------------------- figures
-_RUN_RE = re.compile(r"^(?P<ds>[A-Za-z0-9]+)_(?P<stem>.+?)_(?P<var>mse|hdm(?:_.+)?)$")
-
-
-def write_figures(curves: Mapping[str, pd.DataFrame], out_dir: Path) -> list[Path]:
-    """Plot val metric vs epoch of MSE vs HDM runs to ``out_dir/figures/curves_<dataset>.png``.
-
-    ``curves`` maps run name → DataFrame with columns ``epoch, train_loss, val_metric``. Runs are
-    grouped by dataset (the name's first part, "coco" / "mpii") and, within it, by system
-    ("hrnet_w48"), one panel per system with one line per variant (mse, hdm, hdm_it500, ...).
-    Returns the figure paths.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    groups: dict[str, dict[str, list[tuple[str, pd.DataFrame]]]] = {}
-    for run, df in curves.items():
-        if not isinstance(df, pd.DataFrame):
-            raise PipelineError(f"curves[{run!r}]", f"expected a DataFrame, got {type(df).__name__}")
-        missing = [c for c in ("epoch", "val_metric") if c not in df.columns]
-        if missing:
-            raise PipelineError(f"curves[{run!r}]", f"missing column(s) {', '.join(missing)}")
-        m = _RUN_RE.match(run)
-        ds, stem, var = (m["ds"], m["stem"], m["var"]) if m else (run.split("_")[0], run, run)
-        groups.setdefault(ds, {}).setdefault(stem, []).append((var, df))
-
-    paths = []
-    for ds, systems in sorted(groups.items()):
-        n = len(systems)
-        ncols = min(n, 3)
-        nrows = math.ceil(n / ncols)
-        fig, axes = plt.subplots(nrows, ncols, figsize=(4.5 * ncols, 3.2 * nrows), squeeze=False)
-        for ax, (stem, runs) in zip(axes.flat, sorted(systems.items())):
-            for var, df in sorted(runs, key=lambda t: (t[0] != "mse", t[0])):
-                d = df.sort_values("epoch")
-                ax.plot(d["epoch"], d["val_metric"], marker="o", markersize=3, label=var,
-                        linestyle="--" if var == "mse" else "-")
-            ax.set_title(stem)
-            ax.set_xlabel("epoch")
-            ax.set_ylabel("val metric")
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
-        for ax in list(axes.flat)[n:]:
-            ax.set_visible(False)
-        fig.suptitle(f"{ds}: validation metric, MSE vs HDM")
-        fig.tight_layout()
-        path = Path(out_dir) / "figures" / f"curves_{ds}.png"
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=110)
-        plt.close(fig)
-        paths.append(path)
-    return paths

@@ -1,0 +1,164 @@
+"""From per-seed run records to what the tables print: means over seeds, their intervals, paired Δs.
+
+A run of params.yaml is trained once per training seed. For each table row this module gives
+
+- the mean of every metric over the seeds;
+- for the table's main metric, a 95 % interval of that mean: Student's t over seeds when there are at
+  least two, else a percentile interval from the paired bootstrap over evaluation images (evaluation
+  noise only: it says nothing about how another training seed would land);
+- for a row compared with a baseline (HDM vs MSE, the ablations), Δ = row − baseline paired by seed
+  (the t-interval of the per-seed differences) or, with one common seed, the paired bootstrap's Δ
+  interval (the same resampled images for both runs).
+
+The bootstrap inputs are the per-image match files the evaluation stage writes next to each run's
+metrics (``<split>.boot.npz``, see :func:`bootstrap_file`).
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from ..metrics.bootstrap_files import bootstrap_file
+from ..metrics.uncertainty import Interval, paired_delta, t_interval
+from .paper_numbers import TABLES, PaperTable
+
+log = logging.getLogger(__name__)
+
+BOOTSTRAP_RESAMPLES = 1000
+BOOTSTRAP_SEED = 0
+
+
+@dataclass
+class RunRecord:
+    """One run of params.yaml: its final metrics and MLflow run id per training seed."""
+
+    run: str
+    metrics: dict[int, dict[str, float]] = field(default_factory=dict)
+    run_ids: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def seeds(self) -> list[int]:
+        return sorted(self.metrics)
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x >= 0
+
+
+def mean_metrics(rec: RunRecord) -> dict[str, float]:
+    """The mean over seeds of every metric a seed reports (pycocotools' −1 "undefined" and NaN left out)."""
+    keys = {k for m in rec.metrics.values() for k in m}
+    out = {}
+    for k in sorted(keys):
+        vals = [m[k] for m in rec.metrics.values() if _finite(m.get(k))]
+        if vals:
+            out[k] = sum(vals) / len(vals)
+    return out
+
+
+def _per_seed(rec: RunRecord, key: str) -> dict[int, float]:
+    return {s: m[key] for s, m in rec.metrics.items() if _finite(m.get(key))}
+
+
+BootFn = Callable[[str, str, str | None, int], dict[str, Interval] | None]
+
+
+@dataclass
+class RowIntervals:
+    """The intervals printed on one measured line (main metric, raw units)."""
+
+    value: Interval
+    delta: Interval | None = None
+
+
+def table_intervals(table: PaperTable, records: Mapping[str, RunRecord],
+                    bootstrap: BootFn | None = None) -> dict[str, RowIntervals]:
+    """Interval of the main metric per measured run and of Δ per compared row.
+
+    ``bootstrap(split, run, baseline_run_or_None, seed)`` returns {"value", "delta"} intervals from the
+    paired image bootstrap (or None when its inputs are missing); it is called only where seeds cannot
+    give an interval.
+    """
+    key = f"{table.split}.{table.main_metric}"
+    out: dict[str, RowIntervals] = {}
+    for row in table.rows:
+        if not row.is_benchmark or row.run not in records:
+            continue
+        vals = _per_seed(records[row.run], key)
+        if not vals:
+            continue
+        base = records.get(row.baseline_run) if row.baseline_run else None
+        value = t_interval(list(vals.values()))
+        delta = None
+        if base is not None:
+            bvals = _per_seed(base, key)
+            if set(vals) & set(bvals):
+                delta = paired_delta(vals, bvals)
+        needs_boot = value.n < 2 or (delta is not None and delta.n < 2)
+        if needs_boot and bootstrap is not None:
+            seed = min(set(vals) & set(_per_seed(base, key))) if delta is not None else min(vals)
+            boot = bootstrap(table.split, row.run, row.baseline_run if delta is not None else None, seed)
+            if boot is not None:
+                if value.n < 2:
+                    value = boot["value"]
+                if delta is not None and delta.n < 2 and boot.get("delta") is not None:
+                    delta = boot["delta"]
+        out[row.run] = RowIntervals(value=value, delta=delta)
+    return out
+
+
+def all_intervals(records: Mapping[str, RunRecord], bootstrap: BootFn | None = None
+                  ) -> dict[str, dict[str, RowIntervals]]:
+    """:func:`table_intervals` for every paper table, keyed "table1" … "table5"."""
+    return {t.key: table_intervals(t, records, bootstrap) for t in TABLES}
+
+
+def seed_noise(records: Mapping[str, RunRecord], key: str) -> tuple[float, int]:
+    """The pooled standard deviation over seeds of ``key`` across runs with ≥ 2 seeds, and its degrees
+    of freedom: the run-to-run noise floor a single run carries. (NaN, 0) without repeated seeds."""
+    ss, dof = 0.0, 0
+    for rec in records.values():
+        vals = list(_per_seed(rec, key).values())
+        if len(vals) >= 2:
+            m = sum(vals) / len(vals)
+            ss += sum((v - m) ** 2 for v in vals)
+            dof += len(vals) - 1
+    return (math.sqrt(ss / dof), dof) if dof else (math.nan, 0)
+
+
+def image_bootstrap(paths: Any, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> BootFn:
+    """The paired image bootstrap over the files the evaluation stage wrote (``paths``: the profile's
+    :class:`~pipeline.config.Paths`). Returns None where a file is missing (the line then has no
+    interval), so an old evaluation never breaks the report."""
+
+    def boot(split: str, run: str, baseline: str | None, run_seed: int) -> dict[str, Interval] | None:
+        files = [bootstrap_file(paths.eval_dir(r, run_seed), split) for r in (run, baseline or run)]
+        if not all(f.is_file() for f in files):
+            log.info("%s seed %d: no bootstrap data for %s (%s); no interval", run, run_seed, split,
+                     ", ".join(str(f) for f in files if not f.is_file()))
+            return None
+        a, b = (load_bootstrap_data(f) for f in files)
+        res = paired_bootstrap_any(a, b, resamples=resamples, seed=seed)
+        return {"value": res["a"], "delta": res["delta"] if baseline else None}
+
+    return boot
+
+
+def load_bootstrap_data(path: Path) -> Any:
+    """A run's per-image (COCO) or per-person (MPII) evaluation data for the bootstrap."""
+    from ..metrics import coco_bootstrap, mpii_bootstrap
+
+    if path.name.startswith("mpii"):
+        return mpii_bootstrap.load_correct(path)
+    return coco_bootstrap.load_matches(path)
+
+
+def paired_bootstrap_any(a: Any, b: Any, *, resamples: int, seed: int) -> dict[str, Interval]:
+    from ..metrics import coco_bootstrap, mpii_bootstrap
+
+    if isinstance(a, mpii_bootstrap.MpiiCorrect):
+        return mpii_bootstrap.paired_bootstrap_pckh(a, b, resamples=resamples, seed=seed)
+    return coco_bootstrap.paired_bootstrap(a, b, resamples=resamples, seed=seed)

@@ -1,0 +1,144 @@
+"""Figures of the report: validation curves per MSE/HDM pair (with the plateau marked), the per-joint
+error of MSE vs HDM per architecture, and training loss vs validation metric per loss (Sec. 4)."""
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import pandas as pd
+
+from ..errors import PipelineError
+from ..io import atomic_path
+from .aggregate import RunRecord, mean_metrics
+from .findings import curve_noise, plateaued
+
+_RUN_RE = re.compile(r"^(?P<ds>[A-Za-z0-9]+)_(?P<stem>.+?)_(?P<var>mse|hdm(?:_.+)?)$")
+Curves = Mapping[str, Mapping[int, pd.DataFrame]]
+
+
+def _split_run(run: str) -> tuple[str, str, str]:
+    """"coco_hrnet_w48_hdm_it500" → ("coco", "hrnet_w48", "hdm_it500")."""
+    m = _RUN_RE.match(run)
+    return (m["ds"], m["stem"], m["var"]) if m else (run.split("_")[0], run, run)
+
+
+def _check_curves(curves: Curves) -> None:
+    for run, per_seed in curves.items():
+        for seed, df in per_seed.items():
+            if not isinstance(df, pd.DataFrame):
+                raise PipelineError(f"curves[{run!r}][{seed}]", f"expected a DataFrame, got {type(df).__name__}")
+            missing = [c for c in ("epoch", "val_metric") if c not in df.columns]
+            if missing:
+                raise PipelineError(f"curves[{run!r}][{seed}]", f"missing column(s) {', '.join(missing)}")
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _grid(n: int, w: float = 4.5, h: float = 3.2):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ncols = min(max(n, 1), 3)
+    nrows = math.ceil(max(n, 1) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(w * ncols, h * nrows), squeeze=False)
+    for ax in list(axes.flat)[n:]:
+        ax.set_visible(False)
+    return fig, axes
+
+
+def write_figures(curves: Curves, out_dir: Path) -> list[Path]:
+    """Validation metric per epoch, one panel per system, one colour per variant, one line per seed, to
+    ``out_dir/figures/curves_<dataset>.png``. A filled marker on the last point: that seed plateaued (its
+    last two points differ by less than the seed noise of the final point); hollow: it did not; none:
+    undecidable (one seed)."""
+    _check_curves(curves)
+    groups: dict[str, dict[str, list[str]]] = {}
+    for run in curves:
+        ds, stem, _ = _split_run(run)
+        groups.setdefault(ds, {}).setdefault(stem, []).append(run)
+    paths = []
+    for ds, systems in sorted(groups.items()):
+        fig, axes = _grid(len(systems))
+        for ax, (stem, runs) in zip(axes.flat, sorted(systems.items())):
+            noise = curve_noise(curves, runs)
+            for i, run in enumerate(sorted(runs, key=lambda r: (_split_run(r)[2] != "mse", r))):
+                _plot_run(ax, curves[run], _split_run(run)[2], f"C{i}", noise)
+            ax.set_title(stem)
+            ax.set_xlabel("epoch")
+            ax.set_ylabel("val metric")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+        fig.suptitle(f"{ds}: validation metric, MSE vs HDM (● plateaued, ○ not)")
+        fig.tight_layout()
+        paths.append(_save(fig, Path(out_dir) / "figures" / f"curves_{ds}.png"))
+    return paths
+
+
+def _plot_run(ax, per_seed: Mapping[int, pd.DataFrame], label: str, colour: str, noise: float) -> None:
+    for j, (seed, df) in enumerate(sorted(per_seed.items())):
+        d = df.sort_values("epoch")
+        ax.plot(d["epoch"], d["val_metric"], color=colour, alpha=0.8, linewidth=1,
+                linestyle="--" if label == "mse" else "-", label=label if j == 0 else None)
+        flat = plateaued(list(d["val_metric"]), noise)
+        if flat is not None and len(d):
+            ax.plot(d["epoch"].iloc[-1], d["val_metric"].iloc[-1], "o", color=colour,
+                    markerfacecolor=colour if flat else "white", markersize=6)
+
+
+def write_diagnostic_figures(records: Mapping[str, RunRecord], curves: Curves, out_dir: Path) -> list[Path]:
+    """``joint_error_<dataset>.png`` (median error per joint, MSE vs HDM, per architecture) and
+    ``loss_vs_metric.png`` (per-epoch training loss against validation metric, per loss)."""
+    paths = []
+    pairs: dict[str, dict[str, list[tuple[str, str]]]] = {}
+    for run in records:
+        ds, stem, var = _split_run(run)
+        if var in ("mse", "hdm"):
+            pairs.setdefault(ds, {}).setdefault(stem, []).append((var, run))
+    for ds, systems in sorted(pairs.items()):
+        fig, axes = _grid(len(systems), w=5.5)
+        for ax, (stem, runs) in zip(axes.flat, sorted(systems.items())):
+            for k, (var, run) in enumerate(sorted(runs)):
+                errs = {n[len("diag.err."):]: v for n, v in mean_metrics(records[run]).items()
+                        if n.startswith("diag.err.")}
+                x = np.arange(len(errs))
+                ax.bar(x + (k - 0.5) * 0.4, list(errs.values()), width=0.4, label=var)
+                ax.set_xticks(x, list(errs), rotation=90, fontsize=6)
+            ax.set_title(stem)
+            ax.set_ylabel("median error (heatmap px)")
+            ax.legend(fontsize=8)
+        fig.suptitle(f"{ds}: per-joint localisation error, MSE vs HDM (ground-truth boxes)")
+        fig.tight_layout()
+        paths.append(_save(fig, Path(out_dir) / "figures" / f"joint_error_{ds}.png"))
+    if curves:
+        paths.append(_loss_vs_metric(curves, out_dir))
+    return paths
+
+
+def _loss_vs_metric(curves: Curves, out_dir: Path) -> Path:
+    fig, axes = _grid(2)
+    for ax, loss in zip(axes.flat, ("mse", "hdm")):
+        for run, per_seed in sorted(curves.items()):
+            var = _split_run(run)[2]
+            if (var == "mse") != (loss == "mse"):
+                continue
+            for df in per_seed.values():
+                ax.plot(df["train_loss"], df["val_metric"], marker=".", linewidth=0.6, alpha=0.7)
+        ax.set_xscale("log")
+        ax.set_xlabel(f"training loss ({loss.upper()})")
+        ax.set_ylabel("val metric")
+        ax.set_title(f"{loss.upper()} runs: one line per run and seed, one point per epoch")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, Path(out_dir) / "figures" / "loss_vs_metric.png")
