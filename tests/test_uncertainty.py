@@ -217,6 +217,15 @@ def test_weighted_ap_all_ones_equals_pycocotools(coco_case):
         assert abs(ap[0] - ref) <= 1e-12, (key, ap[0], ref)
 
 
+def test_weighted_ap_all_ones_with_tied_scores_equals_pycocotools(coco_case, tmp_path):
+    # one decimal: many ties within and across images; all-ones must keep COCOeval's order
+    tied = [dict(r, score=round(r["score"], 1)) for r in coco_case["res_a"]]
+    path = _write(tmp_path / "tied.json", tied)
+    m = cb.coco_image_matches(coco_case["gt_path"], path)
+    ref = cm.evaluate_keypoints(coco_case["gt_path"], path)["AP"]
+    assert abs(cb.weighted_ap(m, np.ones(m.n_images))[0] - ref) <= 1e-12
+
+
 def _duplicated(gt: dict, results: list, counts: np.ndarray) -> tuple[dict, list]:
     """Copy image i counts[i] times; copies get consecutive new ids in the original order."""
     stride = int(counts.max()) + 1

@@ -24,9 +24,11 @@ the physically duplicated data set whose copies of an image get consecutive imag
 original image order -- provided no two detections of *one* image share a score. (COCOeval
 sorts all detections by score with a stable mergesort after concatenating the images in id
 order; with such within-image ties the duplicated data interleaves the copies, ``A B A' B'``,
-where the weighted form counts ``A A' B B'``; AP can then differ in the last digits, and
-COCOeval itself gives different APs for different orders of tied detections. Scores in real
-results are full-precision products of box and joint scores, so such ties are rare.)
+where the weighted form counts ``A A' B B'``. When tied detections are a TP and an FP the
+precision at the recall points inside that tie then differs, by up to a recall step's worth of
+AP (~1/number of people). COCOeval's own AP likewise depends on the order of tied detections,
+so neither is "the" answer. Ties are exact with all counts 1, and rare in practice: our scores
+are full-precision products of box and joint scores.)
 """
 from __future__ import annotations
 
