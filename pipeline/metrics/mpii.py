@@ -165,16 +165,31 @@ def normalized_errors(preds: np.ndarray, gt: Mapping[str, Any] | str | Path) -> 
     return scaled, visible
 
 
+def joint_correct(scaled: np.ndarray, visible: np.ndarray, threshold: float) -> np.ndarray:
+    """(16, N) bool: the joint is visible and its error is at most ``threshold`` head sizes.
+
+    ``scaled``/``visible`` come from :func:`normalized_errors`. NaN (0/0 head size) is wrong.
+    """
+    return (scaled <= threshold) & visible
+
+
+def mean_joints(names: Sequence[str]) -> np.ndarray:
+    """(16,) bool: the joints pooled into ``Mean`` (all but pelvis and thorax), by file order."""
+    idx = _index_of(names)
+    used = np.ones(NUM_JOINTS, dtype=bool)
+    for name in EXCLUDED_FROM_MEAN:
+        used[idx[name]] = False
+    return used
+
+
 def _pck_tables(scaled: np.ndarray, visible: np.ndarray, names: Sequence[str], threshold: float):
-    correct = (scaled <= threshold) & visible  # NaN (0/0 head size) counts as wrong
+    correct = joint_correct(scaled, visible, threshold)
     n_correct = correct.sum(axis=1).astype(np.float64)
     count = visible.sum(axis=1).astype(np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         per_joint = np.where(count > 0, 100.0 * n_correct / np.maximum(count, 1), np.nan)
     idx = _index_of(names)
-    used = np.ones(NUM_JOINTS, dtype=bool)
-    for name in EXCLUDED_FROM_MEAN:
-        used[idx[name]] = False
+    used = mean_joints(names)
     total = count[used].sum()
     # weighting each joint's PCKh by its share of visible instances = pooled accuracy
     mean = 100.0 * n_correct[used].sum() / total if total > 0 else float("nan")

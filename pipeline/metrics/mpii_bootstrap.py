@@ -1,0 +1,139 @@
+"""Paired bootstrap over evaluation people for MPII Mean PCKh.
+
+MPII's Mean PCKh pools joints: it is (correct visible joints) / (visible joints) over all
+people, pelvis and thorax excluded. Drawing person ``n`` ``c`` times therefore adds ``c`` times
+its correct and its visible joint counts, so a resample's Mean is a ratio of two weighted sums
+and 1,000 resamples are two matrix-vector products. Correctness itself comes from
+:mod:`pipeline.metrics.mpii` (:func:`~pipeline.metrics.mpii.normalized_errors`,
+:func:`~pipeline.metrics.mpii.joint_correct`, :func:`~pipeline.metrics.mpii.mean_joints`), so
+the bootstrap scores exactly what the table reports: with all counts 1,
+:func:`weighted_pckh` equals ``mpii.pckh(...)["Mean"]``.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import PipelineError
+from . import mpii as mpii_metrics
+from .coco_bootstrap import resample_counts
+from .uncertainty import Interval, percentile_interval
+
+
+@dataclass(frozen=True, eq=False)
+class MpiiCorrect:
+    """Per-person, per-joint PCKh correctness of one run.
+
+    Attributes:
+        correct: (N, 16) bool, joint visible and within ``threshold`` head sizes.
+        visible: (N, 16) bool, joint labelled in the ground truth (``jnt_missing == 0``).
+        in_mean: (16,) bool, joint pooled into Mean (not pelvis, not thorax).
+        threshold: the PCKh threshold (0.5 for PCKh@0.5).
+    """
+
+    correct: np.ndarray
+    visible: np.ndarray
+    in_mean: np.ndarray
+    threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.correct.shape != self.visible.shape or self.correct.ndim != 2:
+            raise ValueError(f"MpiiCorrect: correct {self.correct.shape} and visible "
+                             f"{self.visible.shape} must be the same (N, J) shape")
+        if self.in_mean.shape != (self.correct.shape[1],):
+            raise ValueError(f"MpiiCorrect: in_mean has shape {self.in_mean.shape}")
+
+    @property
+    def n_people(self) -> int:
+        """Number of evaluation people (the bootstrap's sampling unit)."""
+        return int(self.correct.shape[0])
+
+    @property
+    def correct_per_person(self) -> np.ndarray:
+        """(N,) number of correct Mean joints of each person."""
+        return (self.correct & self.in_mean[None, :]).sum(axis=1)
+
+    @property
+    def visible_per_person(self) -> np.ndarray:
+        """(N,) number of visible Mean joints of each person."""
+        return (self.visible & self.in_mean[None, :]).sum(axis=1)
+
+
+def mpii_person_correct(preds: np.ndarray, gt: Mapping[str, Any] | str | Path,
+                        threshold: float = 0.5) -> MpiiCorrect:
+    """Per-person correctness of 0-based (N, 16, 2) predictions, as :func:`mpii.pckh` scores them.
+
+    ``gt`` is the ``gt_valid.mat`` path or the dict of :func:`mpii.load_gt_valid`.
+    """
+    if isinstance(gt, (str, Path)):
+        g = mpii_metrics.load_gt_valid(gt)
+    else:  # same checks and joint-name handling as mpii.pckh
+        g = mpii_metrics._check_gt(gt, "gt", require_names=False)
+    scaled, visible = mpii_metrics.normalized_errors(preds, g)  # (16, N) each; checks shapes
+    names = g["dataset_joints"]
+    correct = mpii_metrics.joint_correct(scaled, visible, threshold)
+    return MpiiCorrect(correct=correct.T.copy(), visible=visible.T.copy(),
+                       in_mean=mpii_metrics.mean_joints(names), threshold=float(threshold))
+
+
+def weighted_pckh(m: MpiiCorrect, counts: np.ndarray) -> np.ndarray:
+    """Mean PCKh (percent) for each row of person counts; (R,) floats.
+
+    ``counts[r, n]`` is how many times person ``n`` counts in resample ``r`` (a 1-D vector is
+    one row). Joints are pooled, i.e. each weighted by its visible count, as MPII's Mean is. A
+    row with no visible Mean joint has no PCKh: NaN.
+    """
+    c = np.asarray(counts, dtype=np.float64)
+    if c.ndim == 1:
+        c = c[None, :]
+    if c.ndim != 2 or c.shape[1] != m.n_people:
+        raise ValueError(f"counts has shape {np.shape(counts)}, expected (R, {m.n_people})")
+    if not np.all(np.isfinite(c)) or np.any(c < 0):
+        raise ValueError("counts must be finite and non-negative")
+    n_correct = c @ m.correct_per_person.astype(np.float64)
+    n_visible = c @ m.visible_per_person.astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(n_visible > 0, 100.0 * n_correct / n_visible, np.nan)
+
+
+def _check_same_people(m_a: MpiiCorrect, m_b: MpiiCorrect) -> None:
+    """Pairing by person needs the same people, ground truth and threshold in both runs."""
+    if m_a.n_people != m_b.n_people:
+        raise PipelineError("paired bootstrap", f"the two runs have {m_a.n_people} and "
+                                                f"{m_b.n_people} people; they must be scored on the same set")
+    if not np.array_equal(m_a.visible, m_b.visible) or not np.array_equal(m_a.in_mean, m_b.in_mean):
+        bad = np.flatnonzero((m_a.visible != m_b.visible).any(axis=1))
+        raise PipelineError("paired bootstrap", f"the two runs were scored against different ground truth "
+                                                f"(visible joints differ for {bad.size} people, e.g. {bad[:5].tolist()})")
+    if m_a.threshold != m_b.threshold:
+        raise PipelineError("paired bootstrap", f"PCKh thresholds differ: {m_a.threshold} vs {m_b.threshold}")
+
+
+def paired_bootstrap_pckh(m_a: MpiiCorrect, m_b: MpiiCorrect, resamples: int = 1000, seed: int = 0,
+                          level: float = 0.95) -> dict[str, Interval]:
+    """Bootstrap intervals of Mean PCKh for two runs and of ``Δ = a − b``, paired by person.
+
+    Returns:
+        ``{"a": Interval, "b": Interval, "delta": Interval}`` in percent, percentile intervals
+        centred on the full-data values.
+
+    Raises:
+        PipelineError: the runs' people, ground truth or threshold differ.
+    """
+    _check_same_people(m_a, m_b)
+    counts = np.vstack([np.ones((1, m_a.n_people), dtype=np.int64),
+                        resample_counts(m_a.n_people, resamples, seed)])
+    pa, pb = weighted_pckh(m_a, counts), weighted_pckh(m_b, counts)
+    delta = pa - pb
+    return {
+        "a": percentile_interval(pa[1:], float(pa[0]), level),
+        "b": percentile_interval(pb[1:], float(pb[0]), level),
+        "delta": percentile_interval(delta[1:], float(delta[0]), level),
+    }
+
+
+__all__ = ["MpiiCorrect", "mpii_person_correct", "weighted_pckh", "paired_bootstrap_pckh"]
