@@ -137,17 +137,17 @@ def test_markdown_not_run_and_paper_cells(tmp_path):
     write_tables(tables, tmp_path, profile="demo")
     t1 = (tmp_path / "table1.md").read_text()
     paper, measured = _md_rows(t1, "coco_hrnet_w48_hdm")
-    assert paper[4] == "paper" and paper[6] == "78.8 (↑1.7)"
-    assert measured[4] == "measured" and measured[6:] == ["not run"] * 6
-    assert "| Hourglass [20] | ECCV 2016 | 8-Stage Hourglass | 256×192 | reference |  | 66.9 | - |" in t1
+    assert paper[4] == "paper" and paper[7] == "78.8 (↑1.7)"
+    assert measured[4] == "measured" and measured[7:] == ["not run"] * 6
+    assert "| Hourglass [20] | ECCV 2016 | 8-Stage Hourglass | 256×192 | reference |  |  | 66.9 | - |" in t1
     t3 = (tmp_path / "table3.md").read_text()
     paper, measured = _md_rows(t3, "mpii_hrnet_w32_mse")
-    assert paper[6] == "90.4" and measured[6:] == ["not run"] * 8
+    assert paper[7] == "90.4" and measured[7:] == ["not run"] * 8
     paper, _ = _md_rows(t3, "mpii_hrnet_w32_hdm")
-    assert paper[6] == "90.9 (↑0.5)"
+    assert paper[7] == "90.9 (↑0.5)"
     t5 = (tmp_path / "table5.md").read_text()
     paper, _ = _md_rows(t5, "coco_hrnet_w48_hdm_it500")
-    assert paper[0] == "500 Sinkhorn iterations" and paper[6] == "78.3 (↑1.2)"
+    assert paper[0] == "500 Sinkhorn iterations" and paper[7] == "78.3 (↑1.2)"
 
 
 def test_measured_delta_formatted(tmp_path):
@@ -167,19 +167,19 @@ def test_measured_delta_formatted(tmp_path):
     write_tables(tables, tmp_path, profile="demo")
     md = (tmp_path / "table1.md").read_text()
     _, measured_line = _md_rows(md, "coco_hrnet_w48_hdm")
-    assert measured_line[6] == "71.2 (↑1.4)"
+    assert measured_line[7] == "71.2 (↑1.4)"
     assert measured_line[2:4] == ["resnet18", "64×48"]
     _, measured_line = _md_rows(md, "coco_hrnet_w32_hdm")
-    assert measured_line[6] == "69.5 (↓0.5)"
+    assert measured_line[7] == "69.5 (↓0.5)"
     _, base_line = _md_rows(md, "coco_hrnet_w48_mse")
-    assert base_line[6] == "69.8"  # baselines carry no Δ
+    assert base_line[7] == "69.8"  # baselines carry no Δ
     assert "abc123" in md
     # Tables 4 and 5 compare against the same baseline run
     md4 = (tmp_path / "table4.md").read_text()
     _, sub = _md_rows(md4, "coco_hrnet_w48_hdm")
-    assert sub[6] == "71.2 (↑1.4)"
+    assert sub[7] == "71.2 (↑1.4)"
     _, naive = _md_rows(md4, "coco_hrnet_w48_hdm_naive")
-    assert naive[6:] == ["not run"] * 6
+    assert naive[7:] == ["not run"] * 6
     # Table 2: these runs have no test-dev metrics
     assert _line(tables["table2"], "coco_hrnet_w48_hdm", "measured")["status"] == "not evaluated"
 
@@ -214,7 +214,7 @@ def test_hdm_without_baseline_has_no_delta_and_missing_metric_is_na(tmp_path):
     assert mp["Mean"] == 80.1 and mp["status"] == "partial"  # half-up rounding, percent as given
     write_tables(tables, tmp_path, profile="demo")
     _, meas = _md_rows((tmp_path / "table1.md").read_text(), "coco_simplebaseline_hdm")
-    assert meas[6] == "50.0" and meas[9] == "n/a"
+    assert meas[7] == "50.0" and meas[10] == "n/a"
 
 
 def test_bad_measured_values_raise_pipeline_error():

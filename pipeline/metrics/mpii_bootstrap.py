@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import PipelineError
+from ..io import atomic_path
 from . import mpii as mpii_metrics
 from .coco_bootstrap import resample_counts
 from .uncertainty import Interval, percentile_interval
@@ -80,6 +81,26 @@ def mpii_person_correct(preds: np.ndarray, gt: Mapping[str, Any] | str | Path,
                        in_mean=mpii_metrics.mean_joints(names), threshold=float(threshold))
 
 
+def save_correct(m: MpiiCorrect, path: str | Path) -> None:
+    """Write the correctness tables as a compressed ``.npz``, atomically."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(fh, correct=m.correct, visible=m.visible, in_mean=m.in_mean,
+                            threshold=np.float64(m.threshold))
+
+
+def load_correct(path: str | Path) -> MpiiCorrect:
+    """Read what :func:`save_correct` wrote; a missing or foreign file stops with one line naming it."""
+    p = Path(path)
+    if not p.is_file():
+        raise PipelineError(str(p), "file not found")
+    try:
+        with np.load(p, allow_pickle=False) as data:
+            return MpiiCorrect(correct=data["correct"].astype(bool), visible=data["visible"].astype(bool),
+                               in_mean=data["in_mean"].astype(bool), threshold=float(data["threshold"]))
+    except Exception as exc:  # BadZipFile, KeyError (a foreign .npz), ValueError (shapes)
+        raise PipelineError(str(p), f"not an MPII correctness file ({type(exc).__name__}: {exc})") from None
+
+
 def weighted_pckh(m: MpiiCorrect, counts: np.ndarray) -> np.ndarray:
     """Mean PCKh (percent) for each row of person counts; (R,) floats.
 
@@ -136,4 +157,5 @@ def paired_bootstrap_pckh(m_a: MpiiCorrect, m_b: MpiiCorrect, resamples: int = 1
     }
 
 
-__all__ = ["MpiiCorrect", "mpii_person_correct", "weighted_pckh", "paired_bootstrap_pckh"]
+__all__ = ["MpiiCorrect", "mpii_person_correct", "save_correct", "load_correct", "weighted_pckh",
+           "paired_bootstrap_pckh"]
