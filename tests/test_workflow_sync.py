@@ -61,12 +61,17 @@ def test_every_run_and_seed_has_train_and_evaluate_jobs(tmp_path):
         (shutil.copytree(src, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
          if src.is_dir() else shutil.copy(src, tmp_path / name))
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)  # DVC needs a repository
     want = {(r, f"--run {n} --seed {s}") for r in ("train", "evaluate") for n in params["runs"] for s in (0, 3)}
     for jobs in (dvc_jobs(tmp_path), snakemake_jobs(cwd=tmp_path)):
         got = {(r, a.split(f" {r} ", 1)[1]) for r, a, _ in jobs if r in ("train", "evaluate")}
         assert got == want
     outs = {o for r, _, outs in snakemake_jobs(cwd=tmp_path) if r == "train" for o in outs}
     assert "results/demo/runs/coco_hrnet_w32_hdm/seed3/final.pth" in outs
+    # the paper profile's dry run lists its jobs per seed too
+    paper = snakemake_jobs("--config", "profile=paper", cwd=tmp_path)
+    outs = {o for r, _, outs in paper if r == "train" for o in outs}
+    assert len(outs) == 2 * len(params["runs"]) and "results/paper/runs/mpii_hrnet_w48_hdm/seed3/final.pth" in outs
 
 
 def test_dvc_cmds_use_params_profile():
