@@ -17,7 +17,7 @@ from ..metrics import coco_server
 from ..tracking import finished_runs, metric_history
 from .aggregate import RunRecord, all_intervals, image_bootstrap, mean_metrics
 from .figures import write_diagnostic_figures, write_figures
-from .findings import build_findings
+from .findings import build_findings, table5_note
 from .tables import build_tables, write_tables
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,8 @@ def build_report(*, profile: str, tracking_uri: str, experiment: str, run_names:
         log.warning("no evaluated MLflow run for: %s (their rows say 'not run')", ", ".join(missing))
     measured = {run: mean_metrics(rec) for run, rec in records.items()}
     intervals = all_intervals(records, bootstrap=image_bootstrap(Paths(profile)))
-    tables = build_tables(measured, profile=profile, run_info=info, intervals=intervals)
+    notes = {"table5": [table5_note(records, intervals["table5"])]} if records else {}
+    tables = build_tables(measured, profile=profile, run_info=info, intervals=intervals, notes=notes)
     written = write_tables(tables, out_dir, profile=profile)
     run_curves = curves(tracking_uri, selected) if not selected.empty else {}
     findings = out_dir / "findings.md"

@@ -299,7 +299,8 @@ def _build_one(table: PaperTable, measured: dict, run_info: dict, profile: str,
 
 def build_tables(measured: dict[str, dict[str, float]], *, profile: str,
                  run_info: dict[str, dict] | None = None,
-                 intervals: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, pd.DataFrame]:
+                 intervals: Mapping[str, Mapping[str, Any]] | None = None,
+                 notes: Mapping[str, list[str]] | None = None) -> dict[str, pd.DataFrame]:
     """One DataFrame per paper table, keyed "table1" … "table5".
 
     ``measured`` maps run name → final metrics ("coco_val.AP" … as fractions in [0, 1];
@@ -324,8 +325,11 @@ def build_tables(measured: dict[str, dict[str, float]], *, profile: str,
     """
     profile = _check_profile(profile)
     measured, run_info = _check_inputs(measured, run_info)
-    intervals = intervals or {}
-    return {t.key: _build_one(t, measured, run_info, profile, intervals.get(t.key, {})) for t in TABLES}
+    intervals, notes = intervals or {}, notes or {}
+    tables = {t.key: _build_one(t, measured, run_info, profile, intervals.get(t.key, {})) for t in TABLES}
+    for key, extra in notes.items():  # measured facts the report adds below a table (e.g. Table 5's spread)
+        tables[key].attrs["notes"] = list(tables[key].attrs["notes"]) + list(extra)
+    return tables
 
 
 # ----------------------------------------------------------------------------- render
