@@ -36,6 +36,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from typing import Any, Callable
+
 import numpy as np
 
 from ..data.skeleton import COCO_SIGMAS
@@ -374,15 +376,18 @@ def paired_bootstrap(m_a: CocoMatches, m_b: CocoMatches, resamples: int = 1000, 
         PipelineError: the runs' image sets (or ground truth) differ, naming what differs.
     """
     _check_same_images(m_a, m_b)
-    counts = np.vstack([np.ones((1, m_a.n_images), dtype=np.int64),
-                        resample_counts(m_a.n_images, resamples, seed)])
-    ap_a, ap_b = weighted_ap(m_a, counts), weighted_ap(m_b, counts)
-    delta = ap_a - ap_b
-    return {
-        "a": percentile_interval(ap_a[1:], float(ap_a[0]), level),
-        "b": percentile_interval(ap_b[1:], float(ap_b[0]), level),
-        "delta": percentile_interval(delta[1:], float(delta[0]), level),
-    }
+    return paired_intervals(weighted_ap, m_a, m_b, m_a.n_images, resamples=resamples, seed=seed, level=level)
+
+
+def paired_intervals(metric: Callable[[Any, np.ndarray], np.ndarray], m_a: Any, m_b: Any, n_units: int, *,
+                     resamples: int, seed: int, level: float) -> dict[str, Interval]:
+    """The paired bootstrap shared by COCO (units: images) and MPII (units: people): ``metric(m, counts)``
+    of both runs on the same resampled counts (row 0: the full data, the point estimate)."""
+    counts = np.vstack([np.ones((1, n_units), dtype=np.int64), resample_counts(n_units, resamples, seed)])
+    va, vb = metric(m_a, counts), metric(m_b, counts)
+    delta = va - vb
+    return {name: percentile_interval(v[1:], float(v[0]), level)
+            for name, v in (("a", va), ("b", vb), ("delta", delta))}
 
 
 __all__ = [

@@ -21,8 +21,8 @@ import numpy as np
 from ..errors import PipelineError
 from ..io import atomic_path
 from . import mpii as mpii_metrics
-from .coco_bootstrap import resample_counts
-from .uncertainty import Interval, percentile_interval
+from .coco_bootstrap import paired_intervals
+from .uncertainty import Interval
 
 
 @dataclass(frozen=True, eq=False)
@@ -146,15 +146,7 @@ def paired_bootstrap_pckh(m_a: MpiiCorrect, m_b: MpiiCorrect, resamples: int = 1
         PipelineError: the runs' people, ground truth or threshold differ.
     """
     _check_same_people(m_a, m_b)
-    counts = np.vstack([np.ones((1, m_a.n_people), dtype=np.int64),
-                        resample_counts(m_a.n_people, resamples, seed)])
-    pa, pb = weighted_pckh(m_a, counts), weighted_pckh(m_b, counts)
-    delta = pa - pb
-    return {
-        "a": percentile_interval(pa[1:], float(pa[0]), level),
-        "b": percentile_interval(pb[1:], float(pb[0]), level),
-        "delta": percentile_interval(delta[1:], float(delta[0]), level),
-    }
+    return paired_intervals(weighted_pckh, m_a, m_b, m_a.n_people, resamples=resamples, seed=seed, level=level)
 
 
 __all__ = ["MpiiCorrect", "mpii_person_correct", "save_correct", "load_correct", "weighted_pckh",
