@@ -296,3 +296,33 @@ def test_dataset_mpii(tmp_path):
     item = ds[0]
     assert item["image"].shape == (3, 64, 64) and item["target"].shape == (16, 16, 16)
     assert item["weight"][6] == 0 and item["weight"][9] == 0
+
+
+def _train_cfg(root, dataset="coco", **data):
+    return {"dataset": dataset, "profile": "paper", "seed": 3, "test": {"image_thre": 0.0},
+            "data": {"root": str(root), "input_size": [96, 128], **data}}
+
+
+def test_training_boxes_are_shifted_once_at_load_only_for_the_train_split(coco):
+    """builders.records: HRFormer's load-time shift moves ground-truth centres of the training split
+    only, the same way on every call with the same seed (every DDP process, every resume), and not at
+    all without load_shift_prob."""
+    from pipeline.engine import builders
+
+    root = coco["tmp"]
+    (root / "annotations" / "person_keypoints_train2017.json").write_text(coco["ann"].read_text())
+    plain = builders.records(_train_cfg(root), "train")
+    cfg = _train_cfg(root, load_shift_prob=1.0, load_shift_factor=0.2)
+    shifted = builders.records(cfg, "train")
+    again = builders.records(cfg, "train")
+    assert len(plain) == len(shifted) == 2
+    for p, s, a in zip(plain, shifted, again):
+        np.testing.assert_array_equal(s["center"], a["center"])  # drawn once per seed
+        np.testing.assert_array_equal(s["scale"], p["scale"])
+        moved = np.abs(s["center"] - p["center"]) / np.array(p["box"][2:])
+        assert np.all(moved > 0) and np.all(moved <= 0.2)
+    other_seed = builders.records({**cfg, "seed": 4}, "train")
+    assert not np.allclose(other_seed[0]["center"], shifted[0]["center"])
+    val = builders.records(cfg, "val")
+    for p, v in zip(builders.records(_train_cfg(root), "val"), val):
+        np.testing.assert_array_equal(p["center"], v["center"])

@@ -211,3 +211,63 @@ def test_half_body_box():
     v_few[:8] = 1
     c3, s3, *_ = T.random_augment(np.random.default_rng(0), c, s, j, v_few, cfg, image_width=300)
     np.testing.assert_allclose(c3, c)
+
+
+def _upper_share(cfg: dict, n: int = 3000) -> float:
+    """How often the half-body crop of a fully visible person keeps the upper body."""
+    c, s, j, v = _person(np.random.default_rng(6))
+    upper = j[:11].mean(0)
+    hits = 0
+    for seed in range(n):
+        c2, *_ = T.random_augment(np.random.default_rng(seed), c, s, j, v, cfg, image_width=300)
+        hits += bool(np.allclose(c2, upper))
+    return hits / n
+
+
+def test_half_body_keeps_the_upper_body_as_often_as_the_reference_draw():
+    """HRNet and HRFormer pick the upper body when ``np.random.randn() < 0.5``; the default
+    half_body_upper_prob reproduces that draw's frequency (≈ 0.69), and the config value is what
+    decides (0.5 gives half). Binomial standard error at n = 3000: < 0.01; tolerance 0.03."""
+    reference = float(np.mean(np.random.default_rng(0).standard_normal(200_000) < 0.5))
+    assert T.HALF_BODY_UPPER_PROB == pytest.approx(reference, abs=0.005)
+    base = dict(half_body_prob=1.0, scale_factor=0.0, rot_prob=0.0, flip=False, aspect_ratio=0.75)
+    assert T.default_aug_cfg(COCO)["half_body_upper_prob"] == T.HALF_BODY_UPPER_PROB
+    assert _upper_share(T.default_aug_cfg(COCO, **base)) == pytest.approx(reference, abs=0.03)
+    assert _upper_share(T.default_aug_cfg(COCO, half_body_upper_prob=0.5, **base)) == pytest.approx(0.5, abs=0.03)
+    assert _upper_share(T.default_aug_cfg(COCO, half_body_upper_prob=0.0, **base), n=50) == 0.0
+
+
+def _box_records(n: int) -> list[dict]:
+    rng = np.random.default_rng(1)
+    recs = []
+    for i in range(n):
+        x, y, w, h = rng.uniform(0, 100), rng.uniform(0, 100), rng.uniform(10, 80), rng.uniform(10, 150)
+        c, s = T.box_to_center_scale([x, y, w, h], 0.75)
+        recs.append({"center": c, "scale": s, "box": [x, y, w, h], "image_id": i})
+    return recs
+
+
+def test_load_time_box_shift_is_hrformers_xywh2cs():
+    """HRFormer's dataset (MMPose 0.x ``_xywh2cs``): per training box, in order,
+    ``if rand() < 0.3: center += 0.4 * (rand(2) - 0.5) * [w, h]``; the scale is untouched. Our
+    draw with prob 0.3, factor 0.2 gives the same centres from the same generator."""
+    recs = _box_records(400)
+    ours = T.shift_box_centers(recs, np.random.default_rng(5), prob=0.3, factor=0.2)
+    g = np.random.default_rng(5)
+    shifted = 0
+    for rec, out in zip(recs, ours):
+        center = np.array(rec["center"], dtype=np.float64)
+        if g.random() < 0.3:  # the reference's expression, transcribed
+            center += 0.4 * (g.random(2) - 0.5) * np.array(rec["box"][2:])
+            shifted += 1
+        np.testing.assert_allclose(out["center"], center, rtol=0, atol=1e-9)
+        np.testing.assert_array_equal(out["scale"], rec["scale"])
+        offset = np.abs(out["center"] - rec["center"]) / np.array(rec["box"][2:])
+        assert np.all(offset <= 0.2 + 1e-12)
+    assert 0.22 < shifted / len(recs) < 0.38  # 30 % (standard error 2.3 %)
+    for rec, fresh in zip(recs, _box_records(400)):  # the input records are not modified
+        np.testing.assert_array_equal(rec["center"], fresh["center"])
+    # prob 0: no record moves
+    same = T.shift_box_centers(recs, np.random.default_rng(5), prob=0.0, factor=0.2)
+    for rec, out in zip(recs, same):
+        np.testing.assert_array_equal(out["center"], rec["center"])

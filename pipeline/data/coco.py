@@ -4,7 +4,8 @@ A record is a dict::
 
     image_path (str), image_id (int), center (2,) f64, scale (2,) f64,
     joints (17,2) f64 (0-based image pixels), vis (17,) f64 in {0,1},
-    box_score (float; 1.0 for ground-truth boxes), area (float), ann_id (int; -1 for detections)
+    box_score (float; 1.0 for ground-truth boxes), area (float), ann_id (int; -1 for detections),
+    box [x, y, w, h] (the cleaned ground-truth box or the detection box, before aspect and padding)
 
 Ground-truth boxes (HRNet's loader): person annotations with ``iscrowd == 0`` and at least
 one labelled keypoint (``v > 0``); the box is cleaned as HRNet does — ``x1 = max(0, x)``,
@@ -129,6 +130,7 @@ def _gt_records(
             "box_score": 1.0,
             "area": float(area),
             "ann_id": int(aid) if isinstance(aid, int) else -1,
+            "box": [x1, y1, x2 - x1, y2 - y1],
         })
     return records
 
@@ -167,6 +169,7 @@ def _det_records(
             "box_score": float(score),
             "area": float(bbox[2]) * float(bbox[3]),
             "ann_id": -1,
+            "box": [float(v) for v in bbox],
         })
     return records
 

@@ -20,6 +20,7 @@ Horizontal flip of a ``W``-wide image maps ``x -> W - 1 - x``.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import cv2
@@ -28,6 +29,11 @@ import numpy as np
 from .skeleton import JointSet
 
 PIXEL_STD = 200.0
+
+# Chance that the half-body crop keeps the upper body: HRNet's JointsDataset and HRFormer's vendored
+# MMPose 0.x both draw ``np.random.randn() < 0.5``, i.e. P(N(0,1) < 0.5) = Φ(0.5) ≈ 0.6915, not the
+# 0.5 their code seems to intend. Kept as the reference draws it (config key half_body_upper_prob).
+HALF_BODY_UPPER_PROB = 0.5 * (1.0 + math.erf(0.5 / math.sqrt(2.0)))
 
 # Joints treated as "upper body" by the half-body augmentation.
 UPPER_BODY_IDS = {
@@ -59,6 +65,31 @@ def box_to_center_scale(
     if center[0] != -1:
         scale = scale * padding
     return center, scale
+
+
+def shift_box_centers(records: Sequence[dict], rng: np.random.Generator, prob: float,
+                      factor: float) -> list[dict]:
+    """HRFormer's training-box centre shift, drawn once when the data loads.
+
+    HRFormer's vendored MMPose 0.x dataset (``TopDownCocoDataset._xywh2cs``) moves the centre of
+    each training box, with probability ``prob`` (0.3), by ``0.4 * (rand(2) - 0.5) * [w, h]``, i.e.
+    uniformly up to ±``factor`` (0.2) of the box's width and height, before the box is widened to
+    the input's aspect ratio; the scale is not changed. The shift is part of the record for the
+    whole training (every epoch sees the same shifted box), unlike MMPose 1.x's per-sample shift
+    (``shift_prob`` / ``shift_factor`` in :func:`random_augment`).
+
+    Records are visited in order, each drawing ``rng.random()`` and, if shifted, ``rng.random(2)``
+    (the reference's order of draws). Each record needs its ground-truth ``box`` ``[x, y, w, h]``;
+    returns new records (the input is not modified).
+    """
+    out = []
+    for rec in records:
+        rec = dict(rec, center=np.array(rec["center"], dtype=np.float64))
+        if rng.random() < prob:
+            w, h = float(rec["box"][2]), float(rec["box"][3])
+            rec["center"] += factor * (2.0 * rng.random(2) - 1.0) * np.array([w, h])
+        out.append(rec)
+    return out
 
 
 # --------------------------------------------------------------------------- affine
@@ -204,6 +235,7 @@ def default_aug_cfg(joint_set: JointSet, **overrides: Any) -> dict:
         "flip": True,
         "flip_prob": 0.5,
         "half_body_prob": 0.3,
+        "half_body_upper_prob": HALF_BODY_UPPER_PROB,
         "num_joints_half_body": 8,
         "upper_body_ids": list(UPPER_BODY_IDS.get(joint_set.name, [])),
         "flip_pairs": [list(p) for p in joint_set.flip_pairs],
@@ -237,19 +269,21 @@ def half_body_box(
     upper_body_ids: Sequence[int],
     aspect_ratio: float,
     pixel_std: float = PIXEL_STD,
+    upper_prob: float = HALF_BODY_UPPER_PROB,
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """HRNet's half-body box: the visible upper (or lower) joints, box x1.5.
 
-    Upper body is picked with probability 0.5 when it has more than 2 visible joints
-    (HRNet draws ``randn() < 0.5``, i.e. ~69 %; MMPose's 0.5 is used here), otherwise
-    the lower body if it has more than 2, otherwise the upper body. ``None`` if fewer
-    than 2 joints were selected. The centre is the mean of the selected joints.
+    The upper body is picked with probability ``upper_prob`` when it has more than 2 visible
+    joints, otherwise the lower body if it has more than 2, otherwise the upper body. The
+    default is the references' ≈ 0.69 (see :data:`HALF_BODY_UPPER_PROB`: HRNet and HRFormer draw
+    ``randn() < 0.5``), so the crops are upper bodies about twice as often as lower bodies.
+    ``None`` if fewer than 2 joints were selected. The centre is the mean of the selected joints.
     """
     upper_set = set(int(i) for i in upper_body_ids)
     visible = np.flatnonzero(np.asarray(vis) > 0)
     upper = [i for i in visible if i in upper_set]
     lower = [i for i in visible if i not in upper_set]
-    if rng.random() < 0.5 and len(upper) > 2:
+    if rng.random() < upper_prob and len(upper) > 2:
         sel = upper
     else:
         sel = lower if len(lower) > 2 else upper
@@ -279,7 +313,8 @@ def random_augment(
     """HRNet's training augmentation, drawn from ``rng``.
 
     In order: half-body crop (prob ``half_body_prob`` if more than
-    ``num_joints_half_body`` joints are visible), box shift (prob ``shift_prob``: the centre
+    ``num_joints_half_body`` joints are visible; the upper body with prob ``half_body_upper_prob``,
+    see :func:`half_body_box`), box shift (prob ``shift_prob``: the centre
     moves by ``clip(randn, -1, 1) * shift_factor`` box sizes per axis, MMPose's
     ``RandomBBoxTransform`` shift; HRNet has none, so it defaults to 0 and then draws nothing),
     scale ``s * clip(randn*sf + 1, 1-sf, 1+sf)``, rotation ``clip(randn*rf, -2rf, 2rf)`` with
@@ -305,7 +340,8 @@ def random_augment(
         and int(np.sum(v > 0)) > int(cfg.get("num_joints_half_body", 8))
         and rng.random() < hb_prob
     ):
-        hb = half_body_box(rng, j, v, cfg.get("upper_body_ids", []), aspect, pixel_std)
+        hb = half_body_box(rng, j, v, cfg.get("upper_body_ids", []), aspect, pixel_std,
+                           float(cfg.get("half_body_upper_prob", HALF_BODY_UPPER_PROB)))
         if hb is not None:
             c, s = hb
 
