@@ -70,7 +70,27 @@ def validate_params(params: Any, source: str = DEFAULT_PARAMS) -> dict[str, Any]
                                 "required when data.source is 'synthetic'")
         if prof["data"]["source"] == "download":
             _check_archives(prof["data"], f"profiles.{pname}.data", source)
+        _check_archs(prof, f"profiles.{pname}", source)
     return params
+
+
+def _check_archs(prof: dict[str, Any], key: str, source: str) -> None:
+    """What the schema cannot say about a profile's architectures: timm ImageNet weights are named by
+    their tag (timm's bare ``resnet152`` is ``resnet152.a1h_in1k``, not the torchvision weights the
+    reference used, and a timm upgrade may change any default), and MPII has no box to shift at load."""
+    for name, arch in prof["archs"].items():
+        model = arch["model"]
+        if model.get("pretrained") and model["family"] != "hrformer" and "." not in model["backbone"]:
+            raise PipelineError(f"{source}: {key}.archs.{name}.model.backbone",
+                                f"pretrained timm weights must be pinned by tag, e.g. {model['backbone']}.<tag> "
+                                "(resnet152.tv_in1k: torchvision's weights); a bare name follows timm's default")
+    shifts = [(f"{key}.datasets.mpii", prof["datasets"]["mpii"])]
+    shifts += [(f"{key}.archs.{n}.datasets.mpii", a.get("datasets", {}).get("mpii") or {})
+               for n, a in prof["archs"].items()]
+    for where, data in shifts:
+        if data.get("load_shift_prob", 0) > 0:
+            raise PipelineError(f"{source}: {where}.load_shift_prob",
+                                "MPII records have no person box to shift (HRFormer's load-time shift is COCO's)")
 
 
 def _overlap(a: str, b: str) -> bool:
@@ -223,7 +243,9 @@ def resolve_run(params: dict[str, Any], run: str, profile: str | None = None,
             **_merge(prof["datasets"][dataset], arch.get("datasets", {}).get(dataset)),
             "root": str(paths.dataset(dataset)),
         },
-        "train": _merge(_merge(prof["train"], arch.get("train")), spec.get("train")),
+        # profile ← architecture ← architecture on this dataset (MPII HRNet-W48's batch) ← run
+        "train": _merge(_merge(_merge(prof["train"], arch.get("train")),
+                               arch.get("train_by_dataset", {}).get(dataset)), spec.get("train")),
         "hdm": _merge(prof["hdm"], spec.get("hdm")),
         "test": copy.deepcopy(prof["test"]),
     }

@@ -43,6 +43,10 @@ def test_overrides_merge_in_order(params):
          "center_heatmaps": True}
     assert resolve_run(params, "coco_hrnet_w48_hdm_naive", "demo")["hdm"]["demanders"] == "naive"
     assert resolve_run(params, "coco_hrnet_w48_mse", "paper")["train"]["batch_size"] == 24
+    # an architecture's override on one dataset (w48_256x256_adam_lr1e-3.yaml: 32 per GPU on MPII)
+    assert resolve_run(params, "mpii_hrnet_w48_hdm", "paper")["train"]["batch_size"] == 32
+    assert resolve_run(params, "mpii_hrnet_w48_hdm", "demo")["train"] == resolve_run(params, "coco_hrnet_w48_hdm",
+                                                                                      "demo")["train"]
 
 
 def test_paper_profile_holds_the_paper_settings(params):
@@ -66,6 +70,20 @@ def test_paper_profile_holds_the_paper_settings(params):
     (lambda p: p["profiles"]["paper"]["archs"]["hrnet_w48"]["train"].__setitem__("batch_size", 0),
      "profiles.paper.archs.hrnet_w48.train.batch_size"),
     (lambda p: p.__setitem__("foo", 1), "foo"),
+    # ImageNet weights pinned by tag; no load-time box shift on MPII; the per-dataset train overrides
+    (lambda p: p["profiles"]["paper"]["archs"]["simplebaseline_res152"]["model"].__setitem__("backbone", "resnet152"),
+     "profiles.paper.archs.simplebaseline_res152.model.backbone"),
+    (lambda p: p["profiles"]["paper"]["datasets"]["mpii"].__setitem__("load_shift_prob", 0.3),
+     "profiles.paper.datasets.mpii.load_shift_prob"),
+    (lambda p: p["profiles"]["paper"]["archs"]["hrformer_base"].setdefault("datasets", {}).__setitem__(
+        "mpii", {"load_shift_prob": 0.3}), "profiles.paper.archs.hrformer_base.datasets.mpii.load_shift_prob"),
+    (lambda p: p["profiles"]["paper"]["archs"]["hrnet_w48"]["train_by_dataset"].__setitem__("lsp", {}),
+     "profiles.paper.archs.hrnet_w48.train_by_dataset.lsp"),
+    (lambda p: p["profiles"]["paper"]["archs"]["hrnet_w48"]["train_by_dataset"]["mpii"].__setitem__("batch", 1),
+     "profiles.paper.archs.hrnet_w48.train_by_dataset.mpii.batch"),
+    (lambda p: p["profiles"]["paper"]["train"].__setitem__("sync_bn", "yes"), "profiles.paper.train.sync_bn"),
+    (lambda p: p["profiles"]["paper"]["datasets"]["coco"].__setitem__("half_body_upper_prob", 1.5),
+     "profiles.paper.datasets.coco.half_body_upper_prob"),
     # the paper profile's download section
     (lambda p: p["profiles"]["paper"]["data"]["archives"]["coco"][0].__setitem__("md5", "x"),
      "profiles.paper.data.archives.coco.0.md5"),

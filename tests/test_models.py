@@ -1,6 +1,8 @@
 """Pose models: output stride 4, one heatmap per joint, demo widths, the HDM centring wrapper."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -179,3 +181,49 @@ def test_paper_simplebaseline_is_pose_resnet_152():
     with torch.no_grad():
         out = net.eval()(torch.randn(1, 3, 96, 64))
     assert out.shape == (1, 17, 24, 16)
+
+
+def test_imagenet_weights_are_pinned_by_tag():
+    """The paper profile names timm's ImageNet checkpoints by tag, so a timm upgrade cannot swap them:
+    resnet152.tv_in1k is torchvision's ResNet-152 (SimpleBaseline's resnet152-b121ed2d.pth, re-saved by
+    torchvision as resnet152-394f9c45.pth), not timm's default for the bare name (a1h_in1k). The tag
+    reaches the built backbone (what ``pretrained: true`` would download) and the MLflow tag."""
+    from timm.models import get_pretrained_cfg
+
+    from pipeline.config import load_params, resolve_run
+    from pipeline.models import pretrained_weights
+
+    params = load_params(Path(__file__).resolve().parent.parent / "params.yaml")
+    expect = {"coco_simplebaseline_mse": "resnet152.tv_in1k", "mpii_simplebaseline_hdm": "resnet152.tv_in1k",
+              "coco_hrnet_w32_mse": "hrnet_w32.ms_in1k", "mpii_hrnet_w48_mse": "hrnet_w48.ms_in1k"}
+    for run, name in expect.items():
+        model = resolve_run(params, run, "paper")["model"]
+        assert model["backbone"] == name and model["pretrained"] is True
+        assert pretrained_weights(model) == f"timm:{name}"
+    assert get_pretrained_cfg("resnet152.tv_in1k").url.endswith("/resnet152-394f9c45.pth")
+    assert get_pretrained_cfg("resnet152").tag != "tv_in1k"  # why the bare name is refused
+    # the tag is what timm builds (a small model of the same families, random weights)
+    tagged = build_model({"family": "simplebaseline", "backbone": "resnet18.tv_in1k", "width": 1.0,
+                          "deconv_channels": 16, "num_deconv": 1}, 17)
+    assert tagged.backbone.pretrained_cfg["tag"] == "tv_in1k"
+    bare = build_model({"family": "simplebaseline", "backbone": "resnet18", "deconv_channels": 16,
+                        "num_deconv": 1}, 17)
+    assert bare.backbone.pretrained_cfg["tag"] != "tv_in1k"
+    narrow = build_model({"family": "hrnet", "backbone": "hrnet_w18_small.ms_in1k", "width": 0.25}, 17)
+    assert narrow.head.in_channels == 4  # a tag names weights, not a topology
+    assert pretrained_weights({"family": "hrnet", "backbone": "hrnet_w18_small", "pretrained": False}) == "none"
+
+
+def test_hrformer_weights_are_identified_by_file_hash(tmp_path):
+    """HRFormer's checkpoint is a local file (not in timm): the run is tagged with its content hash."""
+    from pipeline.models import pretrained_weights
+
+    a, b = tmp_path / "hrformer_base.pth", tmp_path / "other.pth"
+    a.write_bytes(b"weights")
+    b.write_bytes(b"weight5")
+    cfg = {"family": "hrformer", "backbone": "hrformer_base", "pretrained": True, "weights": str(a)}
+    tag_a, tag_b = pretrained_weights(cfg), pretrained_weights({**cfg, "weights": str(b)})
+    assert tag_a.startswith("file:hrformer_base.pth sha256:") and len(tag_a.split("sha256:")[1]) == 16
+    assert tag_a.split("sha256:")[1] != tag_b.split("sha256:")[1]
+    assert pretrained_weights({**cfg, "weights": str(tmp_path / "nope.pth")}) == "file:nope.pth (missing)"
+    assert pretrained_weights({**cfg, "pretrained": False}) == "none"

@@ -238,11 +238,13 @@ def test_config_hash_ignores_only_resume_invariant_keys():
 
 
 def test_ddp_two_cpu_processes(workdir):
-    """`train` with gpus: 2 relaunches itself under torchrun; Gloo, DistributedSampler, rank 0 writes."""
+    """`train` with gpus: 2 relaunches itself under torchrun; Gloo, DistributedSampler, rank 0 writes;
+    sync_bn (HRFormer's SyncBN) synchronises every BatchNorm of the model under training."""
     d, params, uri = workdir
     p = copy.deepcopy(params)
     p["profile"] = "smoke"
     p["profiles"]["smoke"]["train"]["gpus"] = 2
+    p["profiles"]["smoke"]["train"]["sync_bn"] = True
     (d / "params_ddp.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     run = "coco_hrnet_w48_hdm"
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
@@ -263,3 +265,9 @@ def test_ddp_two_cpu_processes(workdir):
     assert _history(uri, final["mlflow_run_id"]) == [1, 2]
     log_text = (out / "train.log").read_text()
     assert log_text.count("epoch 1/2") == 1  # rank 0 alone logs to the file
+    n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in builders.model(resolve_run(p, run, "smoke")).modules())
+    assert n_bn > 0 and f"train.sync_bn: {n_bn} BatchNorm layers normalise over all 2 processes" in log_text
+    import mlflow
+
+    logged = mlflow.tracking.MlflowClient().get_run(final["mlflow_run_id"]).data
+    assert logged.params["train.sync_bn"] == "True" and logged.tags["pretrained_weights"] == "none"

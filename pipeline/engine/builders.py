@@ -8,13 +8,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from ..data.coco import load_coco_people
 from ..data.dataset import TopDownDataset
 from ..data.mpii import load_mpii_people
+from ..errors import PipelineError
 from ..data.skeleton import COCO, MPII, JointSet
+from ..data.transforms import HALF_BODY_UPPER_PROB, shift_box_centers
 from ..losses import HDMLoss, JointsMSELoss
 from ..models import CenteredHeatmaps, build_model
 
@@ -49,26 +52,57 @@ def codec_name(cfg: dict[str, Any]) -> str:
     return "gaussian" if cfg["loss"] == "mse" else "hdm"
 
 
+# Optional keys of a run's ``data`` section and their defaults: the HRNet recipe, which the demo and
+# smoke profiles follow by leaving them out.
+DATA_DEFAULTS: dict[str, Any] = {
+    "half_body_upper_prob": HALF_BODY_UPPER_PROB,  # HRNet's and HRFormer's randn() < 0.5 (≈ 0.69)
+    "shift_prob": 0.0,         # MMPose 1.x's per-sample box-centre shift: none in HRNet or HRFormer
+    "shift_factor": 0.0,
+    "load_shift_prob": 0.0,    # HRFormer's training-box centre shift, drawn once at load (0.3) ...
+    "load_shift_factor": 0.0,  # ... by up to ± this fraction of the box's width / height (0.2)
+}
+# A fixed stream for the draws made once when the data loads, apart from the per-sample ones.
+LOAD_SHIFT_STREAM = 1
+
+
+def with_data_defaults(data: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a resolved ``data`` section with every optional key filled in."""
+    return {**DATA_DEFAULTS, **data}
+
+
 def records(cfg: dict[str, Any], split: str, *, boxes: str = "gt") -> list[dict]:
-    """Person records of one split; ``boxes`` is "gt" or "det" (COCO's person detections)."""
+    """Person records of one split; ``boxes`` is "gt" or "det" (COCO's person detections).
+
+    The training split gets the run's load-time box shift (``data.load_shift_prob``), seeded by the
+    run's seed, so every process of a DDP job and every resume sees the same boxes.
+    """
     root = Path(cfg["data"]["root"])
+    d = with_data_defaults(cfg["data"])
     if cfg["dataset"] == "mpii":
+        if split == "train" and d["load_shift_prob"] > 0:
+            raise PipelineError(f"profiles.{cfg['profile']}.datasets.mpii.load_shift_prob",
+                                "MPII records have no person box to shift (HRFormer's shift is COCO's); set it to 0")
         return load_mpii_people(root / MPII_SPLITS[split], root / "images", aspect_ratio=aspect_ratio(cfg))
     ann, images, det, _ = COCO_SPLITS[split]
-    if boxes == "gt":
-        return load_coco_people(root / ann, root / images, aspect_ratio=aspect_ratio(cfg), use_gt_boxes=True)
-    return load_coco_people(root / ann, root / images, aspect_ratio=aspect_ratio(cfg), use_gt_boxes=False,
-                            det_file=root / det, image_thre=cfg["test"]["image_thre"])
+    if boxes != "gt":
+        return load_coco_people(root / ann, root / images, aspect_ratio=aspect_ratio(cfg), use_gt_boxes=False,
+                                det_file=root / det, image_thre=cfg["test"]["image_thre"])
+    recs = load_coco_people(root / ann, root / images, aspect_ratio=aspect_ratio(cfg), use_gt_boxes=True)
+    if split == "train" and d["load_shift_prob"] > 0:
+        rng = np.random.default_rng([cfg["seed"], LOAD_SHIFT_STREAM])
+        recs = shift_box_centers(recs, rng, d["load_shift_prob"], d["load_shift_factor"])
+    return recs
 
 
 def dataset(cfg: dict[str, Any], recs: list[dict], *, train: bool) -> TopDownDataset:
-    d = cfg["data"]
+    d = with_data_defaults(cfg["data"])
     js = joint_set(cfg)
     aug = {
         "scale_factor": d["scale_factor"], "rot_factor": d["rot_factor"], "rot_prob": d["rot_prob"],
         "flip": d["flip"], "half_body_prob": d["half_body_prob"],
+        "half_body_upper_prob": d["half_body_upper_prob"],
         "num_joints_half_body": d["num_joints_half_body"],
-        "shift_factor": d.get("shift_factor", 0.0), "shift_prob": d.get("shift_prob", 0.0),
+        "shift_factor": d["shift_factor"], "shift_prob": d["shift_prob"],
     }
     return TopDownDataset(recs, joint_set=js, input_size=d["input_size"], heatmap_size=d["heatmap_size"],
                           codec=codec_name(cfg), sigma=d["sigma"], train=train, aug_cfg=aug,
@@ -111,6 +145,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "warmup_ratio": 0.001,     # ... starting from warmup_ratio × lr (HRFormer: 0.001)
     "amp": False,              # mixed precision on CUDA (ignored on CPU)
     "amp_dtype": "bfloat16",   # bfloat16: no loss scaling needed | float16: with a GradScaler
+    "sync_bn": False,          # under DDP: BatchNorm over each GPU's share (HRNet) | all processes (HRFormer)
 }
 
 
@@ -119,6 +154,14 @@ def with_train_defaults(cfg: dict[str, Any]) -> dict[str, Any]:
     out = dict(cfg)
     out["train"] = {**TRAIN_DEFAULTS, **cfg["train"]}
     out["train"]["betas"] = list(out["train"]["betas"])
+    return out
+
+
+def with_defaults(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a resolved run config with every optional ``train`` and ``data`` key filled in: what
+    a run actually uses, as logged to MLflow and rendered in docs/paper-config.md."""
+    out = with_train_defaults(cfg)
+    out["data"] = with_data_defaults(cfg["data"])
     return out
 
 

@@ -6,7 +6,7 @@ full test protocol (detection boxes, flip test, rescoring, OKS-NMS) is the evalu
 
 At scale (all from the run's ``train`` section, see :data:`builders.TRAIN_DEFAULTS`):
 
-- optimiser ``adam`` or ``adamw`` (betas, weight decay; AdamW spares 1-D parameters and a model's
+- optimiser ``adam`` or ``adamw`` (betas, weight decay; AdamW spares only a model's
   ``no_weight_decay_keys()``), a linear warm-up per step before the step schedule per epoch;
 - ``amp``: mixed precision on CUDA, bfloat16 by default (no loss scaling needed), or float16 with a
   GradScaler (``amp_dtype: float16``, also the fallback on GPUs without bfloat16). The model runs under
@@ -22,6 +22,7 @@ At scale (all from the run's ``train`` section, see :data:`builders.TRAIN_DEFAUL
 - ``gpus > 1``: DistributedDataParallel, one process per GPU (``python -m pipeline train`` relaunches
   itself under torchrun, see :func:`torchrun_command`), ``batch_size`` per process, a DistributedSampler;
   rank 0 alone validates, logs to MLflow and writes checkpoints. Backend NCCL on CUDA, Gloo on CPU.
+  ``sync_bn``: BatchNorm statistics over all processes (HRFormer's SyncBN, :func:`distributed_model`).
 """
 from __future__ import annotations
 
@@ -51,8 +52,9 @@ from tqdm import tqdm
 from .. import io
 from ..config import Paths, run_label
 from ..errors import PipelineError
+from ..models import pretrained_weights
 from ..tracking import flatten, open_run, table_tags
-from . import builders
+from . import builders, sync_bn
 from .validate import validate
 
 log = logging.getLogger(__name__)
@@ -63,7 +65,8 @@ RESUME_INVARIANT = (("train", "epochs"), ("train", "workers"), ("train", "thread
 CHECKPOINT_RE = re.compile(r"^epoch_(\d+)\.pth$")
 # The code a training trajectory depends on (the train stage's code dependencies in dvc.yaml, less the
 # evaluation-only modules): checkpoints written by other code are not resumed.
-TRAINING_CODE = ("data", "codecs", "models", "losses", "engine/train.py", "engine/builders.py")
+TRAINING_CODE = ("data", "codecs", "models", "losses", "engine/train.py", "engine/builders.py",
+                 "engine/sync_bn.py")
 _STATE_KEYS = ("epoch", "model", "optimizer", "scheduler")
 
 
@@ -127,6 +130,30 @@ def _init_distributed(cfg: dict[str, Any], env: DistEnv) -> torch.device:
 def _barrier(env: DistEnv) -> None:
     if env.distributed:
         dist.barrier()
+
+
+def distributed_model(net: torch.nn.Module, t: dict[str, Any], env: DistEnv, dev: torch.device
+                      ) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """``(net, model)``: the network (its BatchNorms synchronised under DDP when ``train.sync_bn``) and
+    the module the training loop calls (``net`` itself in one process, else ``net`` in DDP).
+
+    Without ``sync_bn`` each process normalises its own share of the batch, as the HRNet reference's
+    DataParallel replicas do; HRFormer's reference uses SyncBN (see :mod:`.sync_bn`).
+    """
+    if not env.distributed:
+        if t.get("sync_bn"):
+            log.info("train.sync_bn: a single process, so BatchNorm already sees the whole batch")
+        return net, net
+    if t.get("sync_bn"):
+        net, n_bn = sync_bn.convert_sync_batchnorm(net, dev)
+        if env.is_main:
+            log.info("train.sync_bn: %d BatchNorm layers normalise over all %d processes' samples",
+                     n_bn, env.world_size)
+    # static_graph: HRNet's last module computes fuse outputs the pose head never uses; a static graph
+    # lets DDP handle those unused parameters without searching the graph every step
+    model = DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None,
+                                    static_graph=True)
+    return net, model
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -261,7 +288,7 @@ def train_run(cfg: dict[str, Any], *, tracking_uri: str, experiment: str, progre
 
     Under torchrun (``WORLD_SIZE`` > 1) every process calls this; rank 0 writes the outputs.
     """
-    cfg = builders.with_train_defaults(cfg)
+    cfg = builders.with_defaults(cfg)
     env = dist_env()
     dev = _init_distributed(cfg, env) if env.distributed else builders.device(cfg)
     try:
@@ -341,19 +368,15 @@ def _train(cfg: dict[str, Any], env: DistEnv, dev: torch.device, *, tracking_uri
         elif env.is_main:
             log.info("resuming %s from %s: epoch %d of %d", cfg["name"], resumed_from, start_epoch, t["epochs"])
         del state
-    model = net
-    if env.distributed:
-        # static_graph: HRNet's last module computes fuse outputs the pose head never uses; a static graph
-        # lets DDP handle those unused parameters without searching the graph every step
-        model = DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None,
-                                        static_graph=True)
+    net, model = distributed_model(net, t, env, dev)
     if env.is_main:
         log.info("run %s: %d train / %d val people, %.2fM parameters, device %s%s, optimizer %s", cfg["name"],
                  len(train_ds), len(val_recs), n_params / 1e6, dev,
                  f" × {env.world_size} processes" if env.distributed else "", t["optimizer"])
 
     tags = {**table_tags(cfg["name"]), "seed": str(seed), "profile": cfg["profile"], "dataset": cfg["dataset"],
-            "arch": cfg["arch"], "loss": cfg["loss"], "evaluated": "false"}
+            "arch": cfg["arch"], "loss": cfg["loss"], "evaluated": "false",
+            "pretrained_weights": pretrained_weights(cfg["model"])}
     tracking = (open_run(tracking_uri, experiment, run_name=run_label(cfg["name"], seed), run_id=run_id, tags=tags)
                 if env.is_main else contextlib.nullcontext(None))
     with tracking as mlflow:

@@ -1,6 +1,8 @@
 """Pose models, one small module per family (timm style); :func:`build_model` picks one."""
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -35,4 +37,23 @@ def build_model(model_cfg: dict[str, Any], num_joints: int) -> nn.Module:
     raise PipelineError("model.family", f"unknown model family {family!r} (choose from {FAMILIES})")
 
 
-__all__ = ["build_model", "CenteredHeatmaps", "SimpleBaseline", "PoseHRNet", "HRFormer", "FAMILIES"]
+def pretrained_weights(model_cfg: dict[str, Any]) -> str:
+    """Where a run's backbone weights come from, logged to MLflow (tag ``pretrained_weights``) so a run
+    says which checkpoint it started from: ``timm:<model>.<tag>`` (timm's hub; params.yaml pins the
+    tag, see pipeline/config.py), ``file:<name> sha256:<first 16 hex>`` (a local checkpoint, HRFormer)
+    or ``none`` (random initialisation)."""
+    if not model_cfg.get("pretrained", False):
+        return "none"
+    if model_cfg["family"] == "hrformer":
+        path = Path(model_cfg.get("weights") or "")
+        if not path.is_file():
+            return f"file:{path.name or '?'} (missing)"
+        h = hashlib.sha256()
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        return f"file:{path.name} sha256:{h.hexdigest()[:16]}"
+    return f"timm:{model_cfg['backbone']}"
+
+
+__all__ = ["build_model", "pretrained_weights", "CenteredHeatmaps", "SimpleBaseline", "PoseHRNet", "HRFormer", "FAMILIES"]

@@ -15,8 +15,9 @@ from torch import nn
 
 
 def _narrow_hrnet(backbone: str, width: float) -> nn.Module:
-    """The same HRNet topology with every branch's channel count scaled (demo sizes)."""
-    cfg = copy.deepcopy(cfg_cls[backbone])
+    """The same HRNet topology with every branch's channel count scaled (demo sizes); ``backbone`` may
+    carry a weights tag (``hrnet_w32.ms_in1k``), which names no topology."""
+    cfg = copy.deepcopy(cfg_cls[backbone.split(".")[0]])
     cfg["stem_width"] = max(8, int(cfg["stem_width"] * width))
     for stage in ("stage1", "stage2", "stage3", "stage4"):
         cfg[stage]["num_channels"] = tuple(max(4, int(c * width)) for c in cfg[stage]["num_channels"])
