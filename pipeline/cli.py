@@ -9,6 +9,7 @@ Stages (each writes its outputs atomically and can be run by hand):
   bench        benchmarks (``bench loss``: the HDM loss engine; ``bench data``: loading; ``bench train``:
                training steps per run) -> reports/benchmarks/*.json
   testdev-scores  load the COCO server's test-dev scores of one run into MLflow (Table 2)
+  paper-config    write docs/paper-config.md: every paper run's settings against its official config
 A bad input stops with one line, ``error: <file or key>: <problem>``, and exit status 1.
 """
 from __future__ import annotations
@@ -183,6 +184,24 @@ def _nonneg_int(text: str) -> int:
     return value
 
 
+def cmd_paper_config(args, params) -> None:
+    """Write docs/paper-config.md (every paper run beside its official config), or with ``--check``
+    fail when the file differs from what params.yaml gives now."""
+    from .report.paper_config import differences, render
+
+    text = render(params)
+    out = Path(args.output)
+    if args.check:
+        if not out.is_file() or out.read_text() != text:
+            raise PipelineError(str(out), "stale: regenerate it with `python -m pipeline paper-config`")
+        print(f"{out}: current")
+    else:
+        io.write_text(out, text)
+        print(f"wrote {out}")
+    for line in differences(params):
+        log.warning("undocumented difference from the reference: %s", line)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -232,6 +251,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train: override the profile's device")
     b.add_argument("--out-dir", default="reports/benchmarks", help="output folder (default: reports/benchmarks)")
     b.set_defaults(func=cmd_bench)
+    c = sub.add_parser("paper-config", help="write docs/paper-config.md: each paper run against its official config")
+    c.add_argument("--output", default="docs/paper-config.md", help="where (default: docs/paper-config.md)")
+    c.add_argument("--check", action="store_true", help="only check that the file is current (exit 1 if stale)")
+    c.set_defaults(func=cmd_paper_config)
     t = sub.add_parser("testdev-scores", help="load the COCO server's test-dev scores of one run into MLflow")
     t.add_argument("--run", required=True, help="a COCO key of params.yaml's runs")
     t.add_argument("--seed", type=_nonneg_int, default=None,
