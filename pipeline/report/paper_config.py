@@ -146,7 +146,8 @@ CODE_NOTES: list[tuple[str, str, str, str]] = [
      "timm's copies of the official HRNet-W32-C / W48-C ImageNet weights (ms = the Microsoft release); "
      "byte equality with those files is not checked here (no download on these machines)"),
     ("ResNet-152 ImageNet weights", "resnet152-b121ed2d.pth (torchvision)", "timm resnet152.tv_in1k",
-     "torchvision's same IMAGENET1K_V1 weights, re-saved by torchvision as resnet152-394f9c45.pth"),
+     "timm's tv_in1k downloads torchvision's IMAGENET1K_V1 ResNet-152 (resnet152-394f9c45.pth, the file "
+     "torchvision now serves for those weights; b121ed2d is its older name); not byte-checked here"),
     ("HRFormer augmentation order", "flip, then half-body, then scale/rotation", "half-body, scale/rotation, flip",
      "the same distribution: the upper/lower joint sets and the half-body box are mirror-symmetric"),
     ("HRFormer load-time box shift", "drawn by each of the 8 processes when it builds its dataset",
