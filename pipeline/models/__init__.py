@@ -56,4 +56,5 @@ def pretrained_weights(model_cfg: dict[str, Any]) -> str:
     return f"timm:{model_cfg['backbone']}"
 
 
-__all__ = ["build_model", "pretrained_weights", "CenteredHeatmaps", "SimpleBaseline", "PoseHRNet", "HRFormer", "FAMILIES"]
+__all__ = ["build_model", "pretrained_weights", "CenteredHeatmaps", "SimpleBaseline", "PoseHRNet", "HRFormer",
+           "FAMILIES"]

@@ -73,9 +73,11 @@ _HRNET_210 = {"model.family": "hrnet", "train.epochs": 210, "train.lr_steps": [1
 REFERENCE: dict[str, dict[str, Any]] = {
     "R152-COCO": {**_HRNET_RECIPE, **_COCO_384, **_RESNET152, "data.scale_factor": 0.3, "data.rot_factor": 40,
                   "data.half_body_prob": 0.0},          # no PROB_HALF_BODY: the default 0.0
-    "W32-COCO": {**_HRNET_RECIPE, **_COCO_384, **_HRNET_210, "model.backbone": "hrnet_w32.ms_in1k",  # hrnet_w32-36af842e.pth
+    "W32-COCO": {**_HRNET_RECIPE, **_COCO_384, **_HRNET_210,
+                 "model.backbone": "hrnet_w32.ms_in1k",  # hrnet_w32-36af842e.pth
                  "train.batch_size": 32, "data.scale_factor": 0.35, "data.rot_factor": 45, "data.half_body_prob": 0.3},
-    "W48-COCO": {**_HRNET_RECIPE, **_COCO_384, **_HRNET_210, "model.backbone": "hrnet_w48.ms_in1k",  # hrnet_w48-8ef0771d.pth
+    "W48-COCO": {**_HRNET_RECIPE, **_COCO_384, **_HRNET_210,
+                 "model.backbone": "hrnet_w48.ms_in1k",  # hrnet_w48-8ef0771d.pth
                  "train.batch_size": 24, "data.scale_factor": 0.35, "data.rot_factor": 45, "data.half_body_prob": 0.3},
     "R152-MPII": {**_HRNET_RECIPE, **_MPII_256, **_RESNET152},
     "W32-MPII": {**_HRNET_RECIPE, **_MPII_256, **_HRNET_210, "model.backbone": "hrnet_w32.ms_in1k",
@@ -265,7 +267,8 @@ def render(params: dict[str, Any]) -> str:
         "uses), one column per run. A plain value equals the run's reference, transcribed setting by setting in "
         "`pipeline/report/paper_config.py` from the official file named in the row *reference* (ids below); "
         "**bold** with [Dn]: a documented deviation; † the reference has no such setting (a choice, or no "
-        "effect on the result: see *Not compared*); — not used by this run (e.g. HDM settings of an MSE run, deconvolutions of an HRNet).",
+        "effect on the result: see *Not compared*); — not used by this run (e.g. HDM settings of an MSE run, "
+        "deconvolutions of an HRNet).",
         "",
         "Runs differing from their reference without a documented reason: "
         f"**{len(differences(params))}**. Documented deviations in params.yaml: **{len(DEVIATIONS)}**.",
