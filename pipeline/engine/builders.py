@@ -15,9 +15,9 @@ from torch import nn
 from ..data.coco import load_coco_people
 from ..data.dataset import TopDownDataset
 from ..data.mpii import load_mpii_people
-from ..errors import PipelineError
 from ..data.skeleton import COCO, MPII, JointSet
 from ..data.transforms import HALF_BODY_UPPER_PROB, shift_box_centers
+from ..errors import PipelineError
 from ..losses import HDMLoss, JointsMSELoss
 from ..models import CenteredHeatmaps, build_model
 
@@ -78,10 +78,7 @@ def records(cfg: dict[str, Any], split: str, *, boxes: str = "gt") -> list[dict]
     """
     root = Path(cfg["data"]["root"])
     d = with_data_defaults(cfg["data"])
-    if cfg["dataset"] == "mpii":
-        if split == "train" and d["load_shift_prob"] > 0:
-            raise PipelineError(f"profiles.{cfg['profile']}.datasets.mpii.load_shift_prob",
-                                "MPII records have no person box to shift (HRFormer's shift is COCO's); set it to 0")
+    if cfg["dataset"] == "mpii":  # no person box to shift (pipeline/config.py refuses load_shift_prob > 0)
         return load_mpii_people(root / MPII_SPLITS[split], root / "images", aspect_ratio=aspect_ratio(cfg))
     ann, images, det, _ = COCO_SPLITS[split]
     if boxes != "gt":
@@ -130,8 +127,6 @@ def device(cfg: dict[str, Any]) -> torch.device:
     if want == "auto":
         want = "cuda" if torch.cuda.is_available() else "cpu"
     if want == "cuda" and not torch.cuda.is_available():
-        from ..errors import PipelineError
-
         raise PipelineError(f"profiles.{cfg['profile']}.device", "cuda requested but no CUDA device is visible")
     return torch.device(want)
 
@@ -206,8 +201,6 @@ def optimizer(cfg: dict[str, Any], net: nn.Module) -> torch.optim.Optimizer:
         return torch.optim.Adam(groups, lr=t["lr"], betas=betas, weight_decay=t["weight_decay"])
     if t["optimizer"] == "adamw":
         return torch.optim.AdamW(groups, lr=t["lr"], betas=betas, weight_decay=t["weight_decay"])
-    from ..errors import PipelineError
-
     raise PipelineError(f"profiles.{cfg['profile']}.train.optimizer", f"unknown optimizer {t['optimizer']!r}")
 
 
