@@ -14,3 +14,12 @@ class PipelineError(Exception):
         self.where = str(where)
         self.what = " ".join(str(what).split())  # keep it on one line
         super().__init__(f"{self.where}: {self.what}")
+
+
+class Terminated(BaseException):
+    """The process received SIGTERM (a SLURM time limit, ``kill``, a scheduler stopping the job).
+
+    A ``BaseException`` like ``KeyboardInterrupt``: it unwinds through ``except Exception`` blocks, so
+    every ``finally`` runs (temporary files removed, the MLflow run marked KILLED) before the CLI prints
+    one line and exits with status 143.
+    """
