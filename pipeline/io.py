@@ -73,6 +73,8 @@ def clean_stale(final: Path) -> list[Path]:
 def _write_error(path: Path, exc: OSError) -> PipelineError:
     """One line naming the output and why it cannot be written (read-only folder, a file in the way...)."""
     cause = exc.strerror or type(exc).__name__
+    if isinstance(exc, (FileExistsError, NotADirectoryError)):
+        cause = "a file stands where a folder is needed"
     if exc.filename and Path(exc.filename) != path:
         cause += f": {exc.filename}"
     return PipelineError(str(path), f"cannot write this output ({cause})")

@@ -233,12 +233,17 @@ def require_run(uri: str, run_id: str | None, run_name: str) -> None:
 
 
 def _unfinished_run(mlflow: Any, exp_id: str, run_name: str, match_tags: dict[str, str]) -> str | None:
-    """The newest run named ``run_name`` with ``match_tags`` that never finished (killed before its
-    first checkpoint, or stopped by an error): a rerun continues it instead of adding a second run."""
+    """The newest run named ``run_name`` with ``match_tags`` that never finished and holds no metric yet
+    (killed or stopped before its first epoch was logged): a rerun continues it instead of adding a
+    second run. A run with metrics had checkpoints; if they are gone, a new run is the honest record."""
     clauses = [f"tags.mlflow.runName = '{run_name}'"] + [f"tags.{k} = '{v}'" for k, v in match_tags.items()]
     df = mlflow.search_runs(experiment_ids=[exp_id], filter_string=" and ".join(clauses),
                             order_by=["attributes.start_time DESC"])
-    df = df[df["status"].isin(UNFINISHED)] if not df.empty else df
+    if df.empty:
+        return None
+    metric_cols = [c for c in df.columns if c.startswith("metrics.")]
+    unstarted = df[metric_cols].isna().all(axis=1) if metric_cols else True
+    df = df[df["status"].isin(UNFINISHED) & unstarted]
     return None if df.empty else str(df.iloc[0]["run_id"])
 
 
