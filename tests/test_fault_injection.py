@@ -113,10 +113,12 @@ def _outputs(d: Path) -> dict[str, int]:
 
 
 def _runs(d: Path) -> list[tuple[str, str, str]]:
-    """(name, status, run id) of every MLflow run in the copy's store."""
+    """(run, status, run id) of every MLflow run in the copy's store (MLflow names ``<run>-seed0``:
+    the project's one seed here)."""
     con = sqlite3.connect(d / "mlflow.db")
     try:
-        return sorted(con.execute("SELECT name, status, run_uuid FROM runs WHERE lifecycle_stage = 'active'"))
+        rows = con.execute("SELECT name, status, run_uuid FROM runs WHERE lifecycle_stage = 'active'")
+        return sorted((name.removesuffix("-seed0"), status, run_id) for name, status, run_id in rows)
     finally:
         con.close()
 
@@ -158,8 +160,8 @@ def _payload(path: Path, marker: Path) -> None:
 def test_payload_checkpoints_are_refused_and_never_run(proj, capsys):
     marker = proj / "PAYLOAD_RAN"
     # evaluation: the final checkpoint
-    final = proj / f"results/smoke/runs/{RUN}/final.pth"
-    shutil.rmtree(proj / f"results/smoke/eval/{RUN}")
+    final = proj / f"results/smoke/runs/{RUN}/seed0/final.pth"
+    shutil.rmtree(proj / f"results/smoke/eval/{RUN}/seed0")
     before = _outputs(proj)
     _payload(final, marker)
     before[str(final.relative_to(proj))] = final.stat().st_mtime_ns
@@ -181,7 +183,7 @@ def test_payload_checkpoints_are_refused_and_never_run(proj, capsys):
     # training continues from the epoch before, in the same MLflow run, each epoch logged once
     run_id = _run_id(proj, RUN)
     final.unlink()
-    ckpt = proj / f"results/smoke/runs/{RUN}/checkpoints/epoch_002.pth"
+    ckpt = proj / f"results/smoke/runs/{RUN}/seed0/checkpoints/epoch_002.pth"
     _payload(ckpt, marker)
     rc, err = _cli(capsys, "train", "--run", RUN)
     assert rc == 0 and "Traceback" not in err
@@ -195,8 +197,8 @@ def test_payload_checkpoints_are_refused_and_never_run(proj, capsys):
 def test_checkpoints_hold_only_safe_types(base):
     import torch
 
-    for path in (base / f"results/smoke/runs/{RUN}/final.pth",
-                 base / f"results/smoke/runs/{RUN}/checkpoints/epoch_002.pth"):
+    for path in (base / f"results/smoke/runs/{RUN}/seed0/final.pth",
+                 base / f"results/smoke/runs/{RUN}/seed0/checkpoints/epoch_002.pth"):
         state = torch.load(path, map_location="cpu", weights_only=True)
         assert "model" in state
 
@@ -215,14 +217,14 @@ def _hold_lock(db: Path, seconds: float) -> subprocess.Popen:
 
 def test_briefly_locked_store_keeps_metrics_in_the_training_run(proj, capsys):
     run_id = _run_id(proj, RUN)
-    shutil.rmtree(proj / f"results/smoke/eval/{RUN}")
+    shutil.rmtree(proj / f"results/smoke/eval/{RUN}/seed0")
     locker = _hold_lock(proj / "mlflow.db", 3.0)
     t0 = time.time()
     rc, err = _cli(capsys, "evaluate", "--run", RUN)
     locker.wait(timeout=30)
     assert rc == 0, err[-2000:]
     assert time.time() - t0 >= 2.5  # it waited for the lock instead of starting another run
-    metrics = json.loads((proj / f"results/smoke/eval/{RUN}/metrics.json").read_text())
+    metrics = json.loads((proj / f"results/smoke/eval/{RUN}/seed0/metrics.json").read_text())
     assert metrics["mlflow_run_id"] == run_id and _run_id(proj, RUN) == run_id
     _no_running_or_duplicates(proj)
     # the rerun logged nothing twice: each metric once at step 0
@@ -281,14 +283,15 @@ def test_report_tolerates_a_run_without_params(proj, capsys):
     mlflow.set_tracking_uri(f"sqlite:///{proj / 'mlflow.db'}")
     exp = mlflow.get_experiment_by_name("hdm-benchmark-smoke")
     client = mlflow.tracking.MlflowClient()
-    run = client.create_run(exp.experiment_id, run_name=RUN, tags={"evaluated": "true"})
+    run = client.create_run(exp.experiment_id, run_name=f"{RUN}-seed0",
+                            tags={"evaluated": "true", "row": RUN, "seed": "0"})
     client.log_metric(run.info.run_id, "coco_val.AP", 0.5)
     client.set_terminated(run.info.run_id, "FINISHED")
     rc, err = _cli(capsys, "report")
     assert rc == 0 and "Traceback" not in err, err[-2000:]
     measured = json.loads((proj / "reports/smoke/measured.json").read_text())
     assert measured["runs"][RUN]["coco_val.AP"] == 0.5
-    assert measured["run_info"][RUN]["backbone"] == "?"
+    assert measured["run_info"][RUN]["backbone"] == ""
 
 
 # ----------------------------------------------------------------------------- 3. unwritable places
@@ -302,13 +305,13 @@ def _block(path: Path) -> None:
 
 @pytest.mark.parametrize("blocked, stage, named", [
     ("results", ["mlflow-init"], "results/smoke"),
-    (f"results/smoke/runs/{RUN}/checkpoints", ["train", "--run", RUN], "checkpoints"),
-    (f"results/smoke/eval/{RUN}", ["evaluate", "--run", RUN], f"results/smoke/eval/{RUN}"),
+    (f"results/smoke/runs/{RUN}/seed0/checkpoints", ["train", "--run", RUN], "checkpoints"),
+    (f"results/smoke/eval/{RUN}/seed0", ["evaluate", "--run", RUN], f"results/smoke/eval/{RUN}/seed0"),
     ("reports/smoke", ["report"], "reports/smoke"),
 ])
 def test_unwritable_output_folders_stop_with_one_line(proj, capsys, blocked, stage, named):
     if stage[0] == "train":  # a retrain from scratch, so the checkpoints folder is written
-        (proj / f"results/smoke/runs/{RUN}/final.pth").unlink()
+        (proj / f"results/smoke/runs/{RUN}/seed0/final.pth").unlink()
     _block(proj / blocked)
     before, runs = _outputs(proj), _runs(proj)
     _one_error(*_cli(capsys, *stage), named)
@@ -347,7 +350,7 @@ def test_stale_temporary_paths_are_removed_on_the_next_write(tmp_path):
 # ----------------------------------------------------------------------------- 4. mismatches
 def test_backbone_typo_lists_the_valid_names(proj, capsys):
     _edit_params(proj, lambda p: p["profiles"]["smoke"]["archs"]["hrnet_w32"]["model"].update(backbone="hrnet_w18_smal"))
-    shutil.rmtree(proj / f"results/smoke/runs/{RUN}")
+    shutil.rmtree(proj / f"results/smoke/runs/{RUN}/seed0")
     runs = _runs(proj)
     line = _one_error(*_cli(capsys, "train", "--run", RUN),
                       "profiles.smoke.archs.hrnet_w32.model.backbone", "'hrnet_w18_smal'", "hrnet_w18_small")
@@ -363,7 +366,7 @@ def test_heatmap_size_mismatch_stops_before_the_mlflow_run_opens(proj, capsys):
 
 
 def test_checkpoint_of_another_run_names_both(proj, capsys):
-    shutil.copy(proj / f"results/smoke/runs/{MPII}/final.pth", proj / f"results/smoke/runs/{RUN}/final.pth")
+    shutil.copy(proj / f"results/smoke/runs/{MPII}/seed0/final.pth", proj / f"results/smoke/runs/{RUN}/seed0/final.pth")
     before = _outputs(proj)
     _one_error(*_cli(capsys, "evaluate", "--run", RUN), "final.pth", f"'{MPII}'", "16 joints", f"'{RUN}'", "17 joints")
     assert _outputs(proj) == before
@@ -381,7 +384,7 @@ def test_truncated_jpeg_stops_training_and_an_interrupted_retrain_leaves_no_stal
     saved = image.read_bytes()
     _truncate(image)
     run_id = _run_id(proj, RUN)
-    run_dir = proj / f"results/smoke/runs/{RUN}"
+    run_dir = proj / f"results/smoke/runs/{RUN}/seed0"
     # a retrain to 3 epochs resumes from epoch 2 and meets the image in epoch 3
     _edit_params(proj, lambda p: p["profiles"]["smoke"]["train"].update(epochs=3))
     _one_error(*_cli(capsys, "train", "--run", RUN), image.name, "truncated JPEG")
@@ -444,7 +447,7 @@ def _wait_for(condition, timeout: float = 120.0) -> None:
 
 def _slow_retrain(d: Path) -> None:
     """A fresh retrain of RUN whose epochs take a few seconds (batch 1), so a signal lands inside one."""
-    shutil.rmtree(d / f"results/smoke/runs/{RUN}")
+    shutil.rmtree(d / f"results/smoke/runs/{RUN}/seed0")
     _edit_params(d, lambda p: p["profiles"]["smoke"]["train"].update(batch_size=1, epochs=3))
 
 
@@ -454,7 +457,7 @@ def _leftovers(d: Path) -> list[Path]:
 
 def test_sigterm_marks_the_run_killed_and_the_rerun_resumes_it(proj):
     _slow_retrain(proj)
-    ckpt_dir = proj / f"results/smoke/runs/{RUN}/checkpoints"
+    ckpt_dir = proj / f"results/smoke/runs/{RUN}/seed0/checkpoints"
     p = _start(proj, "train", "--run", RUN)
     _wait_for(lambda: (ckpt_dir / "epoch_001.pth").exists() or p.poll() is not None)
     p.send_signal(signal.SIGTERM)
@@ -462,19 +465,19 @@ def test_sigterm_marks_the_run_killed_and_the_rerun_resumes_it(proj):
     _one_error(p.returncode, err, f"train --run {RUN}", "SIGTERM", status=143)
     new = [(n, s, r) for n, s, r in _runs(proj) if n == RUN and s != "FINISHED"]
     assert [s for _, s, _ in new] == ["KILLED"]
-    assert not _leftovers(proj) and not (proj / f"results/smoke/runs/{RUN}/final.pth").exists()
+    assert not _leftovers(proj) and not (proj / f"results/smoke/runs/{RUN}/seed0/final.pth").exists()
     p = _start(proj, "train", "--run", RUN)
     _, err = p.communicate(timeout=300)
     assert p.returncode == 0, err[-2000:]
     status = {r: s for _, s, r in _runs(proj)}
     assert status[new[0][2]] == "FINISHED"
     assert _history(proj, new[0][2], "train_loss") == [1, 2, 3]
-    assert "resuming" in (proj / f"results/smoke/runs/{RUN}/train.log").read_text()
+    assert "resuming" in (proj / f"results/smoke/runs/{RUN}/seed0/train.log").read_text()
 
 
 def test_sigkill_before_the_first_checkpoint_the_rerun_reuses_the_run(proj, capsys):
     _slow_retrain(proj)
-    ckpt_dir = proj / f"results/smoke/runs/{RUN}/checkpoints"
+    ckpt_dir = proj / f"results/smoke/runs/{RUN}/seed0/checkpoints"
     old = {r for n, _, r in _runs(proj) if n == RUN}
     p = _start(proj, "train", "--run", RUN)
     _wait_for(lambda: any(n == RUN and s == "RUNNING" for n, s, _ in _runs(proj)) or p.poll() is not None)
@@ -499,7 +502,7 @@ def test_gt_valid_with_another_person_count_fails_before_any_output(proj, capsys
     gt = loadmat(gt_file)
     savemat(gt_file, {"dataset_joints": gt["dataset_joints"], "jnt_missing": gt["jnt_missing"][:, :-1],
                       "pos_gt_src": gt["pos_gt_src"][:, :, :-1], "headboxes_src": gt["headboxes_src"][:, :, :-1]})
-    shutil.rmtree(proj / f"results/smoke/eval/{MPII}")
+    shutil.rmtree(proj / f"results/smoke/eval/{MPII}/seed0")
     before = _outputs(proj)
     _one_error(*_cli(capsys, "evaluate", "--run", MPII), "gt_valid.mat", "people")
     assert _outputs(proj) == before
@@ -512,7 +515,7 @@ def test_mlflow_failure_after_predictions_leaves_no_output(proj, capsys, monkeyp
         raise sqlite3.OperationalError("database is locked")
 
     monkeypatch.setattr(mlflow, "log_artifact", locked)
-    shutil.rmtree(proj / f"results/smoke/eval/{RUN}")
+    shutil.rmtree(proj / f"results/smoke/eval/{RUN}/seed0")
     before = _outputs(proj)
     _one_error(*_cli(capsys, "evaluate", "--run", RUN), "mlflow.db", "locked")
     assert _outputs(proj) == before and not _leftovers(proj)
@@ -538,6 +541,6 @@ def test_copied_store_never_writes_into_the_original(base, tmp_path, monkeypatch
     monkeypatch.chdir(d)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{d / 'mlflow.db'}")
     original = sorted(p for p in (base / "mlruns").rglob("*"))
-    shutil.rmtree(d / f"results/smoke/eval/{RUN}")
+    shutil.rmtree(d / f"results/smoke/eval/{RUN}/seed0")
     _one_error(*_cli(capsys, "evaluate", "--run", RUN), "mlflow.db", "outside this project", str(base))
     assert sorted(p for p in (base / "mlruns").rglob("*")) == original
