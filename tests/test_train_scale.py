@@ -62,7 +62,7 @@ def _history(uri, run_id, key="train_loss"):
 def test_resume_continues_the_run(workdir, caplog, monkeypatch):
     d, params, uri = workdir
     caplog.set_level(logging.INFO, logger="pipeline")
-    ckpts = d / "results/smoke/runs" / RUN / "checkpoints"
+    ckpts = d / "results/smoke/runs" / RUN / "seed0" / "checkpoints"
 
     first = _train(_cfg(params, 1), uri)
     assert (ckpts / "epoch_001.pth").is_file() and [h["epoch"] for h in first["history"]] == [1]
@@ -79,7 +79,7 @@ def test_resume_continues_the_run(workdir, caplog, monkeypatch):
     assert run.info.status == "FINISHED"
     assert run.data.params["train.epochs"] == "1" and run.data.tags["resume.train.epochs"] == "2"
     assert run.data.params["seeds.python_numpy_torch"] == "0" and "seeds.loader_generator" in run.data.params
-    summary = json.loads((d / "results/smoke/runs" / RUN / "train_summary.json").read_text())
+    summary = json.loads((d / "results/smoke/runs" / RUN / "seed0" / "train_summary.json").read_text())
     assert summary["resumed_from"].endswith("epoch_001.pth") and len(summary["history"]) == 2
 
     # the resumed run is exactly the uninterrupted one (RNG, optimiser and schedule state restored)
@@ -103,7 +103,7 @@ def test_resume_continues_the_run(workdir, caplog, monkeypatch):
     latest.write_bytes(latest.read_bytes()[:1000])
     caplog.clear()
     again = _train(_cfg(params, 2, lr=0.002), uri)
-    assert f"checkpoint {Path('results/smoke/runs') / RUN / 'checkpoints/epoch_002.pth'} is unreadable" in caplog.text
+    assert f"checkpoint {Path('results/smoke/runs') / RUN / 'seed0/checkpoints/epoch_002.pth'} is unreadable" in caplog.text
     assert "epoch_001.pth: epoch 2 of 2" in caplog.text
     assert again["mlflow_run_id"] == changed["mlflow_run_id"]
     assert all(torch.equal(again["model"][k], changed["model"][k]) for k in again["model"])
@@ -251,7 +251,7 @@ def test_ddp_two_cpu_processes(workdir):
                           "--run", run], cwd=d, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "relaunching under torchrun" in res.stderr
-    out = d / "results/smoke/runs" / run
+    out = d / "results/smoke/runs" / run / "seed0"
     final = torch.load(out / "final.pth", map_location="cpu", weights_only=True)
     assert [h["epoch"] for h in final["history"]] == [1, 2]
     assert not any(k.startswith("module.") for k in final["model"])  # unwrapped: evaluation loads it as is
