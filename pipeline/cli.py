@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 import time
 from pathlib import Path
@@ -24,17 +25,21 @@ from typing import Sequence
 
 from . import io
 from .config import Paths, experiment_name, load_params, resolve_run, run_label, seeds, tracking_uri
-from .errors import PipelineError
+from .errors import PipelineError, Terminated
 
 log = logging.getLogger("pipeline")
 
 
 def _setup_logging(log_file: Path | None, *, mode: str = "w", level: int = logging.INFO,
                    prefix: str = "") -> None:
+    """Log to stderr and, if given, to ``log_file``; a log that cannot be written is a one-line error."""
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_file is not None:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_file, mode=mode))
+        io.make_dirs(log_file.parent)
+        try:
+            handlers.append(logging.FileHandler(log_file, mode=mode))
+        except OSError as exc:
+            raise PipelineError(str(log_file), f"cannot write the log ({exc.strerror or exc})") from None
     logging.basicConfig(level=level, format=f"%(asctime)s %(levelname)s {prefix}%(name)s: %(message)s",
                         handlers=handlers, force=True)
 
@@ -109,9 +114,7 @@ def cmd_evaluate(args, params) -> None:
 
     cfg = resolve_run(params, args.run, seed=_seed(args, params))
     paths = Paths(cfg["profile"])
-    eval_dir = paths.eval_dir(args.run, cfg["seed"])
-    eval_dir.mkdir(parents=True, exist_ok=True)
-    _setup_logging(eval_dir / "evaluate.log")
+    _setup_logging(paths.eval_dir(args.run, cfg["seed"]) / "evaluate.log")
     t0 = time.time()
     res = evaluate_run(cfg, tracking_uri=tracking_uri(params), experiment=experiment_name(params),
                        progress=not args.quiet)
@@ -265,15 +268,53 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _on_sigterm(signum: int, frame: object) -> None:
+    """SIGTERM (SLURM's time limit, ``kill``) unwinds like Ctrl-C: temporary files are removed and the
+    MLflow run is marked KILLED before the process exits."""
+    raise Terminated("SIGTERM")
+
+
+def _stage(args: argparse.Namespace) -> str:
+    run = getattr(args, "run", None)
+    return f"{args.command} --run {run}" if run else args.command
+
+
+def _os_error_line(exc: OSError) -> str:
+    """``<file>: <cause>`` for an environment failure no lower layer turned into a PipelineError."""
+    where = exc.filename if exc.filename is not None else "(file system)"
+    cause = exc.strerror or type(exc).__name__
+    if exc.filename2 is not None:
+        cause += f" (to {exc.filename2})"
+    return f"{where}: {cause}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one stage; every failure the user can fix ends as one ``error:`` line and a non-zero status."""
     args = build_parser().parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if _main_thread() else None
     try:
         params = load_params(args.params, args.profile)
         args.func(args, params)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # a read-only folder, a full disk, a file where a folder should be
+        print(f"error: {_os_error_line(exc)}", file=sys.stderr)
+        return 1
+    except Terminated:
+        print(f"error: {_stage(args)}: stopped by SIGTERM; rerun the stage to continue "
+              "(training resumes from its last epoch checkpoint)", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
+        print(f"error: {_stage(args)}: interrupted; rerun the stage to continue", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from .errors import PipelineError
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = ROOT / "workflow" / "schemas" / "params.schema.yaml"
 DEFAULT_PARAMS = "params.yaml"
+PROFILE_NAME = re.compile(r"[A-Za-z0-9_-]+")  # as the schema's pattern
 
 
 def _key_path(error: jsonschema.ValidationError) -> str:
@@ -152,6 +154,11 @@ class Paths:
     """Every file location of one profile; Snakefile, dvc.yaml and the CLI use the same ones."""
 
     profile: str
+
+    def __post_init__(self) -> None:
+        # the name becomes a folder under data/, results/, reports/ and logs/: never a path
+        if not PROFILE_NAME.fullmatch(self.profile):
+            raise PipelineError("profile", f"{self.profile!r} is not a valid profile name (letters, digits, _ and - only)")
 
     @property
     def data(self) -> Path:

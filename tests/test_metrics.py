@@ -176,6 +176,25 @@ def test_oks_nms_removes_near_duplicate_keeps_distinct():
     assert sorted(cm.oks_nms(poses, 0.9999)) == [0, 1, 2]
 
 
+def test_oks_nms_ties_keep_the_later_pose_as_the_reference_does():
+    """Tied scores (every ground-truth box scores 1): HRNet and MMPose order by
+    ``scores.argsort()[::-1]``, which puts the later of two tied poses first, so the later one of two
+    near-duplicates survives."""
+    xy, _ = _person(50, 40, 120, 300)
+    jitter = np.random.default_rng(2).normal(0, 0.5, xy.shape)
+    far, _ = _person(400, 100, 120, 300)
+    s = np.full(17, 0.8)
+    poses = [dict(_pred(1, p, s, 1.0, 36000.0), score=sc)
+             for p, sc in ((xy, 1.0), (xy + jitter, 1.0), (far, 1.0), (far + jitter, 0.5))]
+    assert cm.oks_nms(poses, 0.9) == [2, 1]  # later-first among the three tied at 1.0
+    # descending score, ties later-first (the reference's argsort()[::-1] with a stable sort); far apart
+    # poses, so nothing is suppressed and only the order shows
+    scores = [1.0, 0.3, 1.0, 0.7, 1.0, 0.3, 0.7]
+    spread = [dict(_pred(1, _person(200 * i, 0, 60, 150)[0], s, 1.0, 9000.0), score=sc)
+              for i, sc in enumerate(scores)]
+    assert cm.oks_nms(spread, 0.9) == [4, 2, 0, 6, 3, 5, 1]
+
+
 def test_write_results_round_trip_and_file_evaluation(gt_file, tmp_path, capsys):
     gt = json.loads(gt_file.read_text())
     preds = []
@@ -372,5 +391,11 @@ def test_mpii_bad_files(tmp_path):
     junk.write_bytes(b"not a mat file at all")
     with pytest.raises(PipelineError, match="junk.mat"):
         mm.load_gt_valid(junk)
-    with pytest.raises(PipelineError, match="2 people"):
+    with pytest.raises(PipelineError, match="holds 3 people but there are 2 predictions"):
         mm.pckh(_exact_preds(gt)[:2], gt)
+    # with the file, the message names the file (not "predictions": either may be the wrong one)
+    good = tmp_path / "gt_valid.mat"
+    savemat(good, {"dataset_joints": np.array(mm.GT_VALID_JOINT_NAMES, dtype=object), **{
+        k: gt[k] for k in ("jnt_missing", "pos_gt_src", "headboxes_src")}})
+    with pytest.raises(PipelineError, match=r"gt_valid\.mat: holds 3 people but there are 2 predictions"):
+        mm.pckh(_exact_preds(gt)[:2], good)

@@ -52,7 +52,7 @@ def gloo_results(tmp_path_factory) -> dict[bool, list[dict]]:
     """{sync_bn: [rank 0's result, rank 1's result]} of one two-process job."""
     tmp = tmp_path_factory.mktemp("gloo")
     mp.spawn(_worker, args=(f"file://{tmp}/pg", str(tmp / "res")), nprocs=WORLD, join=True)
-    return {sync: [torch.load(tmp / f"res_{sync}_{r}.pt", weights_only=False) for r in range(WORLD)]
+    return {sync: [torch.load(tmp / f"res_{sync}_{r}.pt", weights_only=True) for r in range(WORLD)]
             for sync in (True, False)}
 
 

@@ -115,8 +115,10 @@ def store(tmp_path_factory):
     d = tmp_path_factory.mktemp("mlflow")
     uri = f"sqlite:///{d / 'mlflow.db'}"
     params = load_params(ROOT / "params.yaml", "paper")
-    init_store(uri, experiment_name(params))
-    return uri, experiment_name(params)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(d)  # the project folder: MLflow puts the artifacts under the working directory
+        init_store(uri, experiment_name(params))
+    return uri, experiment_name(params), d
 
 
 def _evaluated_run(uri: str, exp: str, eval_dir: Path) -> str:
@@ -139,10 +141,10 @@ def _table2_line(reports: Path) -> tuple[pd.Series, list[str]]:
     return line, [c.strip() for c in md[0].strip().strip("|").split("|")]
 
 
-def test_server_scores_fill_table2(store, tmp_path, monkeypatch, capsys):
+def test_server_scores_fill_table2(store, monkeypatch, capsys):
     from pipeline.cli import main
 
-    uri, exp = store
+    uri, exp, tmp_path = store
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     eval_dir = tmp_path / "results" / "paper" / "eval" / RUN / "seed0"

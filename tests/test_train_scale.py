@@ -49,7 +49,7 @@ def _cfg(params, epochs, **train):
 
 def _train(cfg, uri):
     path = train_mod.train_run(cfg, tracking_uri=uri, experiment=EXPERIMENT, progress=False)
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def _history(uri, run_id, key="train_loss"):
@@ -107,7 +107,7 @@ def test_resume_continues_the_run(workdir, caplog, monkeypatch):
     assert "epoch_001.pth: epoch 2 of 2" in caplog.text
     assert again["mlflow_run_id"] == changed["mlflow_run_id"]
     assert all(torch.equal(again["model"][k], changed["model"][k]) for k in again["model"])
-    torch.load(latest, weights_only=False)  # rewritten
+    torch.load(latest, weights_only=True)  # rewritten
 
     # other training code (say a fix since): retrain instead of resuming the old weights
     monkeypatch.setattr(train_mod, "code_hash", lambda: "0" * 64)
@@ -254,13 +254,13 @@ def test_ddp_two_cpu_processes(workdir):
     assert res.returncode == 0, res.stderr[-3000:]
     assert "relaunching under torchrun" in res.stderr
     out = d / "results/smoke/runs" / run / "seed0"
-    final = torch.load(out / "final.pth", map_location="cpu", weights_only=False)
+    final = torch.load(out / "final.pth", map_location="cpu", weights_only=True)
     assert [h["epoch"] for h in final["history"]] == [1, 2]
     assert not any(k.startswith("module.") for k in final["model"])  # unwrapped: evaluation loads it as is
     assert (out / "checkpoints/epoch_002.pth").is_file()
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["world_size"] == 2
-    ckpt = torch.load(out / "checkpoints/epoch_002.pth", map_location="cpu", weights_only=False)
+    ckpt = torch.load(out / "checkpoints/epoch_002.pth", map_location="cpu", weights_only=True)
     assert len(ckpt["rng"]) == 2 and ckpt["world_size"] == 2
     assert _history(uri, final["mlflow_run_id"]) == [1, 2]
     log_text = (out / "train.log").read_text()

@@ -11,12 +11,13 @@ Ground-truth boxes (HRNet's loader): person annotations with ``iscrowd == 0`` an
 one labelled keypoint (``v > 0``); the box is cleaned as HRNet does — ``x1 = max(0, x)``,
 ``x2 = min(W-1, x1 + max(0, w-1))`` (same for y; measured from the clipped ``x1``, as
 HRNet does, so a box clipped on the left keeps its width) — and kept when ``area > min_area`` and
-``x2 >= x1``, ``y2 >= y1``; the cleaned box is ``[x1, y1, x2-x1, y2-y1]``. ``vis = 1``
+``x2 >= x1``, ``y2 >= y1``, and (beyond HRNet) when the annotated width and height are positive
+(else the box would collapse to a point); the cleaned box is ``[x1, y1, x2-x1, y2-y1]``. ``vis = 1``
 for ``v > 0`` (HRNet's training visibility). ``area`` is the annotation's area.
 
 Detection boxes (testing): entries of ``det_file`` with ``category_id == 1`` and
-``score >= image_thre`` (HRNet keeps scores equal to the threshold); the box is used as
-is, joints are zero, ``area = w*h``. Detections on images absent from ``ann_file`` are
+``score >= image_thre`` (HRNet keeps scores equal to the threshold) and a positive width and
+height; the box is used as is, joints are zero, ``area = w*h``. Detections on images absent from ``ann_file`` are
 skipped (so a subset annotation file selects a subset of images).
 
 Every problem with an input file is a :class:`PipelineError` naming the file (and the
@@ -24,6 +25,7 @@ annotation id or entry index).
 """
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,8 @@ from ..io import read_json
 from .transforms import PIXEL_STD, box_to_center_scale
 
 NUM_JOINTS = 17
+
+log = logging.getLogger(__name__)
 
 
 def _is_number(v: Any) -> bool:
@@ -86,6 +90,7 @@ def _gt_records(
     if not isinstance(anns, list):
         raise PipelineError(str(path), "missing or malformed 'annotations' list (needed for ground-truth boxes)")
     records: list[dict] = []
+    dropped: list[Any] = []
     nk = 3 * NUM_JOINTS
     for i, ann in enumerate(anns):
         if not isinstance(ann, dict):
@@ -116,7 +121,10 @@ def _gt_records(
         x1, y1 = max(0.0, x), max(0.0, y)
         x2 = min(width - 1.0, x1 + max(0.0, w - 1.0))
         y2 = min(height - 1.0, y1 + max(0.0, h - 1.0))
-        if not (float(area) > min_area and x2 >= x1 and y2 >= y1):
+        # HRNet's test, plus a box of positive size: a negative or zero width/height would be clamped
+        # to a point (crop scale [0, 0]); a box wholly outside the image fails x2 >= x1 / y2 >= y1
+        if not (float(area) > min_area and w > 0 and h > 0 and x2 >= x1 and y2 >= y1):
+            dropped.append(aid)
             continue
         center, scale = box_to_center_scale(
             [x1, y1, x2 - x1, y2 - y1], aspect_ratio, pixel_std=pixel_std, padding=padding)
@@ -132,7 +140,16 @@ def _gt_records(
             "ann_id": int(aid) if isinstance(aid, int) else -1,
             "box": [x1, y1, x2 - x1, y2 - y1],
         })
+    _log_dropped(path, "ground-truth person boxes", dropped, "annotation ids")
     return records
+
+
+def _log_dropped(path: Path, what: str, dropped: list[Any], label: str) -> None:
+    """One warning line counting the invalid boxes of a file that were left out (and the first ids)."""
+    if dropped:
+        shown = ", ".join(str(d) for d in dropped[:5]) + (", ..." if len(dropped) > 5 else "")
+        log.warning("%s: dropped %d %s with an invalid box (zero or negative size, or outside the image; "
+                    "%s %s)", path, len(dropped), what, label, shown)
 
 
 def _det_records(
@@ -143,6 +160,7 @@ def _det_records(
     if not isinstance(dets, list):
         raise PipelineError(str(det_file), "expected a JSON list of detections")
     records: list[dict] = []
+    dropped: list[int] = []
     for i, det in enumerate(dets):
         if not isinstance(det, dict):
             raise PipelineError(str(det_file), f"detection #{i} is not an object")
@@ -158,6 +176,9 @@ def _det_records(
             raise PipelineError(str(det_file), f"detection #{i} (image {iid}): 'score' must be a number")
         if score < image_thre or iid not in images:
             continue
+        if not (bbox[2] > 0 and bbox[3] > 0):  # zero size: NaN keypoints and a singular affine
+            dropped.append(i)
+            continue
         center, scale = box_to_center_scale(bbox, aspect_ratio, pixel_std=pixel_std, padding=padding)
         records.append({
             "image_path": str(image_dir / images[iid]["file_name"]),
@@ -171,6 +192,7 @@ def _det_records(
             "ann_id": -1,
             "box": [float(v) for v in bbox],
         })
+    _log_dropped(det_file, "person detections", dropped, "entries #")
     return records
 
 

@@ -54,9 +54,33 @@ IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 collate = default_collate
 
 
+def truncation(data: np.ndarray) -> str | None:
+    """Why an encoded JPEG or PNG is cut short, or None when it is complete (other formats: None).
+
+    OpenCV decodes a truncated JPEG into a partly grey image and only warns on stderr, without the
+    file's name; a complete JPEG ends with the EOI marker (FF D9; trailing zero padding allowed), a
+    complete PNG with its IEND chunk.
+    """
+    head = data[:8].tobytes()
+    if head[:3] == b"\xff\xd8\xff":
+        tail = data[-4096:].tobytes().rstrip(b"\x00")
+        return None if tail.endswith(b"\xff\xd9") else "truncated JPEG (no end-of-image marker)"
+    if head == b"\x89PNG\r\n\x1a\n":
+        return None if b"IEND" in data[-32:].tobytes() else "truncated PNG (no IEND chunk)"
+    return None
+
+
 def read_image(path: str, color_rgb: bool = True) -> np.ndarray:
-    """Read an image with OpenCV as HWC uint8 (RGB if ``color_rgb``, else BGR)."""
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    """Read an image with OpenCV as HWC uint8 (RGB if ``color_rgb``, else BGR); a missing, truncated or
+    undecodable file is a one-line :class:`PipelineError` naming it."""
+    try:
+        data = np.fromfile(str(path), dtype=np.uint8)
+    except OSError as exc:
+        raise PipelineError(str(path), f"cannot read image ({exc.strerror or exc})") from None
+    problem = truncation(data)
+    if problem is not None:
+        raise PipelineError(str(path), f"{problem}: replace the file (e.g. download it again)")
+    img = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION) if data.size else None
     if img is None:
         raise PipelineError(str(path), "cannot read image (missing file or not an image)")
     if color_rgb:

@@ -107,10 +107,36 @@ def dataset(cfg: dict[str, Any], recs: list[dict], *, train: bool) -> TopDownDat
 
 
 def model(cfg: dict[str, Any]) -> nn.Module:
-    net = build_model(cfg["model"], joint_set(cfg).num_joints)
+    """The run's network; a bad ``model`` value is named by its full key in params.yaml."""
+    try:
+        net = build_model(cfg["model"], joint_set(cfg).num_joints)
+    except PipelineError as exc:
+        if not exc.where.startswith("model."):
+            raise
+        raise PipelineError(f"params.yaml: profiles.{cfg['profile']}.archs.{cfg['arch']}.{exc.where}",
+                            exc.what) from None
     if cfg["loss"] == "hdm" and cfg["hdm"]["center_heatmaps"]:
         net = CenteredHeatmaps(net)
     return net
+
+
+def check_output_size(cfg: dict[str, Any], net: nn.Module) -> None:
+    """The network's heatmaps must have ``heatmap_size``; checked with one forward pass on zeros before
+    training or evaluation starts (else the loss fails mid-run, after the MLflow run was opened)."""
+    w, h = cfg["data"]["input_size"]
+    was_training = net.training
+    net.eval()  # no batch-norm statistics updated, no dropout drawn from the RNG
+    try:
+        with torch.no_grad():
+            out = net(torch.zeros(1, 3, h, w, device=next(net.parameters()).device))
+    finally:
+        net.train(was_training)
+    got = [int(out.shape[-1]), int(out.shape[-2])]
+    want = [int(v) for v in cfg["data"]["heatmap_size"]]
+    if got != want:
+        key = f"params.yaml: profiles.{cfg['profile']}.datasets.{cfg['dataset']}.heatmap_size"
+        raise PipelineError(key, f"{want} does not match the model's output {got} for input_size "
+                                 f"{[w, h]} ({cfg['arch']}: output stride {w // max(got[0], 1)}); set it to {got}")
 
 
 def loss(cfg: dict[str, Any]) -> nn.Module:

@@ -15,17 +15,18 @@ from typing import Any
 
 import torch
 
-from .. import io
-from ..config import Paths, run_label
-from ..errors import PipelineError
 import numpy as np
 
+from .. import io
+from ..checkpoint import load_weights
+from ..config import Paths, run_label
 from ..data.transforms import image_to_heatmap
+from ..errors import PipelineError
 from ..metrics import coco as coco_metrics
 from ..metrics import coco_bootstrap, coco_server, diagnostics, mpii_bootstrap
 from ..metrics.bootstrap_files import bootstrap_file
 from ..metrics import mpii as mpii_metrics
-from ..tracking import open_run, table_tags
+from ..tracking import log_new_metrics, open_run, require_run, table_tags
 from . import builders
 from .inference import coco_predictions, predict
 
@@ -33,12 +34,40 @@ log = logging.getLogger(__name__)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
+    """The run's final checkpoint, loaded weights-only (a pickle payload is refused, never run)."""
     if not path.is_file():
         raise PipelineError(str(path), "checkpoint not found: run the train stage first")
+    state = load_weights(path)
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        raise PipelineError(str(path), "not a final checkpoint of this pipeline (no 'model' state dict)")
+    return state
+
+
+def check_checkpoint(ckpt: dict[str, Any], cfg: dict[str, Any], path: Path) -> None:
+    """The checkpoint must be this run's: another run's ``final.pth`` (say a 16-joint MPII model for a
+    COCO run) is named with both runs instead of failing deep in ``load_state_dict``."""
+    other = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
+    theirs = {k: other.get(k) for k in ("name", "seed", "dataset", "arch", "loss")}
+    ours = {k: cfg[k] for k in theirs}
+    if other and theirs != ours:
+        def describe(c: dict) -> str:
+            joints = "16 joints" if c["dataset"] == "mpii" else "17 joints"
+            return f"{c['name']!r} (seed {c['seed']}, {c['dataset']}, {joints}, {c['arch']}, {c['loss']})"
+        raise PipelineError(str(path), f"checkpoint of run {describe(theirs)}, not of run {describe(ours)}: "
+                                       "train this run (or put its own final.pth back)")
+
+
+def load_model(cfg: dict[str, Any], ckpt: dict[str, Any], path: Path) -> torch.nn.Module:
+    """The run's model with the checkpoint's weights; a mismatch names the file and the first keys."""
+    net = builders.model(cfg)
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # a truncated or foreign file
-        raise PipelineError(str(path), f"not a readable checkpoint ({type(exc).__name__}: {exc})") from None
+        net.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines()[1:] if ln.strip()]
+        detail = "; ".join(lines[:2])[:300]
+        raise PipelineError(str(path), f"weights do not fit the model of run {cfg['name']!r} "
+                                       f"({cfg['arch']}): {detail}") from None
+    return net
 
 
 def run_diagnostics(cfg: dict[str, Any], pred: dict[str, np.ndarray], recs: list[dict]) -> dict[str, float]:
@@ -64,88 +93,118 @@ def run_diagnostics(cfg: dict[str, Any], pred: dict[str, np.ndarray], recs: list
     return out
 
 
-def _coco_split(net, cfg, dev, split: str, boxes: str, out_dir: Path, results_name: str,
-                progress: bool) -> tuple[dict[str, float] | None, dict[str, np.ndarray], list[dict]]:
+def _inputs(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Read and check every input of the evaluation before any prediction or output is made."""
+    root = Path(cfg["data"]["root"])
+    if cfg["dataset"] == "mpii":
+        gt_path = root / builders.MPII_GT_VALID
+        gt = mpii_metrics.load_gt_valid(gt_path)
+        recs = builders.records(cfg, "val")
+        n_gt = gt["pos_gt_src"].shape[2]
+        if n_gt != len(recs):
+            raise PipelineError(str(gt_path), f"holds {n_gt} people but {root / builders.MPII_SPLITS['val']} "
+                                              f"has {len(recs)}: the two files do not belong together")
+        return {"mpii": (recs, gt_path)}
+    splits = {}
+    for key, split, boxes, fname in _coco_outputs(cfg["name"]):
+        gt = root / builders.COCO_SPLITS[split][3]
+        splits[key] = (builders.records(cfg, split, boxes=boxes), gt if gt.is_file() else None, fname)
+    return splits
+
+
+def _coco_outputs(run: str) -> list[tuple[str, str, str, str]]:
+    """(metric prefix, split, boxes, results file name) of the COCO protocol."""
+    return [("coco_val", "val", "det", f"person_keypoints_val2017_{run}_results.json"),
+            ("coco_val_gtbox", "val", "gt", f"person_keypoints_val2017_gtbox_{run}_results.json"),
+            ("coco_testdev", "test-dev", "det", coco_server.results_name(run))]
+
+
+def _coco_split(net, cfg, dev, recs: list[dict], gt: Path | None, results: Path, desc: str,
+                progress: bool) -> tuple[dict[str, float] | None, dict[str, np.ndarray]]:
     """Predict one split, write its results file; (COCO stats or None without ground truth, the
-    predictions, the records)."""
-    recs = builders.records(cfg, split, boxes=boxes)
+    predictions)."""
     t = cfg["test"]
     pred = predict(net, cfg, recs, flip_test=t["flip_test"], dev=dev, batch_size=t["batch_size"],
-                   progress=progress, desc=f"{cfg['name']} {split} ({boxes} boxes)")
+                   progress=progress, desc=desc)
     kept = coco_metrics.rescore_and_nms(coco_predictions(pred), in_vis_thre=t["in_vis_thre"],
                                         oks_thre=t["oks_thre"])
-    results = out_dir / results_name
     coco_metrics.write_results(kept, results)
-    gt = Path(cfg["data"]["root"]) / builders.COCO_SPLITS[split][3]
-    if not gt.is_file():
-        log.info("%s: no ground truth at %s; wrote %s for the evaluation server", split, gt, results)
-        return None, pred, recs
-    return coco_metrics.evaluate_keypoints(gt, results), pred, recs
+    if gt is None:
+        log.info("%s: no ground truth; wrote %s for the evaluation server", desc, results.name)
+        return None, pred
+    return coco_metrics.evaluate_keypoints(gt, results), pred
 
 
 def evaluate_run(cfg: dict[str, Any], *, tracking_uri: str, experiment: str, progress: bool = True) -> dict:
-    """Evaluate the run's final checkpoint; writes metrics.json and prediction files."""
+    """Evaluate the run's final checkpoint; writes metrics.json and prediction files.
+
+    Every input (checkpoint, annotations, detections, ``gt_valid.mat``, the MLflow run) is checked
+    before the first prediction; outputs are made in a temporary folder and moved into the
+    evaluation folder only once the metrics are logged, ``metrics.json`` last, so a failure at any
+    point leaves no new file behind.
+    """
     paths = Paths(cfg["profile"])
     seed = cfg["seed"]
-    ckpt = load_checkpoint(paths.checkpoint(cfg["name"], seed))
+    ckpt_path = paths.checkpoint(cfg["name"], seed)
+    ckpt = load_checkpoint(ckpt_path)
+    check_checkpoint(ckpt, cfg, ckpt_path)
+    inputs = _inputs(cfg)
+    run_id = ckpt.get("mlflow_run_id")
+    label = run_label(cfg["name"], seed)
+    require_run(tracking_uri, run_id, label)
     dev = builders.device(cfg)
     if dev.type == "cpu":
         torch.set_num_threads(cfg["train"]["threads"])
-    net = builders.model(cfg)
-    net.load_state_dict(ckpt["model"])
+    net = load_model(cfg, ckpt, ckpt_path)
+    builders.check_output_size(cfg, net)
     net.to(dev)
     out_dir = paths.eval_dir(cfg["name"], seed)
-    out_dir.mkdir(parents=True, exist_ok=True)
     metrics: dict[str, float] = {}
     tags: dict[str, str] = {}
-    submission: Path | None = None
-    if cfg["dataset"] == "coco":
-        for key, split, boxes, fname in (
-            ("coco_val", "val", "det", f"person_keypoints_val2017_{cfg['name']}_results.json"),
-            ("coco_val_gtbox", "val", "gt", f"person_keypoints_val2017_gtbox_{cfg['name']}_results.json"),
-            ("coco_testdev", "test-dev", "det", coco_server.results_name(cfg["name"])),
-        ):
-            stats, pred, recs = _coco_split(net, cfg, dev, split, boxes, out_dir, fname, progress)
-            if stats is not None:
-                metrics.update({f"{key}.{k}": v for k, v in stats.items()})
-                if key in ("coco_val", "coco_testdev"):  # per-image matches for the report's bootstrap
-                    gt = Path(cfg["data"]["root"]) / builders.COCO_SPLITS[split][3]
-                    coco_bootstrap.save_matches(coco_bootstrap.coco_image_matches(gt, out_dir / fname),
-                                                bootstrap_file(out_dir, key))
-            if key == "coco_val_gtbox":
-                metrics.update(run_diagnostics(cfg, pred, recs))
-            if key == "coco_testdev":
-                submission, sub_tags = coco_server.package_testdev(out_dir, cfg["name"], scored=stats is not None)
-                tags.update(sub_tags)
-                if stats is None:
-                    log.info("test-dev submission for the COCO server: %s (then: python -m pipeline "
-                             "testdev-scores --run %s --scores FILE)", submission, cfg["name"])
-    else:
-        recs = builders.records(cfg, "val")
-        t = cfg["test"]
-        pred = predict(net, cfg, recs, flip_test=t["flip_test"], dev=dev, batch_size=t["batch_size"],
-                       progress=progress, desc=f"{cfg['name']} val")
-        mpii_metrics.write_predictions(pred["coords"], out_dir / "pred.mat")
-        gt_valid = Path(cfg["data"]["root"]) / builders.MPII_GT_VALID
-        stats = mpii_metrics.pckh(pred["coords"], gt_valid)
-        mpii_bootstrap.save_correct(mpii_bootstrap.mpii_person_correct(pred["coords"], gt_valid),
-                                    bootstrap_file(out_dir, "mpii_val"))
-        # MLflow metric names allow no "@": "Mean@0.1" is logged as "Mean_at_0.1".
-        metrics.update({f"mpii_val.{k.replace('@', '_at_')}": v for k, v in stats.items()})
-        metrics.update(run_diagnostics(cfg, pred, recs))
+    with io.temporary_dir(out_dir / "outputs") as stage:
+        if cfg["dataset"] == "coco":
+            for key, (recs, gt, fname) in inputs.items():
+                stats, pred = _coco_split(net, cfg, dev, recs, gt, stage / fname, f"{cfg['name']} {key}", progress)
+                if stats is not None:
+                    metrics.update({f"{key}.{k}": v for k, v in stats.items()})
+                    if key in ("coco_val", "coco_testdev"):  # per-image matches for the report's bootstrap
+                        coco_bootstrap.save_matches(coco_bootstrap.coco_image_matches(gt, stage / fname),
+                                                    bootstrap_file(stage, key))
+                if key == "coco_val_gtbox":
+                    metrics.update(run_diagnostics(cfg, pred, recs))
+                if key == "coco_testdev":
+                    _, sub_tags = coco_server.package_testdev(stage, cfg["name"], scored=stats is not None)
+                    sub_tags[coco_server.TAG_SUBMISSION] = str(coco_server.submission_path(out_dir, cfg["name"]))
+                    tags.update(sub_tags)
+                    if stats is None:
+                        log.info("test-dev submission for the COCO server: %s (then: python -m pipeline "
+                                 "testdev-scores --run %s --scores FILE)", sub_tags[coco_server.TAG_SUBMISSION],
+                                 cfg["name"])
+        else:
+            recs, gt_valid = inputs["mpii"]
+            t = cfg["test"]
+            pred = predict(net, cfg, recs, flip_test=t["flip_test"], dev=dev, batch_size=t["batch_size"],
+                           progress=progress, desc=f"{cfg['name']} val")
+            mpii_metrics.write_predictions(pred["coords"], stage / "pred.mat")
+            stats = mpii_metrics.pckh(pred["coords"], gt_valid)
+            mpii_bootstrap.save_correct(mpii_bootstrap.mpii_person_correct(pred["coords"], gt_valid),
+                                        bootstrap_file(stage, "mpii_val"))
+            # MLflow metric names allow no "@": "Mean@0.1" is logged as "Mean_at_0.1".
+            metrics.update({f"mpii_val.{k.replace('@', '_at_')}": v for k, v in stats.items()})
+            metrics.update(run_diagnostics(cfg, pred, recs))
 
-    tags.update({**table_tags(cfg["name"]), "seed": str(seed), "profile": cfg["profile"], "evaluated": "true"})
-    with open_run(tracking_uri, experiment, run_name=run_label(cfg["name"], seed),
-                  run_id=ckpt.get("mlflow_run_id")) as mlflow:
-        finite = {k: float(v) for k, v in metrics.items() if v == v}  # MLflow rejects NaN
-        mlflow.log_metrics(finite)
-        mlflow.set_tags(tags)
-        for f in sorted(out_dir.iterdir()):
-            if f.suffix in (".json", ".mat", ".npz") and f.name not in ("metrics.json", "testdev_server_scores.json"):
-                mlflow.log_artifact(str(f), artifact_path="predictions")
-        if submission is not None:
-            mlflow.log_artifact(str(submission), artifact_path=coco_server.SUBMISSION_DIR)
-        run_id = mlflow.active_run().info.run_id
+        tags.update({**table_tags(cfg["name"]), "seed": str(seed), "profile": cfg["profile"], "evaluated": "true"})
+        with open_run(tracking_uri, experiment, run_name=label, run_id=run_id, missing="error") as mlflow:
+            log_new_metrics(mlflow, {k: float(v) for k, v in metrics.items() if v == v})  # MLflow rejects NaN
+            mlflow.set_tags(tags)
+            for f in sorted(stage.iterdir()):
+                if f.is_file() and f.suffix in (".json", ".mat", ".npz"):
+                    mlflow.log_artifact(str(f), artifact_path="predictions")
+            submission = stage / coco_server.SUBMISSION_DIR
+            for f in sorted(submission.glob("*.zip")) if submission.is_dir() else []:
+                mlflow.log_artifact(str(f), artifact_path=coco_server.SUBMISSION_DIR)
+            run_id = mlflow.active_run().info.run_id
+        io.publish(stage, out_dir)
     # Strict JSON (DVC reads it): undefined metrics (no person of that size) become null.
     result = {"run": cfg["name"], "seed": seed, "profile": cfg["profile"], "mlflow_run_id": run_id,
               "metrics": {k: (v if v == v else None) for k, v in metrics.items()}}

@@ -50,10 +50,11 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from .. import io
+from ..checkpoint import UnsafeCheckpointError, load_weights
 from ..config import Paths, run_label
 from ..errors import PipelineError
 from ..models import pretrained_weights
-from ..tracking import flatten, open_run, table_tags
+from ..tracking import flatten, logged_steps, open_run, table_tags
 from . import builders, sync_bn
 from .validate import validate
 
@@ -195,11 +196,14 @@ def find_resume_checkpoint(ckpt_dir: Path, cfg_hash: str, max_epoch: int, code: 
             log.info("not resuming from %s: the run now has %d epochs", path, max_epoch)
             continue
         try:
-            state = torch.load(path, map_location="cpu", weights_only=False)
+            state = load_weights(path)
             if not isinstance(state, dict) or any(k not in state for k in _STATE_KEYS):
                 raise ValueError("not a training checkpoint of this pipeline")
             if int(state["epoch"]) != epoch:
                 raise ValueError(f"holds epoch {state['epoch']}")
+        except UnsafeCheckpointError as exc:  # never loaded: skipped like a corrupt file, said so
+            log.warning("%s; falling back to the checkpoint before it", exc)
+            continue
         except Exception as exc:  # truncated file, disk error, foreign file
             log.warning("checkpoint %s is unreadable (%s: %s); falling back to the one before it",
                         path, type(exc).__name__, str(exc).splitlines()[0][:120] if str(exc) else "")
@@ -222,16 +226,19 @@ def find_resume_checkpoint(ckpt_dir: Path, cfg_hash: str, max_epoch: int, code: 
 
 
 def _rng_state(loader_gen: torch.Generator) -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-             "loader": loader_gen.get_state()}
+    """Every RNG's state in types a weights-only load accepts (numpy's key array as a list of ints)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"python": random.getstate(), "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(gauss)],
+             "torch": torch.get_rng_state(), "loader": loader_gen.get_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def _set_rng_state(state: dict[str, Any], loader_gen: torch.Generator) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    random.setstate(tuple(state["python"]))
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(state["torch"])
     loader_gen.set_state(state["loader"])
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
@@ -282,6 +289,14 @@ def _log_params(mlflow, params: dict[str, Any], resumed: bool) -> None:
         mlflow.log_params(dict(items[i:i + 100]))
 
 
+def _remove_stale_outputs(*paths: Path) -> None:
+    """Delete outputs of an earlier training attempt before this one writes anything."""
+    for p in paths:
+        if p.exists():
+            log.info("removing %s of an earlier attempt", p)
+            p.unlink()
+
+
 # --------------------------------------------------------------------------- training
 def train_run(cfg: dict[str, Any], *, tracking_uri: str, experiment: str, progress: bool = True) -> Path:
     """Train one run end to end (resuming from its checkpoints); returns the path of its final checkpoint.
@@ -303,7 +318,7 @@ def _train(cfg: dict[str, Any], env: DistEnv, dev: torch.device, *, tracking_uri
     paths = Paths(cfg["profile"])
     run_dir = paths.run_dir(cfg["name"], cfg["seed"])
     ckpt_dir = run_dir / "checkpoints"
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    io.make_dirs(ckpt_dir)
     t = cfg["train"]
     if env.distributed and env.world_size != t["gpus"]:
         log.warning("running as %d processes but train.gpus is %d: the global batch is %d × %d",
@@ -325,7 +340,9 @@ def _train(cfg: dict[str, Any], env: DistEnv, dev: torch.device, *, tracking_uri
                         drop_last=per_process > t["batch_size"], num_workers=t["workers"],
                         pin_memory=dev.type == "cuda", generator=loader_gen)
     # channels_last: about 1.3x faster convolutions on CPU for these models (and fine on GPU)
-    net = builders.model(cfg).to(dev, memory_format=torch.channels_last)
+    net = builders.model(cfg)
+    builders.check_output_size(cfg, net)  # before the MLflow run opens: a wrong heatmap_size stops here
+    net = net.to(dev, memory_format=torch.channels_last)
     seeds = {"seeds.python_numpy_torch": seed, "seeds.loader_generator": seed,
              "seeds.augmentation": f"numpy default_rng([{seed}, epoch, index])"}
     if env.distributed:
@@ -348,7 +365,7 @@ def _train(cfg: dict[str, Any], env: DistEnv, dev: torch.device, *, tracking_uri
         dist.broadcast_object_list(box, src=0)
         if not env.is_main and box[0] is not None:
             resumed_from = Path(box[0])
-            state = torch.load(resumed_from, map_location="cpu", weights_only=False)
+            state = load_weights(resumed_from)
     start_epoch, history, run_id = 1, [], None
     if state is not None:
         net.load_state_dict(state["model"])
@@ -374,26 +391,33 @@ def _train(cfg: dict[str, Any], env: DistEnv, dev: torch.device, *, tracking_uri
                  len(train_ds), len(val_recs), n_params / 1e6, dev,
                  f" × {env.world_size} processes" if env.distributed else "", t["optimizer"])
 
+    if env.is_main:  # outputs of an earlier attempt must not outlive an interrupted retrain
+        _remove_stale_outputs(run_dir / "train_summary.json", paths.checkpoint(cfg["name"], seed))
+    identity = {"config_hash": cfg_hash, "code_hash": code}
     tags = {**table_tags(cfg["name"]), "seed": str(seed), "profile": cfg["profile"], "dataset": cfg["dataset"],
             "arch": cfg["arch"], "loss": cfg["loss"], "evaluated": "false",
-            "pretrained_weights": pretrained_weights(cfg["model"])}
-    tracking = (open_run(tracking_uri, experiment, run_name=run_label(cfg["name"], seed), run_id=run_id, tags=tags)
-                if env.is_main else contextlib.nullcontext(None))
+            "pretrained_weights": pretrained_weights(cfg["model"]), **identity}
+    tracking = (open_run(tracking_uri, experiment, run_name=run_label(cfg["name"], seed), run_id=run_id, tags=tags,
+                         reuse_tags=identity) if env.is_main else contextlib.nullcontext(None))
     with tracking as mlflow:
+        logged: set[int] = set()
         if mlflow is not None:
-            new_id = mlflow.active_run().info.run_id
-            resumed_run = run_id is not None and new_id == run_id
-            run_id = new_id
+            run_id = mlflow.active_run().info.run_id
+            # only the params the run lacks: it may be a resumed run or one continued after a kill
             _log_params(mlflow, {**flatten(cfg), "num_parameters": n_params, "device_used": str(dev),
                                  "world_size": env.world_size, "config_hash": cfg_hash, "code_hash": code, **seeds},
-                        resumed_run)
+                        resumed=True)
+            logged = logged_steps(mlflow, run_id, "train_loss")
             if resumed_from is not None:
                 mlflow.set_tag("resumed_from", str(resumed_from))
-                if not resumed_run:  # the MLflow store lost the run: replay the curves so far
-                    for row in history:
-                        mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
             else:
                 mlflow.log_dict(cfg, "config.json")
+            # epochs the checkpoint holds but the run lacks (a new run after the store lost the old one,
+            # or a stop between a checkpoint and its metrics): replay them
+            for row in history:
+                if row["epoch"] not in logged:
+                    mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
+                    logged.add(row["epoch"])
         for epoch in range(start_epoch, t["epochs"] + 1):
             train_ds.set_epoch(epoch)
             if sampler is not None:
@@ -442,7 +466,6 @@ def _train(cfg: dict[str, Any], env: DistEnv, dev: torch.device, *, tracking_uri
                 if cfg["loss"] == "hdm":
                     row["dead_heatmaps"] = dead
                 history.append({"epoch": epoch, **row})
-                mlflow.log_metrics(row, step=epoch)
                 log.info("epoch %d/%d  %s", epoch, t["epochs"],
                          "  ".join(f"{k}={v:.4g}" for k, v in row.items()))
                 ckpt = {"epoch": epoch, "model": net.state_dict(), "optimizer": opt.state_dict(),
@@ -452,6 +475,11 @@ def _train(cfg: dict[str, Any], env: DistEnv, dev: torch.device, *, tracking_uri
                         "code_hash": code, "config": cfg, "world_size": env.world_size}
                 with io.atomic_path(ckpt_dir / f"epoch_{epoch:03d}.pth") as tmp:
                     torch.save(ckpt, tmp)
+                # after the checkpoint: a stop in between leaves an epoch the resume replays, never
+                # one the run logs twice (an epoch trained again reproduces the logged values)
+                if epoch not in logged:
+                    mlflow.log_metrics(row, step=epoch)
+                    logged.add(epoch)
             _barrier(env)
         if env.is_main:
             summary = {"run": cfg["name"], "seed": seed, "mlflow_run_id": run_id, "epochs": t["epochs"], "history": history,

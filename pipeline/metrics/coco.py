@@ -117,15 +117,18 @@ def oks_nms(
     and dropping every other with OKS > ``threshold`` to it removes those duplicates (which would
     count as false positives) while keeping nearby but distinct people.
 
-    Each pose is a mapping with ``keypoints`` (K, 3), ``score`` and ``area``. Ties in score keep
-    the earlier pose first.
+    Each pose is a mapping with ``keypoints`` (K, 3), ``score`` and ``area``. Ties in score put the
+    later pose first, as HRNet's and MMPose's ``scores.argsort()[::-1]`` does with a stable sort (their
+    published numbers; numpy's default sort may now order ties differently by CPU, so ours is stable
+    explicitly). Ties are common: every ground-truth box scores 1, and which of two tied
+    near-duplicates survives changes the AP.
     """
     if len(poses) == 0:
         return []
     scores = np.array([float(p["score"]) for p in poses])
     kpts = np.stack([np.asarray(p["keypoints"], dtype=np.float64).reshape(-1, 3) for p in poses])
     areas = np.array([float(p["area"]) for p in poses])
-    order = np.argsort(-scores, kind="stable")
+    order = np.argsort(scores, kind="stable")[::-1]
     keep: list[int] = []
     while order.size > 0:
         i = int(order[0])

@@ -154,7 +154,10 @@ def normalized_errors(preds: np.ndarray, gt: Mapping[str, Any] | str | Path) -> 
     if p.ndim != 3 or p.shape[1] != NUM_JOINTS or p.shape[2] < 2:
         raise PipelineError("predictions", f"shape {p.shape}, expected (N, 16, 2)")
     if p.shape[0] != n:
-        raise PipelineError("predictions", f"{p.shape[0]} people but the ground truth has {n}")
+        # the ground truth is the odd one out as often as the predictions: name the file
+        where = str(gt) if isinstance(gt, (str, Path)) else str(gt.get("source", "ground truth"))
+        raise PipelineError(where, f"holds {n} people but there are {p.shape[0]} predictions (one per "
+                                   "person of the validation annotations): the files do not belong together")
     pred_src = np.transpose(p[:, :, :2] + 1.0, (1, 2, 0))  # (16, 2, N), 1-based like the gt
     err = np.linalg.norm(pred_src - g["pos_gt_src"], axis=1)  # (16, N)
     heads = g["headboxes_src"]
@@ -216,7 +219,7 @@ def pckh(
         with no visible joint is NaN.
     """
     if isinstance(gt, (str, Path)):
-        g = load_gt_valid(gt)
+        g = {**load_gt_valid(gt), "source": str(gt)}
     else:
         g = _check_gt(gt, "gt", require_names=False)
     scaled, visible = normalized_errors(preds, g)

@@ -59,6 +59,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath
 from torch import nn
 
+from ..checkpoint import load_weights
 from ..errors import PipelineError
 
 BN_MOMENTUM = 0.1
@@ -451,11 +452,10 @@ def _read_checkpoint(path_or_state: str | Path | Mapping[str, Any]) -> tuple[dic
     path = Path(path_or_state)
     if not path.is_file():
         raise PipelineError("model.weights", f"HRFormer checkpoint {str(path)!r} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        # Training checkpoints may pickle their config object; the file is the user's own choice.
-        state = torch.load(path, map_location="cpu", weights_only=False)
+    # weights-only, never a fallback: these weights come from the internet, and a pickle can run code
+    state = load_weights(path, "HRFormer checkpoint")
+    if not isinstance(state, Mapping):
+        raise PipelineError(str(path), f"not an HRFormer checkpoint (holds a {type(state).__name__}, not a state dict)")
     return _unwrap(state), str(path)
 
 

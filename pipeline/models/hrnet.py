@@ -13,6 +13,8 @@ import torch
 from timm.models.hrnet import HighResolutionNetFeatures, cfg_cls
 from torch import nn
 
+from ..errors import PipelineError
+
 
 def _narrow_hrnet(backbone: str, width: float) -> nn.Module:
     """The same HRNet topology with every branch's channel count scaled (demo sizes); ``backbone`` may
@@ -30,6 +32,9 @@ class PoseHRNet(nn.Module):
     def __init__(self, backbone: str, num_joints: int, *, pretrained: bool = False,
                  width: float = 1.0) -> None:
         super().__init__()
+        if backbone not in cfg_cls:  # timm's own error (a KeyError, or "Unknown model") lists nothing
+            raise PipelineError("model.backbone", f"unknown HRNet backbone {backbone!r} "
+                                                  f"(choose from {', '.join(sorted(cfg_cls))})")
         if width != 1.0:
             if pretrained:
                 raise ValueError("pretrained weights exist only for width 1.0")

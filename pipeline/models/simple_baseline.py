@@ -10,6 +10,8 @@ import timm
 import torch
 from torch import nn
 
+from ..errors import PipelineError
+
 
 class SimpleBaseline(nn.Module):
     """ResNet + deconvolution head producing ``num_joints`` heatmaps at 1/4 input resolution."""
@@ -17,6 +19,10 @@ class SimpleBaseline(nn.Module):
     def __init__(self, backbone: str, num_joints: int, *, pretrained: bool = False, width: float = 1.0,
                  deconv_channels: int = 256, num_deconv: int = 3, deconv_kernel: int = 4) -> None:
         super().__init__()
+        if not (backbone.startswith("resnet") and timm.is_model(backbone)):
+            known = ", ".join(m for m in timm.list_models("resnet*") if m.replace("resnet", "").isdigit())
+            raise PipelineError("model.backbone", f"unknown SimpleBaseline backbone {backbone!r} "
+                                                  f"(a timm ResNet: {known})")
         kwargs = {}
         if width != 1.0:
             # A narrower ResNet of the same depth (demo sizes): every stage's width scaled.

@@ -110,16 +110,19 @@ def build_report(*, profile: str, tracking_uri: str, experiment: str, run_names:
     intervals = all_intervals(records, bootstrap=image_bootstrap(Paths(profile)))
     notes = {"table5": [table5_note(records, intervals["table5"])]} if records else {}
     tables = build_tables(measured, profile=profile, run_info=info, intervals=intervals, notes=notes)
-    written = write_tables(tables, out_dir, profile=profile)
     run_curves = curves(tracking_uri, selected) if not selected.empty else {}
-    findings = out_dir / "findings.md"
-    io.write_text(findings, build_findings(profile=profile, records=records, intervals=intervals,
-                                           curves=run_curves, seeds=seeds))
-    written.insert(-1, findings)
-    if run_curves:
-        written += write_figures(run_curves, out_dir)
-        written += write_diagnostic_figures(records, run_curves, out_dir)
-    io.write_json(out_dir / "measured.json", {
-        "profile": profile, "experiment": experiment, "seeds": seeds, "runs": measured, "run_info": info,
-        "per_seed": {run: {str(s): m for s, m in rec.metrics.items()} for run, rec in records.items()}})
-    return written
+    # every file is made in a temporary folder first and moved into out_dir only when all are complete
+    with io.temporary_dir(Path(out_dir) / "report") as stage:
+        staged = write_tables(tables, stage, profile=profile)
+        findings = stage / "findings.md"
+        io.write_text(findings, build_findings(profile=profile, records=records, intervals=intervals,
+                                               curves=run_curves, seeds=seeds))
+        staged.insert(-1, findings)
+        if run_curves:
+            staged += write_figures(run_curves, stage)
+            staged += write_diagnostic_figures(records, run_curves, stage)
+        io.write_json(stage / "measured.json", {
+            "profile": profile, "experiment": experiment, "seeds": seeds, "runs": measured, "run_info": info,
+            "per_seed": {run: {str(s): m for s, m in rec.metrics.items()} for run, rec in records.items()}})
+        io.publish(stage, out_dir)
+    return [Path(out_dir) / p.relative_to(stage) for p in staged]

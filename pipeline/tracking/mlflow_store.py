@@ -14,9 +14,15 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..errors import PipelineError
+from ..errors import PipelineError, Terminated
 
 log = logging.getLogger(__name__)
+
+BUSY_TIMEOUT_ENV = "HDM_MLFLOW_BUSY_TIMEOUT"
+DEFAULT_BUSY_TIMEOUT_S = 60.0
+# Statuses of a run that no process finished: a rerun of the same training reuses such a run
+UNFINISHED = ("RUNNING", "FAILED", "KILLED")
+
 
 def table_tags(run_name: str) -> dict[str, str]:
     """Tags naming the paper tables and the row a run fills, so the MLflow UI can filter by table.
@@ -37,19 +43,108 @@ def _quiet_mlflow() -> None:
 
 def _sqlite_path(uri: str) -> Path | None:
     if uri.startswith("sqlite:///"):
-        return Path(uri[len("sqlite:///"):])
+        return Path(uri[len("sqlite:///"):].split("?", 1)[0])
     return None
 
 
-def connect(uri: str) -> Any:
-    """Point MLflow at ``uri`` and return the module (imported lazily: it is slow to import)."""
+def store_name(uri: str) -> str:
+    """What error messages call the store: the SQLite file, else the URI."""
+    db = _sqlite_path(uri)
+    return str(db) if db is not None else uri
+
+
+def busy_timeout() -> float:
+    """Seconds to wait for a locked SQLite store before stopping (``HDM_MLFLOW_BUSY_TIMEOUT``, default 60).
+
+    Another process holding the store's lock (a parallel job logging, a user's ``mlflow ui``) is
+    normal for a few seconds; waiting out such locks is what keeps metrics in the right run.
+    """
+    raw = os.environ.get(BUSY_TIMEOUT_ENV, "")
+    try:
+        value = float(raw) if raw else DEFAULT_BUSY_TIMEOUT_S
+    except ValueError:
+        raise PipelineError(BUSY_TIMEOUT_ENV, f"must be a number of seconds, got {raw!r}") from None
+    return max(0.0, value)
+
+
+def check_sqlite_store(db: Path, *, write: bool) -> None:
+    """Open the SQLite store ourselves, waiting up to :func:`busy_timeout` for a lock; one-line errors.
+
+    MLflow reports a locked, corrupt or read-only file as a many-line traceback (or, before this check,
+    as a missing run); here each becomes a :class:`PipelineError` naming the file and the cause.
+    ``write``: also take the write lock (released at once), so a read-only store is caught up front.
+    """
+    import sqlite3
+
+    timeout = busy_timeout()
+    try:
+        con = sqlite3.connect(str(db), timeout=timeout)
+    except sqlite3.Error as exc:
+        raise PipelineError(str(db), f"cannot open the MLflow store ({exc})") from None
+    try:
+        con.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        if write:
+            con.execute("BEGIN IMMEDIATE")
+            con.execute("ROLLBACK")
+    except sqlite3.Error as exc:
+        raise PipelineError(str(db), _describe_store_error(str(exc), timeout)) from None
+    finally:
+        con.close()
+
+
+def _describe_store_error(text: str, timeout: float | None = None) -> str:
+    """A one-line cause for an SQLite/MLflow store failure."""
+    low = text.lower()
+    if "locked" in low or "busy" in low:
+        waited = f" for {timeout:g} s" if timeout is not None else ""
+        return (f"MLflow store is locked by another process (waited{waited}; set {BUSY_TIMEOUT_ENV} "
+                "to wait longer); nothing was logged")
+    if "not a database" in low or "malformed" in low or "no such table" in low:
+        return ("not a usable MLflow store (corrupt, or not an SQLite database): restore it from a "
+                "backup, or move it away and run `python -m pipeline mlflow-init`")
+    if "readonly" in low or "read-only" in low or "permission" in low:
+        return "the MLflow store is read-only: make the file and its folder writable"
+    if "unable to open" in low:
+        return "cannot open the MLflow store (missing folder or no permission)"
+    first = text.strip().splitlines()[0] if text.strip() else "unknown error"
+    return f"MLflow store error ({first[:200]})"
+
+
+def is_store_error(exc: BaseException) -> bool:
+    """Whether ``exc`` comes from the tracking store (MLflow, SQLAlchemy, sqlite3) rather than our code."""
+    module = type(exc).__module__ or ""
+    return module.startswith(("mlflow", "sqlalchemy", "sqlite3", "_sqlite3", "requests", "urllib3"))
+
+
+@contextlib.contextmanager
+def store_errors(uri: str) -> Iterator[None]:
+    """Turn a failure of the MLflow store inside the block into a one-line :class:`PipelineError`."""
+    try:
+        yield
+    except PipelineError:
+        raise
+    except Exception as exc:
+        if not is_store_error(exc):
+            raise
+        raise PipelineError(store_name(uri), _describe_store_error(str(exc))) from None
+
+
+def connect(uri: str, *, write: bool = False) -> Any:
+    """Point MLflow at ``uri`` and return the module (imported lazily: it is slow to import).
+
+    A SQLite store is checked first (:func:`check_sqlite_store`): it must exist (made by
+    ``mlflow-init``), be a readable SQLite file, and not stay locked longer than the busy timeout.
+    """
     _quiet_mlflow()
+    db = _sqlite_path(uri)
+    if db is not None:
+        if not db.exists() and os.environ.get("HDM_MLFLOW_ALLOW_CREATE") != "1":
+            raise PipelineError(str(db), "MLflow store not found: run the `mlflow-init` stage first "
+                                         "(python -m pipeline mlflow-init)")
+        if db.exists():
+            check_sqlite_store(db, write=write)
     import mlflow
 
-    db = _sqlite_path(uri)
-    if db is not None and not db.exists() and os.environ.get("HDM_MLFLOW_ALLOW_CREATE") != "1":
-        raise PipelineError(str(db), "MLflow store not found: run the `mlflow-init` stage first "
-                                     "(python -m pipeline mlflow-init)")
     mlflow.set_tracking_uri(uri)
     return mlflow
 
@@ -58,15 +153,44 @@ def init_store(uri: str, experiment: str) -> dict[str, str]:
     """Create the store (schema migration happens here, once) and the profile's experiment."""
     os.environ["HDM_MLFLOW_ALLOW_CREATE"] = "1"
     try:
-        mlflow = connect(uri)
         db = _sqlite_path(uri)
         if db is not None:
-            db.parent.mkdir(parents=True, exist_ok=True)
-        exp = mlflow.get_experiment_by_name(experiment)
-        exp_id = exp.experiment_id if exp is not None else mlflow.create_experiment(experiment)
+            try:
+                db.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise PipelineError(str(db.parent), f"cannot create the MLflow store's folder ({exc.strerror})") from None
+        mlflow = connect(uri, write=True)
+        with store_errors(uri):
+            exp = mlflow.get_experiment_by_name(experiment)
+            exp_id = exp.experiment_id if exp is not None else mlflow.create_experiment(experiment)
+            location = mlflow.get_experiment(exp_id).artifact_location
     finally:
         os.environ.pop("HDM_MLFLOW_ALLOW_CREATE", None)
+    check_artifact_location(uri, location, f"experiment {experiment!r}")
     return {"tracking_uri": uri, "experiment": experiment, "experiment_id": str(exp_id)}
+
+
+def check_artifact_location(uri: str, location: str, what: str) -> None:
+    """A local artifact location must lie inside the project (the working directory).
+
+    MLflow stores an absolute artifact path per experiment and run when the store is created; in a
+    copied project (or a store shared between projects) that path still points into the original
+    folder, and logging would write there. Remote locations (s3://, mlflow-artifacts:, ...) are fine.
+    """
+    from urllib.parse import unquote, urlparse
+
+    parsed = urlparse(location)
+    if parsed.scheme not in ("", "file") or not location:
+        return
+    path = Path(unquote(parsed.path) if parsed.scheme == "file" else location)
+    project = Path.cwd().resolve()
+    try:
+        path.resolve().relative_to(project)
+    except ValueError:
+        raise PipelineError(store_name(uri), f"{what} keeps its artifacts in {path}, outside this project "
+                            f"({project}): the store was created by another copy of the project. Use a "
+                            "store of this project (move the copied store away and run `python -m pipeline "
+                            "mlflow-init`), or an MLflow server (MLFLOW_TRACKING_URI)") from None
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -81,47 +205,137 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
+def _existing_run(mlflow: Any, uri: str, run_id: str) -> Any | None:
+    """The MLflow run ``run_id``, or None when the store truly has no such run.
+
+    Only MLflow's "does not exist" answer means missing; any other failure (a locked or broken store)
+    is an error, never a reason to start a replacement run.
+    """
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return mlflow.get_run(run_id)
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise PipelineError(store_name(uri), _describe_store_error(str(exc))) from None
+
+
+def require_run(uri: str, run_id: str | None, run_name: str) -> None:
+    """Stop unless the store is usable and holds ``run_id`` (checked before any slow work)."""
+    if not run_id:
+        raise PipelineError(run_name, "its checkpoint names no MLflow run: train the run again")
+    mlflow = connect(uri, write=True)
+    with store_errors(uri):
+        if _existing_run(mlflow, uri, run_id) is None:
+            raise PipelineError(store_name(uri), f"MLflow run {run_id} of {run_name!r} is not in this store "
+                                "(the store was replaced since training): train the run again")
+
+
+def _unfinished_run(mlflow: Any, exp_id: str, run_name: str, match_tags: dict[str, str]) -> str | None:
+    """The newest run named ``run_name`` with ``match_tags`` that never finished and holds no metric yet
+    (killed or stopped before its first epoch was logged): a rerun continues it instead of adding a
+    second run. A run with metrics had checkpoints; if they are gone, a new run is the honest record."""
+    clauses = [f"tags.mlflow.runName = '{run_name}'"] + [f"tags.{k} = '{v}'" for k, v in match_tags.items()]
+    df = mlflow.search_runs(experiment_ids=[exp_id], filter_string=" and ".join(clauses),
+                            order_by=["attributes.start_time DESC"])
+    if df.empty:
+        return None
+    metric_cols = [c for c in df.columns if c.startswith("metrics.")]
+    unstarted = df[metric_cols].isna().all(axis=1) if metric_cols else True
+    df = df[df["status"].isin(UNFINISHED) & unstarted]
+    return None if df.empty else str(df.iloc[0]["run_id"])
+
+
+def _end_run(mlflow: Any, status: str) -> None:
+    """End the active run; a store that fails now only gets a log line (the original error matters)."""
+    try:
+        mlflow.end_run(status=status)
+    except Exception as exc:  # the store broke while the run was open
+        log.warning("could not mark the MLflow run %s (%s)", status, _describe_store_error(str(exc)))
+
+
 @contextlib.contextmanager
 def open_run(uri: str, experiment: str, *, run_name: str, run_id: str | None = None,
-             tags: dict[str, str] | None = None) -> Iterator[Any]:
+             tags: dict[str, str] | None = None, missing: str = "new",
+             reuse_tags: dict[str, str] | None = None) -> Iterator[Any]:
     """Start a new MLflow run (or resume ``run_id``) and yield the mlflow module.
 
-    On an exception the run is marked FAILED, so the report never mistakes it for a result.
+    ``missing``: what to do when ``run_id`` is not in the store: ``"new"`` starts a new run (training,
+    whose caller replays the curves), ``"error"`` stops (evaluation: metrics belong to the training's
+    run). Without ``run_id``, ``reuse_tags`` makes a rerun continue the newest unfinished run of the same
+    name and tags rather than add a second one. Errors of the store stop with one line. On an exception
+    the run is marked FAILED (KILLED when interrupted or terminated), so the report never takes it for
+    a result.
     """
-    mlflow = connect(uri)
-    if run_id is not None:
-        try:
-            mlflow.get_run(run_id)
-        except Exception:  # the store was reset since training: start a fresh run
-            log.warning("MLflow run %s not found in %s; starting a new run", run_id, uri)
+    mlflow = connect(uri, write=True)
+    with store_errors(uri):
+        run = _existing_run(mlflow, uri, run_id) if run_id is not None else None
+        if run_id is not None and run is None:
+            if missing == "error":
+                raise PipelineError(store_name(uri), f"MLflow run {run_id} of {run_name!r} is not in this store "
+                                    "(the store was replaced since training): train the run again")
+            log.warning("MLflow run %s not found in %s; starting a new run", run_id, store_name(uri))
             run_id = None
-    exp = mlflow.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp is not None else mlflow.create_experiment(experiment)
-    mlflow.start_run(run_id=run_id, experiment_id=None if run_id else exp_id,
-                     run_name=None if run_id else run_name, tags=tags)
+        if run is not None:
+            check_artifact_location(uri, run.info.artifact_uri, f"MLflow run {run_id}")
+        exp = mlflow.get_experiment_by_name(experiment)
+        exp_id = exp.experiment_id if exp is not None else mlflow.create_experiment(experiment)
+        if run_id is None:
+            check_artifact_location(uri, mlflow.get_experiment(exp_id).artifact_location,
+                                    f"experiment {experiment!r}")
+            if reuse_tags:
+                run_id = _unfinished_run(mlflow, exp_id, run_name, reuse_tags)
+                if run_id is not None:
+                    log.info("continuing MLflow run %s of %s (it never finished)", run_id, run_name)
+        mlflow.start_run(run_id=run_id, experiment_id=None if run_id else exp_id,
+                         run_name=None if run_id else run_name, tags=tags)
     try:
-        yield mlflow
-    except BaseException:
-        mlflow.end_run(status="FAILED")
+        with store_errors(uri):
+            yield mlflow
+    except BaseException as exc:
+        _end_run(mlflow, "KILLED" if isinstance(exc, (KeyboardInterrupt, Terminated)) else "FAILED")
         raise
-    mlflow.end_run(status="FINISHED")
+    with store_errors(uri):
+        mlflow.end_run(status="FINISHED")
+
+
+def log_new_metrics(mlflow: Any, metrics: dict[str, float], step: int = 0) -> dict[str, float]:
+    """Log the metrics whose value differs from the active run's latest one; returns those logged.
+
+    A rerun of an evaluation gives the same numbers; logging them again would put each metric twice
+    at the same step in the run's history.
+    """
+    run = mlflow.tracking.MlflowClient().get_run(mlflow.active_run().info.run_id)
+    current = run.data.metrics
+    new = {k: v for k, v in metrics.items() if k not in current or current[k] != v}
+    if new:
+        mlflow.log_metrics(new, step=step)
+    return new
+
+
+def logged_steps(mlflow: Any, run_id: str, key: str) -> set[int]:
+    """The steps at which ``key`` is already logged in run ``run_id``."""
+    return {m.step for m in mlflow.tracking.MlflowClient().get_metric_history(run_id, key)}
 
 
 def finished_runs(uri: str, experiment: str) -> "Any":
     """All evaluated runs of the experiment as a DataFrame, newest first (one row per run)."""
     mlflow = connect(uri)
-    exp = mlflow.get_experiment_by_name(experiment)
-    if exp is None:
-        import pandas as pd
+    with store_errors(uri):
+        exp = mlflow.get_experiment_by_name(experiment)
+        if exp is None:
+            import pandas as pd
 
-        return pd.DataFrame()
-    return mlflow.search_runs(experiment_ids=[exp.experiment_id],
-                              filter_string="attributes.status = 'FINISHED' and tags.evaluated = 'true'",
-                              order_by=["attributes.start_time DESC"])
+            return pd.DataFrame()
+        return mlflow.search_runs(experiment_ids=[exp.experiment_id],
+                                  filter_string="attributes.status = 'FINISHED' and tags.evaluated = 'true'",
+                                  order_by=["attributes.start_time DESC"])
 
 
 def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
     """Per-epoch values of one metric of one run, as (step, value) pairs."""
     mlflow = connect(uri)
-    client = mlflow.tracking.MlflowClient()
-    return [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
+    with store_errors(uri):
+        client = mlflow.tracking.MlflowClient()
+        return [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
