@@ -32,7 +32,7 @@ class PoseHRNet(nn.Module):
     def __init__(self, backbone: str, num_joints: int, *, pretrained: bool = False,
                  width: float = 1.0) -> None:
         super().__init__()
-        if backbone not in cfg_cls:  # timm's own error (a KeyError, or "Unknown model") lists nothing
+        if backbone.split(".")[0] not in cfg_cls:  # timm's own error (KeyError, "Unknown model") lists nothing
             raise PipelineError("model.backbone", f"unknown HRNet backbone {backbone!r} "
                                                   f"(choose from {', '.join(sorted(cfg_cls))})")
         if width != 1.0:
