@@ -49,6 +49,13 @@ def _seed(args, params) -> int:
     return seeds(params)[0] if args.seed is None else args.seed
 
 
+def _tags(run: str) -> dict[str, str]:
+    """MLflow tags from the report's own run-to-table mapping, so the UI can filter runs by paper table."""
+    from .report.paper_numbers import table_numbers
+
+    return {"tables": table_numbers(run)}
+
+
 def cmd_validate(args, params) -> None:
     print(f"{args.params}: valid (profile {params['profile']}, {len(params['runs'])} runs)")
 
@@ -104,7 +111,7 @@ def cmd_train(args, params) -> None:
         _setup_logging(None, level=logging.WARNING, prefix=f"[rank {env.rank}] ")
     t0 = time.time()
     ckpt = train_run(cfg, tracking_uri=tracking_uri(params), experiment=experiment_name(params),
-                     progress=not args.quiet)
+                     extra_tags=_tags(args.run), progress=not args.quiet)
     if env.is_main:
         log.info("trained %s in %.1f s -> %s", run_label(args.run, cfg["seed"]), time.time() - t0, ckpt)
 
@@ -117,7 +124,7 @@ def cmd_evaluate(args, params) -> None:
     _setup_logging(paths.eval_dir(args.run, cfg["seed"]) / "evaluate.log")
     t0 = time.time()
     res = evaluate_run(cfg, tracking_uri=tracking_uri(params), experiment=experiment_name(params),
-                       progress=not args.quiet)
+                       extra_tags=_tags(args.run), progress=not args.quiet)
     main = {k: round(v, 4) for k, v in res["metrics"].items() if k in ("coco_val.AP", "coco_testdev.AP",
                                                                          "mpii_val.Mean")}
     log.info("evaluated %s in %.1f s: %s", run_label(args.run, cfg["seed"]), time.time() - t0, json.dumps(main))

@@ -26,7 +26,7 @@ from ..metrics import coco as coco_metrics
 from ..metrics import coco_bootstrap, coco_server, diagnostics, mpii_bootstrap
 from ..metrics.bootstrap_files import bootstrap_file
 from ..metrics import mpii as mpii_metrics
-from ..tracking import log_new_metrics, open_run, require_run, table_tags
+from ..tracking import log_new_metrics, open_run, require_run
 from . import builders
 from .inference import coco_predictions, predict
 
@@ -135,7 +135,8 @@ def _coco_split(net, cfg, dev, recs: list[dict], gt: Path | None, results: Path,
     return coco_metrics.evaluate_keypoints(gt, results), pred
 
 
-def evaluate_run(cfg: dict[str, Any], *, tracking_uri: str, experiment: str, progress: bool = True) -> dict:
+def evaluate_run(cfg: dict[str, Any], *, tracking_uri: str, experiment: str, progress: bool = True,
+                 extra_tags: dict[str, str] | None = None) -> dict:
     """Evaluate the run's final checkpoint; writes metrics.json and prediction files.
 
     Every input (checkpoint, annotations, detections, ``gt_valid.mat``, the MLflow run) is checked
@@ -193,7 +194,8 @@ def evaluate_run(cfg: dict[str, Any], *, tracking_uri: str, experiment: str, pro
             metrics.update({f"mpii_val.{k.replace('@', '_at_')}": v for k, v in stats.items()})
             metrics.update(run_diagnostics(cfg, pred, recs))
 
-        tags.update({**table_tags(cfg["name"]), "seed": str(seed), "profile": cfg["profile"], "evaluated": "true"})
+        tags.update({**(extra_tags or {}), "row": cfg["name"], "seed": str(seed), "profile": cfg["profile"],
+                     "evaluated": "true"})
         with open_run(tracking_uri, experiment, run_name=label, run_id=run_id, missing="error") as mlflow:
             log_new_metrics(mlflow, {k: float(v) for k, v in metrics.items() if v == v})  # MLflow rejects NaN
             mlflow.set_tags(tags)

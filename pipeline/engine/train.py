@@ -54,7 +54,7 @@ from ..checkpoint import UnsafeCheckpointError, load_weights
 from ..config import Paths, run_label
 from ..errors import PipelineError
 from ..models import pretrained_weights
-from ..tracking import flatten, logged_steps, open_run, table_tags
+from ..tracking import flatten, logged_steps, open_run
 from . import builders, sync_bn
 from .validate import validate
 
@@ -298,23 +298,26 @@ def _remove_stale_outputs(*paths: Path) -> None:
 
 
 # --------------------------------------------------------------------------- training
-def train_run(cfg: dict[str, Any], *, tracking_uri: str, experiment: str, progress: bool = True) -> Path:
+def train_run(cfg: dict[str, Any], *, tracking_uri: str, experiment: str, progress: bool = True,
+              extra_tags: dict[str, str] | None = None) -> Path:
     """Train one run end to end (resuming from its checkpoints); returns the path of its final checkpoint.
 
     Under torchrun (``WORLD_SIZE`` > 1) every process calls this; rank 0 writes the outputs.
+    ``extra_tags`` go onto the MLflow run (the CLI adds the paper tables the run fills).
     """
     cfg = builders.with_defaults(cfg)
     env = dist_env()
     dev = _init_distributed(cfg, env) if env.distributed else builders.device(cfg)
     try:
-        return _train(cfg, env, dev, tracking_uri=tracking_uri, experiment=experiment, progress=progress)
+        return _train(cfg, env, dev, tracking_uri=tracking_uri, experiment=experiment, progress=progress,
+                      extra_tags=extra_tags)
     finally:
         if env.distributed and dist.is_initialized():
             dist.destroy_process_group()
 
 
 def _train(cfg: dict[str, Any], env: DistEnv, dev: torch.device, *, tracking_uri: str, experiment: str,
-           progress: bool) -> Path:
+           progress: bool, extra_tags: dict[str, str] | None) -> Path:
     paths = Paths(cfg["profile"])
     run_dir = paths.run_dir(cfg["name"], cfg["seed"])
     ckpt_dir = run_dir / "checkpoints"
@@ -394,7 +397,8 @@ def _train(cfg: dict[str, Any], env: DistEnv, dev: torch.device, *, tracking_uri
     if env.is_main:  # outputs of an earlier attempt must not outlive an interrupted retrain
         _remove_stale_outputs(run_dir / "train_summary.json", paths.checkpoint(cfg["name"], seed))
     identity = {"config_hash": cfg_hash, "code_hash": code}
-    tags = {**table_tags(cfg["name"]), "seed": str(seed), "profile": cfg["profile"], "dataset": cfg["dataset"],
+    tags = {**(extra_tags or {}), "row": cfg["name"], "seed": str(seed), "profile": cfg["profile"],
+            "dataset": cfg["dataset"],
             "arch": cfg["arch"], "loss": cfg["loss"], "evaluated": "false",
             "pretrained_weights": pretrained_weights(cfg["model"]), **identity}
     tracking = (open_run(tracking_uri, experiment, run_name=run_label(cfg["name"], seed), run_id=run_id, tags=tags,

@@ -280,6 +280,11 @@ TABLES_BY_KEY: dict[str, PaperTable] = {t.key: t for t in TABLES}
 BENCHMARK_RUNS: tuple[str, ...] = tuple(dict.fromkeys(run for t in TABLES for run in t.runs()))
 
 
+def table_numbers(run: str) -> str:
+    """"1,2": the tables whose rows ``run`` fills (an MLflow tag, so the UI can filter runs by table)."""
+    return ",".join(str(t.number) for t in TABLES if run in t.runs())
+
+
 def get_table(number_or_key: int | str) -> PaperTable:
     """Table by number (1–5) or key ("table1")."""
     key = f"table{number_or_key}" if isinstance(number_or_key, int) else str(number_or_key)

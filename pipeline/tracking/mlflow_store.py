@@ -24,17 +24,6 @@ DEFAULT_BUSY_TIMEOUT_S = 60.0
 UNFINISHED = ("RUNNING", "FAILED", "KILLED")
 
 
-def table_tags(run_name: str) -> dict[str, str]:
-    """Tags naming the paper tables and the row a run fills, so the MLflow UI can filter by table.
-
-    The mapping is the report's own (:mod:`pipeline.report.paper_numbers`), so tags and tables agree.
-    """
-    from ..report.paper_numbers import TABLES
-
-    tables = [str(t.number) for t in TABLES if run_name in t.runs()]
-    return {"tables": ",".join(tables), "row": run_name}
-
-
 def _quiet_mlflow() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
     for name in ("mlflow", "alembic", "alembic.runtime.migration", "sqlalchemy"):
