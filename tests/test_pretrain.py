@@ -134,7 +134,7 @@ def test_data_stage_stops_on_a_changed_pretrain_config(workdir, capsys):
 
 
 @pytest.mark.parametrize("change, message", [
-    (lambda m: m.update(pretrained=True), "pretrained: true"),
+    (lambda m: m.update(pretrained=True, backbone=m["backbone"] + ".ms_in1k"), "pretrained: true"),
     (lambda m: m["backbone_weights"].update(path="elsewhere/w.pth"), "the pretrain stage writes"),
     (lambda m: m["backbone_weights"].update(sha256="xyz"), "sha256"),
 ])

@@ -93,10 +93,11 @@ def verify_profile(params: dict[str, Any], profile: str) -> dict[str, str]:
 
 
 def read_state(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated, not a torch file, or pickled code (refused by weights_only)
-        raise PipelineError(str(path), f"not a readable weights file ({type(exc).__name__})") from None
+    """The file's tensors, via ``torch.load(..., weights_only=True)`` (pipeline.checkpoint.load_weights:
+    a pickle asking for anything but tensors and plain data is refused, nothing from it runs)."""
+    from ..checkpoint import load_weights
+
+    state = load_weights(path, "pretrained backbone")
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise PipelineError(str(path), "not a backbone state dict (a mapping of names to tensors)")
     return state
