@@ -37,6 +37,7 @@ def run_config(wildcards):
 
 include: "workflow/rules/data.smk"
 include: "workflow/rules/tracking.smk"
+include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"

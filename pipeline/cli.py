@@ -4,6 +4,7 @@ Stages (each writes its outputs atomically and can be run by hand):
   validate     check params.yaml against the schema
   data         synthesise (demo/smoke) or download + verify (paper) one dataset; writes its manifest
   mlflow-init  create the MLflow store and the profile's experiment, once, before parallel jobs
+  pretrain     pretrain one architecture's backbone on the neutral shape task (demo/smoke; committed)
   train        train one run                 evaluate  evaluate one run
   report       write Tables 1–5 and figures  runs      list the run names
   bench        benchmarks (``bench loss``: the HDM loss engine; ``bench data``: loading; ``bench train``:
@@ -80,6 +81,17 @@ def cmd_mlflow_init(args, params) -> None:
     info = init_store(tracking_uri(params), experiment_name(params))
     io.write_json(Paths(profile).mlflow_marker, info)
     print(f"MLflow store ready: {info['tracking_uri']} (experiment {info['experiment']})")
+
+
+def cmd_pretrain(args, params) -> None:
+    """Pretrain one architecture's backbone -> pretrained/<profile>/<arch>/ (skipped when up to date)."""
+    from .pretrain.train import pretrain_arch
+
+    profile = params["profile"]
+    _setup_logging(Paths(profile).logs(f"pretrain_{args.arch}"))
+    out = pretrain_arch(params, profile, args.arch, tracking_uri=tracking_uri(params),
+                        experiment=experiment_name(params), force=args.force)
+    print(f"{args.arch}: {out}")
 
 
 def cmd_train(args, params) -> None:
@@ -225,6 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--dataset", required=True, choices=["coco", "mpii"])
     d.set_defaults(func=cmd_data)
     sub.add_parser("mlflow-init", help="create the MLflow store and experiment").set_defaults(func=cmd_mlflow_init)
+    pt = sub.add_parser("pretrain", help="pretrain one architecture's backbone (demo/smoke profiles)")
+    pt.add_argument("--arch", required=True, help="a key of profiles.<profile>.archs")
+    pt.add_argument("--force", action="store_true", help="retrain even when the weights are up to date")
+    pt.set_defaults(func=cmd_pretrain)
     for name, func in (("train", cmd_train), ("evaluate", cmd_evaluate)):
         s = sub.add_parser(name, help=f"{name} one run")
         # train also takes --run-name: torchrun's own argument parser rejects "--run" in the relaunch

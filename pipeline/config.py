@@ -73,6 +73,9 @@ def validate_params(params: Any, source: str = DEFAULT_PARAMS) -> dict[str, Any]
         if prof["data"]["source"] == "download":
             _check_archives(prof["data"], f"profiles.{pname}.data", source)
         _check_archs(prof, f"profiles.{pname}", source)
+    from .pretrain.spec import check_pins  # pretrained backbone pins (pipeline/pretrain)
+
+    check_pins(params, source)
     return params
 
 
@@ -205,6 +208,18 @@ class Paths:
     def study_reports(self) -> Path:
         """The study target's tables (every run with ``study.seeds``)."""
         return self.reports / "study"
+
+    def pretrained_dir(self, arch: str) -> Path:
+        """Output of the ``pretrain`` stage of one architecture (committed for demo and smoke)."""
+        return Path("pretrained") / self.profile / arch
+
+    def pretrained_weights(self, arch: str) -> Path:
+        """The pretrained backbone: the state dict of the pose model's ``backbone`` submodule."""
+        return self.pretrained_dir(arch) / "backbone.pth"
+
+    def pretrained_meta(self, arch: str) -> Path:
+        """The weights' JSON sidecar: sha256, pretraining config, curve, accuracy, versions, MLflow run."""
+        return self.pretrained_dir(arch) / "backbone.json"
 
     def logs(self, name: str) -> Path:
         return Path("logs") / self.profile / f"{name}.log"

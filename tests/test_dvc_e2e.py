@@ -25,7 +25,7 @@ def _run(cmd: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
 def test_dvc_repro_and_exp_run(tmp_path):
     d = tmp_path / "project"
     d.mkdir()
-    for name in ("dvc.yaml", "params.yaml", "pipeline", "workflow", ".dvc"):
+    for name in ("dvc.yaml", "params.yaml", "pipeline", "workflow", ".dvc", "pretrained"):
         src = ROOT / name
         if src.is_dir():
             shutil.copytree(src, d / name, ignore=shutil.ignore_patterns("__pycache__", "tmp", "cache"))

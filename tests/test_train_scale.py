@@ -34,6 +34,7 @@ def workdir(tmp_path_factory):
     d = tmp_path_factory.mktemp("train_scale")
     params = load_params(ROOT / "params.yaml", "smoke")
     uri = f"sqlite:///{d / 'store' / 'mlflow.db'}"
+    (d / "pretrained").symlink_to(ROOT / "pretrained")  # the committed backbones the smoke archs pin
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(d)
         prepare_dataset(params, "smoke", "coco", progress=False)

@@ -41,11 +41,25 @@ def dvc_jobs(root: Path = ROOT) -> set[tuple[str, str, frozenset[str]]]:
 
 
 def test_snakemake_and_dvc_define_the_same_jobs():
+    from pipeline.pretrain.spec import pinned_archs
+
+    params = load_params(ROOT / "params.yaml")
     snake = snakemake_jobs()
     dvc = dvc_jobs()
-    params = load_params(ROOT / "params.yaml")
-    assert len(snake) == 2 + 1 + 2 * len(params["runs"]) * len(params["seeds"]) + 1
+    pretrain = len(pinned_archs(params, params["profile"]))
+    assert len(snake) == 2 + 1 + pretrain + 2 * len(params["runs"]) * len(params["seeds"]) + 1
     assert snake == dvc
+
+
+def test_every_demo_arch_has_a_pretrain_job():
+    """One pretrain job per architecture, writing the folder the arch's pin points into."""
+    params = load_params(ROOT / "params.yaml", "demo")
+    archs = params["profiles"]["demo"]["archs"]
+    jobs = {(a, o) for r, a, o in dvc_jobs() if r == "pretrain"}
+    assert jobs == {(f"--profile demo pretrain --arch {a}", frozenset({f"pretrained/demo/{a}"})) for a in archs}
+    for a, spec in archs.items():
+        assert spec["model"]["backbone_weights"]["path"] == f"pretrained/demo/{a}/backbone.pth"
+    assert {a for r, a, _ in snakemake_jobs() if r == "pretrain"} == {j[0] for j in jobs}
 
 
 def test_every_run_and_seed_has_train_and_evaluate_jobs(tmp_path):
@@ -76,4 +90,4 @@ def test_every_run_and_seed_has_train_and_evaluate_jobs(tmp_path):
 
 def test_dvc_cmds_use_params_profile():
     text = (ROOT / "dvc.yaml").read_text()
-    assert text.count("--profile ${profile}") == 5
+    assert text.count("--profile ${profile}") == 6

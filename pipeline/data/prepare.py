@@ -8,6 +8,10 @@ the stage ends by writing ``data/<profile>/<dataset>.manifest.json`` (file sizes
 checksums): downstream stages depend on the manifest, so Snakemake and DVC rerun them exactly
 when the data changed, and the user's own dataset folder is never declared as an output that a
 workflow engine might delete.
+
+Before anything else the stage checks the profile's pinned pretrained backbones
+(:func:`pipeline.pretrain.weights.verify_profile`: file, sha256, pretrain config) and records them in
+the manifest, so a missing or changed weights file stops the pipeline with one line naming it.
 """
 from __future__ import annotations
 
@@ -61,6 +65,10 @@ def verify(root: Path, dataset: str) -> dict[str, Any]:
 
 def prepare_dataset(params: dict[str, Any], profile: str, dataset: str, *, progress: bool = True) -> Path:
     """Generate or verify ``dataset`` for ``profile``; returns the manifest path."""
+    from ..pretrain.weights import verify_profile
+
+    # first: a missing or changed pretrained backbone stops the stage before it writes anything
+    pretrained = verify_profile(params, profile)
     prof = params["profiles"][profile]
     paths = Paths(profile)
     root = paths.dataset(dataset)
@@ -84,7 +92,7 @@ def prepare_dataset(params: dict[str, Any], profile: str, dataset: str, *, progr
         summary = {"archives": install(data["archives"][dataset], root, cache, progress=progress,
                                        key=f"profiles.{profile}.data.archives.{dataset}")}
     manifest = {"profile": profile, "dataset": dataset, "source": source, "root": str(root),
-                "summary": summary, "files": verify(root, dataset)}
+                "summary": summary, "files": verify(root, dataset), "pretrained": pretrained}
     out = paths.manifest(dataset)
     io.write_json(out, manifest)
     return out

@@ -107,7 +107,12 @@ def dataset(cfg: dict[str, Any], recs: list[dict], *, train: bool) -> TopDownDat
 
 
 def model(cfg: dict[str, Any]) -> nn.Module:
-    """The run's network; a bad ``model`` value is named by its full key in params.yaml."""
+    """The run's network; a bad ``model`` value is named by its full key in params.yaml.
+
+    With ``model.backbone_weights`` (demo/smoke: the pretrain stage's output) the backbone is loaded from
+    the pinned file (sha256 checked, ``weights_only``); the head keeps the initialisation of the model's
+    constructor (the reference's), drawn from the same RNG state for MSE and HDM runs of one seed, so
+    both start from identical weights."""
     try:
         net = build_model(cfg["model"], joint_set(cfg).num_joints)
     except PipelineError as exc:
@@ -115,6 +120,10 @@ def model(cfg: dict[str, Any]) -> nn.Module:
             raise
         raise PipelineError(f"params.yaml: profiles.{cfg['profile']}.archs.{cfg['arch']}.{exc.where}",
                             exc.what) from None
+    if cfg["model"].get("backbone_weights") is not None:
+        from ..pretrain.weights import load_backbone
+
+        load_backbone(net, cfg["model"]["backbone_weights"], cfg["profile"], cfg["arch"])
     if cfg["loss"] == "hdm" and cfg["hdm"]["center_heatmaps"]:
         net = CenteredHeatmaps(net)
     return net

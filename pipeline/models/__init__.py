@@ -41,7 +41,11 @@ def pretrained_weights(model_cfg: dict[str, Any]) -> str:
     """Where a run's backbone weights come from, logged to MLflow (tag ``pretrained_weights``) so a run
     says which checkpoint it started from: ``timm:<model>.<tag>`` (timm's hub; params.yaml pins the
     tag, see pipeline/config.py), ``file:<name> sha256:<first 16 hex>`` (a local checkpoint, HRFormer)
-    or ``none`` (random initialisation)."""
+    or ``none`` (random initialisation); ``pretrain:<path> sha256:<first 16 hex>`` for the demo's
+    pretrained backbones (``model.backbone_weights``, pipeline/pretrain)."""
+    pin = model_cfg.get("backbone_weights")
+    if pin is not None:
+        return f"pretrain:{pin['path']} sha256:{str(pin['sha256'])[:16]}"
     if not model_cfg.get("pretrained", False):
         return "none"
     if model_cfg["family"] == "hrformer":

@@ -2,6 +2,9 @@
 # that downstream rules depend on (a user's own dataset folder is never a declared output).
 # Downloads (source: download) resume where they stopped, so a job cut by its time limit loses little.
 rule data:
+    input:
+        # ordering only (ancient): the stage verifies the pinned pretrained weights before generating data
+        pretrained=lambda w: [ancient(p) for p in pretrained_outputs(w.profile, config["profiles"][w.profile]["archs"])],
     output:
         "data/{profile}/{dataset}.manifest.json",
     wildcard_constraints:

@@ -52,6 +52,7 @@ rule train:
     input:
         data=lambda w: f"data/{w.profile}/{config['runs'][w.run]['dataset']}.manifest.json",
         store="results/{profile}/mlflow_store.json",
+        pretrained=lambda w: pretrained_outputs(w.profile, [config["runs"][w.run]["arch"]]),
     output:
         "results/{profile}/runs/{run}/seed{seed}/final.pth",
     params:
