@@ -138,3 +138,14 @@ def test_findings_name_the_runs_and_the_collapse():
     assert "collapsed pairs: eye (0.10)" in hdm_line and f"{HDM}-id0" in hdm_line
     assert "collapsed pairs: none" in next(l for l in text.splitlines() if l.strip().startswith(f"- {MSE}:"))
     assert "MSE: ρ = 0.95" in text  # drops 1, 1, .5, .1 vs gains .1, .1, .05, .001: one tie
+
+
+def test_diagnostic_figures(tmp_path):
+    from pipeline.report.figures import write_diagnostic_figures
+
+    errs = {f"diag.err.{n}": 0.5 + i / 10 for i, n in enumerate(("nose", "left_eye", "right_eye"))}
+    recs = {MSE: _rec(MSE, {0: 0.4}, **errs), HDM: _rec(HDM, {0: 0.3}, **errs)}
+    curve = pd.DataFrame({"epoch": [1, 2, 3], "train_loss": [3.0, 2.0, 1.5], "val_metric": [0.1, 0.2, 0.25]})
+    paths = write_diagnostic_figures(recs, {MSE: {0: curve}, HDM: {0: curve}}, tmp_path)
+    assert sorted(p.name for p in paths) == ["joint_error_coco.png", "loss_vs_metric.png"]
+    assert all(p.stat().st_size > 1000 for p in paths)

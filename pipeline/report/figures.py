@@ -10,6 +10,7 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
+from ..data.skeleton import JOINT_SETS
 from ..errors import PipelineError
 from ..io import atomic_path
 from .aggregate import RunRecord, mean_metrics
@@ -109,12 +110,13 @@ def write_diagnostic_figures(records: Mapping[str, RunRecord], curves: Curves, o
     for ds, systems in sorted(pairs.items()):
         fig, axes = _grid(len(systems), w=5.5)
         for ax, (stem, runs) in zip(axes.flat, sorted(systems.items())):
-            for k, (var, run) in enumerate(sorted(runs)):
-                errs = {n[len("diag.err."):]: v for n, v in mean_metrics(records[run]).items()
-                        if n.startswith("diag.err.")}
-                x = np.arange(len(errs))
-                ax.bar(x + (k - 0.5) * 0.4, list(errs.values()), width=0.4, label=var)
-                ax.set_xticks(x, list(errs), rotation=90, fontsize=6)
+            names = list(JOINT_SETS[ds].joints) if ds in JOINT_SETS else []
+            for k, (var, run) in enumerate(sorted(runs, key=lambda t: t[0] != "mse")):
+                m = mean_metrics(records[run])
+                errs = [m.get(f"diag.err.{n}", np.nan) for n in names]
+                x = np.arange(len(names))
+                ax.bar(x + (k - 0.5) * 0.4, errs, width=0.4, label=var, color=f"C{k}")
+                ax.set_xticks(x, names, rotation=90, fontsize=6)
             ax.set_title(stem)
             ax.set_ylabel("median error (heatmap px)")
             ax.legend(fontsize=8)
