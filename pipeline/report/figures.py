@@ -14,7 +14,7 @@ from ..data.skeleton import JOINT_SETS
 from ..errors import PipelineError
 from ..io import atomic_path
 from .aggregate import RunRecord, mean_metrics
-from .findings import curve_noise, plateaued
+from .findings import dataset_noise, plateaued
 
 _RUN_RE = re.compile(r"^(?P<ds>[A-Za-z0-9]+)_(?P<stem>.+?)_(?P<var>mse|hdm(?:_.+)?)$")
 Curves = Mapping[str, Mapping[int, pd.DataFrame]]
@@ -62,18 +62,19 @@ def _grid(n: int, w: float = 4.5, h: float = 3.2):
 def write_figures(curves: Curves, out_dir: Path) -> list[Path]:
     """Validation metric per epoch, one panel per system, one colour per variant, one line per seed, to
     ``out_dir/figures/curves_<dataset>.png``. A filled marker on the last point: that seed plateaued (its
-    last two points differ by less than the seed noise of the final point); hollow: it did not; none:
-    undecidable (one seed)."""
+    last two points differ by less than the dataset's seed noise of the final point,
+    :func:`~pipeline.report.findings.dataset_noise`); hollow: it did not; none: undecidable (one seed)."""
     _check_curves(curves)
     groups: dict[str, dict[str, list[str]]] = {}
     for run in curves:
         ds, stem, _ = _split_run(run)
         groups.setdefault(ds, {}).setdefault(stem, []).append(run)
     paths = []
+    noise_by_ds = dataset_noise(curves)
     for ds, systems in sorted(groups.items()):
         fig, axes = _grid(len(systems))
+        noise = noise_by_ds.get(ds, math.nan)
         for ax, (stem, runs) in zip(axes.flat, sorted(systems.items())):
-            noise = curve_noise(curves, runs)
             for i, run in enumerate(sorted(runs, key=lambda r: (_split_run(r)[2] != "mse", r))):
                 _plot_run(ax, curves[run], _split_run(run)[2], f"C{i}", noise)
             ax.set_title(stem)
