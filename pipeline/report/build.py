@@ -1,7 +1,8 @@
-"""The report stage: read the evaluated runs from MLflow and write Tables 1–5 and the figures.
+"""The report stage: read the evaluated runs from MLflow and write Tables 1–5, findings.md and the figures.
 
-MLflow is the record of truth: the latest finished, evaluated run of each name in the profile's
-experiment fills its rows; a run that never finished stays "not run".
+MLflow is the record of truth: the latest finished, evaluated MLflow run of each (run, seed) in the
+profile's experiment counts; a row's measured line is the mean over its seeds with intervals
+(:mod:`pipeline.report.aggregate`); a run that never finished stays "not run".
 """
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ def collect(tracking_uri: str, experiment: str, run_names: list[str], seeds: lis
         rec = records.setdefault(name, RunRecord(name))
         rec.metrics[seed] = {c[len("metrics."):]: float(row[c]) for c in metric_cols if pd.notna(row[c])}
         rec.run_ids[seed] = row["run_id"]
-        if name not in info or seed < min(rec.run_ids):
+        if name not in info:  # backbone and input size are the same for every seed of a run
             info[name] = _run_info(row)
         _testdev(name, row, rec.metrics[seed], info[name])
     for name, rec in records.items():
