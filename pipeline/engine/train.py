@@ -37,7 +37,7 @@ import random
 import re
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -316,8 +316,93 @@ def train_run(cfg: dict[str, Any], *, tracking_uri: str, experiment: str, progre
             dist.destroy_process_group()
 
 
+@dataclass
+class _Data:
+    """The training data of one process and the RNG its shuffling draws from (saved in checkpoints)."""
+
+    train_ds: Any
+    val_recs: list[Any]
+    loader: DataLoader
+    sampler: DistributedSampler | None
+    loader_gen: torch.Generator
+
+
+@dataclass
+class _Run:
+    """What the stages of one training run share: built once by :func:`_setup`, then read (and, for the
+    resume fields and ``history``, updated) by the resume, the epochs and the final outputs."""
+
+    cfg: dict[str, Any]
+    env: DistEnv
+    dev: torch.device
+    paths: Paths
+    run_dir: Path
+    ckpt_dir: Path
+    data: _Data
+    net: torch.nn.Module
+    model: torch.nn.Module  # what the loop calls: ``net``, or ``net`` in DDP (set after the resume)
+    crit: torch.nn.Module
+    opt: torch.optim.Optimizer
+    sched: Any
+    amp_dtype: torch.dtype | None
+    scaler: torch.amp.GradScaler
+    n_params: int
+    cfg_hash: str
+    code: str
+    seeds: dict[str, Any]
+    start_epoch: int = 1
+    history: list[dict[str, Any]] = field(default_factory=list)
+    run_id: str | None = None
+    resumed_from: Path | None = None
+
+    @property
+    def t(self) -> dict[str, Any]:
+        return self.cfg["train"]
+
+    @property
+    def seed(self) -> int:
+        return self.cfg["seed"]
+
+
+@dataclass
+class _EpochStats:
+    """One epoch's training totals in this process (summed over all processes by :func:`_reduce_stats`)."""
+
+    total: float
+    count: int
+    dead: int
+    lr: float
+    train_time: float
+    peak_mb: float | None
+
+
 def _train(cfg: dict[str, Any], env: DistEnv, dev: torch.device, *, tracking_uri: str, experiment: str,
            progress: bool, extra_tags: dict[str, str] | None) -> Path:
+    """The training run in stages, each its own function so that the order they run in (which fixes
+    every RNG draw, hence the weights) reads at a glance here."""
+    run = _setup(cfg, env, dev)
+    _resume(run)
+    run.net, run.model = distributed_model(run.net, run.t, env, dev)
+    if env.is_main:
+        log.info("run %s: %d train / %d val people, %.2fM parameters, device %s%s, optimizer %s", cfg["name"],
+                 len(run.data.train_ds), len(run.data.val_recs), run.n_params / 1e6, dev,
+                 f" × {env.world_size} processes" if env.distributed else "", run.t["optimizer"])
+        # outputs of an earlier attempt must not outlive an interrupted retrain
+        _remove_stale_outputs(run.run_dir / "train_summary.json", run.paths.checkpoint(cfg["name"], run.seed))
+    with _open_tracking(run, tracking_uri, experiment, extra_tags) as mlflow:
+        logged = _start_tracking(run, mlflow) if mlflow is not None else set()
+        for epoch in range(run.start_epoch, run.t["epochs"] + 1):
+            stats = _reduce_stats(run, _train_epoch(run, epoch, progress))
+            _end_epoch(run, mlflow, epoch, stats, logged)
+        if env.is_main:
+            _write_final_outputs(run)
+    _barrier(env)
+    return run.paths.checkpoint(cfg["name"], run.seed)
+
+
+def _setup(cfg: dict[str, Any], env: DistEnv, dev: torch.device) -> _Run:
+    """Seed, build the data, model, loss, optimiser and schedule, in the one order that reproduces a
+    run's weights bit for bit (the model's initialisation draws from the RNGs seeded first)."""
     paths = Paths(cfg["profile"])
     run_dir = paths.run_dir(cfg["name"], cfg["seed"])
     ckpt_dir = run_dir / "checkpoints"
@@ -326,11 +411,25 @@ def _train(cfg: dict[str, Any], env: DistEnv, dev: torch.device, *, tracking_uri
     if env.distributed and env.world_size != t["gpus"]:
         log.warning("running as %d processes but train.gpus is %d: the global batch is %d × %d",
                     env.world_size, t["gpus"], env.world_size, t["batch_size"])
-    seed = cfg["seed"]
-    seed_everything(seed)
+    seed_everything(cfg["seed"])
     if dev.type == "cpu":
         torch.set_num_threads(t["threads"])
+    data = _build_data(cfg, env, dev)
+    net, seeds = _build_net(cfg, env, dev)
+    crit = builders.loss(cfg).to(dev)
+    opt = builders.optimizer(cfg, net)
+    sched = builders.scheduler(cfg, opt)
+    amp_dtype, scaler = amp_settings(t, dev)
+    return _Run(cfg=cfg, env=env, dev=dev, paths=paths, run_dir=run_dir, ckpt_dir=ckpt_dir, data=data,
+                net=net, model=net, crit=crit, opt=opt, sched=sched, amp_dtype=amp_dtype, scaler=scaler,
+                n_params=sum(p.numel() for p in net.parameters()), cfg_hash=config_hash(cfg),
+                code=code_hash(), seeds=seeds)
 
+
+def _build_data(cfg: dict[str, Any], env: DistEnv, dev: torch.device) -> _Data:
+    """The training loader (shuffled by its own seeded generator, or a DistributedSampler under DDP) and
+    the validation records: only rank 0 validates, so the others load none."""
+    t, seed = cfg["train"], cfg["seed"]
     train_recs = builders.records(cfg, "train")
     val_recs = builders.records(cfg, "val") if env.is_main else []
     train_ds = builders.dataset(cfg, train_recs, train=True)
@@ -342,156 +441,202 @@ def _train(cfg: dict[str, Any], env: DistEnv, dev: torch.device, *, tracking_uri
     loader = DataLoader(train_ds, batch_size=t["batch_size"], shuffle=sampler is None, sampler=sampler,
                         drop_last=per_process > t["batch_size"], num_workers=t["workers"],
                         pin_memory=dev.type == "cuda", generator=loader_gen)
-    # channels_last: about 1.3x faster convolutions on CPU for these models (and fine on GPU)
+    return _Data(train_ds=train_ds, val_recs=val_recs, loader=loader, sampler=sampler, loader_gen=loader_gen)
+
+
+def _build_net(cfg: dict[str, Any], env: DistEnv, dev: torch.device) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """``(net, seeds)``: the network on ``dev``, checked before the MLflow run opens (a wrong
+    ``heatmap_size`` stops here), and the seeds the run logs. Under DDP every process reseeds after the
+    initialisation: same initial weights everywhere (DDP also broadcasts rank 0's), then one
+    dropout/drop-path stream per process."""
+    seed = cfg["seed"]
     net = builders.model(cfg)
-    builders.check_output_size(cfg, net)  # before the MLflow run opens: a wrong heatmap_size stops here
+    builders.check_output_size(cfg, net)
+    # channels_last: about 1.3x faster convolutions on CPU for these models (and fine on GPU)
     net = net.to(dev, memory_format=torch.channels_last)
-    seeds = {"seeds.python_numpy_torch": seed, "seeds.loader_generator": seed,
-             "seeds.augmentation": f"numpy default_rng([{seed}, epoch, index])"}
+    seeds: dict[str, Any] = {"seeds.python_numpy_torch": seed, "seeds.loader_generator": seed,
+                             "seeds.augmentation": f"numpy default_rng([{seed}, epoch, index])"}
     if env.distributed:
-        # same initial weights everywhere (DDP also broadcasts rank 0's); then one dropout/drop-path
-        # stream per process
         seed_everything(seed + env.rank)
         seeds.update({"seeds.sampler": seed, "seeds.per_process_after_init": f"{seed} + rank"})
-    crit = builders.loss(cfg).to(dev)
-    opt = builders.optimizer(cfg, net)
-    sched = builders.scheduler(cfg, opt)
-    amp_dtype, scaler = amp_settings(t, dev)
-    n_params = sum(p.numel() for p in net.parameters())
-    cfg_hash = config_hash(cfg)
-    code = code_hash()
+    return net, seeds
 
-    # ---- resume: rank 0 picks the checkpoint, every process loads it
-    state, resumed_from = find_resume_checkpoint(ckpt_dir, cfg_hash, t["epochs"], code) if env.is_main else (None, None)
+
+def _resume(run: _Run) -> None:
+    """Continue from the newest matching checkpoint, if any: rank 0 picks it (one choice for the whole
+    job), every process loads it and restores its own RNG states, so a pre-empted run goes on exactly."""
+    env, t = run.env, run.t
+    state, resumed_from = (find_resume_checkpoint(run.ckpt_dir, run.cfg_hash, t["epochs"], run.code)
+                           if env.is_main else (None, None))
     if env.distributed:
         box = [str(resumed_from) if resumed_from is not None else None]
         dist.broadcast_object_list(box, src=0)
         if not env.is_main and box[0] is not None:
             resumed_from = Path(box[0])
             state = load_weights(resumed_from)
-    start_epoch, history, run_id = 1, [], None
-    if state is not None:
-        net.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        if scaler.is_enabled() and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        rng = state.get("rng") or []
-        if rng:
-            _set_rng_state(rng[env.rank] if env.rank < len(rng) else rng[0], loader_gen)
-        start_epoch = int(state["epoch"]) + 1
-        history = list(state.get("history", []))
-        run_id = state.get("mlflow_run_id")
-        if env.is_main and start_epoch > t["epochs"]:
-            log.info("%s: %s already holds all %d epochs; writing the final checkpoint", cfg["name"],
-                     resumed_from, t["epochs"])
-        elif env.is_main:
-            log.info("resuming %s from %s: epoch %d of %d", cfg["name"], resumed_from, start_epoch, t["epochs"])
-        del state
-    net, model = distributed_model(net, t, env, dev)
-    if env.is_main:
-        log.info("run %s: %d train / %d val people, %.2fM parameters, device %s%s, optimizer %s", cfg["name"],
-                 len(train_ds), len(val_recs), n_params / 1e6, dev,
-                 f" × {env.world_size} processes" if env.distributed else "", t["optimizer"])
+    if state is None:
+        return
+    run.net.load_state_dict(state["model"])
+    run.opt.load_state_dict(state["optimizer"])
+    run.sched.load_state_dict(state["scheduler"])
+    if run.scaler.is_enabled() and state.get("scaler"):
+        run.scaler.load_state_dict(state["scaler"])
+    rng = state.get("rng") or []
+    if rng:
+        _set_rng_state(rng[env.rank] if env.rank < len(rng) else rng[0], run.data.loader_gen)
+    run.start_epoch = int(state["epoch"]) + 1
+    run.history = list(state.get("history", []))
+    run.run_id = state.get("mlflow_run_id")
+    run.resumed_from = resumed_from
+    if env.is_main and run.start_epoch > t["epochs"]:
+        log.info("%s: %s already holds all %d epochs; writing the final checkpoint", run.cfg["name"],
+                 resumed_from, t["epochs"])
+    elif env.is_main:
+        log.info("resuming %s from %s: epoch %d of %d", run.cfg["name"], resumed_from, run.start_epoch,
+                 t["epochs"])
 
-    if env.is_main:  # outputs of an earlier attempt must not outlive an interrupted retrain
-        _remove_stale_outputs(run_dir / "train_summary.json", paths.checkpoint(cfg["name"], seed))
-    identity = {"config_hash": cfg_hash, "code_hash": code}
-    tags = {**(extra_tags or {}), "row": cfg["name"], "seed": str(seed), "profile": cfg["profile"],
+
+def _open_tracking(run: _Run, tracking_uri: str, experiment: str, extra_tags: dict[str, str] | None
+                   ) -> contextlib.AbstractContextManager[Any]:
+    """The MLflow run on rank 0 (the checkpoint's run when resuming, else one found by the config and
+    code hashes, else a new one); a context yielding None on the other ranks, which log nothing."""
+    cfg = run.cfg
+    if not run.env.is_main:
+        return contextlib.nullcontext(None)
+    identity = {"config_hash": run.cfg_hash, "code_hash": run.code}
+    tags = {**(extra_tags or {}), "row": cfg["name"], "seed": str(run.seed), "profile": cfg["profile"],
             "dataset": cfg["dataset"],
             "arch": cfg["arch"], "loss": cfg["loss"], "evaluated": "false",
             "pretrained_weights": pretrained_weights(cfg["model"]), **identity}
-    tracking = (open_run(tracking_uri, experiment, run_name=run_label(cfg["name"], seed), run_id=run_id, tags=tags,
-                         reuse_tags=identity) if env.is_main else contextlib.nullcontext(None))
-    with tracking as mlflow:
-        logged: set[int] = set()
-        if mlflow is not None:
-            run_id = mlflow.active_run().info.run_id
-            # only the params the run lacks: it may be a resumed run or one continued after a kill
-            _log_params(mlflow, {**flatten(cfg), "num_parameters": n_params, "device_used": str(dev),
-                                 "world_size": env.world_size, "config_hash": cfg_hash, "code_hash": code, **seeds},
-                        resumed=True)
-            logged = logged_steps(mlflow, run_id, "train_loss")
-            if resumed_from is not None:
-                mlflow.set_tag("resumed_from", str(resumed_from))
-            else:
-                mlflow.log_dict(cfg, "config.json")
-            # epochs the checkpoint holds but the run lacks (a new run after the store lost the old one,
-            # or a stop between a checkpoint and its metrics): replay them
-            for row in history:
-                if row["epoch"] not in logged:
-                    mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
-                    logged.add(row["epoch"])
-        for epoch in range(start_epoch, t["epochs"] + 1):
-            train_ds.set_epoch(epoch)
-            if sampler is not None:
-                sampler.set_epoch(epoch)
-            model.train()
-            if dev.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(dev)
-            t0 = time.time()
-            total, count, dead = 0.0, 0, 0
-            bar = tqdm(loader, desc=f"{cfg['name']} epoch {epoch}/{t['epochs']}",
-                       disable=not (progress and env.is_main), mininterval=5.0, leave=False)
-            for batch in bar:
-                loss = _step(model, crit, batch, cfg, dev, amp_dtype)
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-                sched.step_iter()
-                total += loss.item() * len(batch["image"])
-                count += len(batch["image"])
-                dead += int(getattr(crit, "last_dead_joints", 0))
-                bar.set_postfix(loss=f"{total / count:.4g}")
-            lr = opt.param_groups[0]["lr"]
-            sched.step_epoch()
-            train_time = time.time() - t0
-            peak_mb = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None
-            if env.distributed:  # totals over all processes; peak memory of the fullest GPU
-                sums = torch.tensor([total, count, dead], dtype=torch.float64, device=dev)
-                dist.all_reduce(sums)
-                total, count, dead = sums[0].item(), int(sums[1].item()), int(sums[2].item())
-                if peak_mb is not None:
-                    peak = torch.tensor([peak_mb], dtype=torch.float64, device=dev)
-                    dist.all_reduce(peak, op=dist.ReduceOp.MAX)
-                    peak_mb = peak.item()
-            val = validate(net, cfg, val_recs, dev) if env.is_main else {}
-            # RNG states after validation (its DataLoader draws from torch's RNG), one per process
-            rng = [_rng_state(loader_gen)]
-            if env.distributed:
-                rng = [None] * env.world_size
-                dist.all_gather_object(rng, _rng_state(loader_gen))
-            if env.is_main:
-                row = {"train_loss": total / max(count, 1), "lr": lr, "epoch_time_s": train_time,
-                       "images_per_s": count / max(train_time, 1e-9), **{f"val_{k}": v for k, v in val.items()}}
-                if peak_mb is not None:
-                    row["gpu_mem_peak_mb"] = peak_mb
-                if cfg["loss"] == "hdm":
-                    row["dead_heatmaps"] = dead
-                history.append({"epoch": epoch, **row})
-                log.info("epoch %d/%d  %s", epoch, t["epochs"],
-                         "  ".join(f"{k}={v:.4g}" for k, v in row.items()))
-                ckpt = {"epoch": epoch, "model": net.state_dict(), "optimizer": opt.state_dict(),
-                        "scheduler": sched.state_dict(),
-                        "scaler": scaler.state_dict() if scaler.is_enabled() else None, "rng": rng,
-                        "history": history, "mlflow_run_id": run_id, "config_hash": cfg_hash,
-                        "code_hash": code, "config": cfg, "world_size": env.world_size}
-                with io.atomic_path(ckpt_dir / f"epoch_{epoch:03d}.pth") as tmp:
-                    torch.save(ckpt, tmp)
-                # after the checkpoint: a stop in between leaves an epoch the resume replays, never
-                # one the run logs twice (an epoch trained again reproduces the logged values)
-                if epoch not in logged:
-                    mlflow.log_metrics(row, step=epoch)
-                    logged.add(epoch)
-            _barrier(env)
-        if env.is_main:
-            summary = {"run": cfg["name"], "seed": seed, "mlflow_run_id": run_id, "epochs": t["epochs"], "history": history,
-                       "num_parameters": n_params, "device": str(dev), "world_size": env.world_size,
-                       "resumed_from": str(resumed_from) if resumed_from is not None else None}
-            io.write_json(run_dir / "train_summary.json", summary)
-            with io.atomic_path(paths.checkpoint(cfg["name"], seed)) as tmp:
-                torch.save({"model": net.state_dict(), "config": cfg, "mlflow_run_id": run_id,
-                            "history": history, "config_hash": cfg_hash}, tmp)
+    return open_run(tracking_uri, experiment, run_name=run_label(cfg["name"], run.seed), run_id=run.run_id,
+                    tags=tags, reuse_tags=identity)
+
+
+def _start_tracking(run: _Run, mlflow: Any) -> set[int]:
+    """Log the params the MLflow run lacks (it may be a resumed run or one continued after a kill) and
+    replay the epochs the checkpoint holds but the run lacks; returns the epochs the run has metrics for,
+    so none is ever logged twice."""
+    run.run_id = mlflow.active_run().info.run_id
+    _log_params(mlflow, {**flatten(run.cfg), "num_parameters": run.n_params, "device_used": str(run.dev),
+                         "world_size": run.env.world_size, "config_hash": run.cfg_hash, "code_hash": run.code,
+                         **run.seeds},
+                resumed=True)
+    logged = logged_steps(mlflow, run.run_id, "train_loss")
+    if run.resumed_from is not None:
+        mlflow.set_tag("resumed_from", str(run.resumed_from))
+    else:
+        mlflow.log_dict(run.cfg, "config.json")
+    # a new run after the store lost the old one, or a stop between a checkpoint and its metrics
+    for row in run.history:
+        if row["epoch"] not in logged:
+            mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
+            logged.add(row["epoch"])
+    return logged
+
+
+def _train_epoch(run: _Run, epoch: int, progress: bool) -> _EpochStats:
+    """One pass over this process's share of the data: a step of the optimiser (and of the warm-up)
+    per batch, then one of the per-epoch schedule; the lr logged is the one the epoch trained at."""
+    t, dev, data = run.t, run.dev, run.data
+    data.train_ds.set_epoch(epoch)
+    if data.sampler is not None:
+        data.sampler.set_epoch(epoch)
+    run.model.train()
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    t0 = time.time()
+    total, count, dead = 0.0, 0, 0
+    bar = tqdm(data.loader, desc=f"{run.cfg['name']} epoch {epoch}/{t['epochs']}",
+               disable=not (progress and run.env.is_main), mininterval=5.0, leave=False)
+    for batch in bar:
+        loss = _step(run.model, run.crit, batch, run.cfg, dev, run.amp_dtype)
+        run.opt.zero_grad(set_to_none=True)
+        run.scaler.scale(loss).backward()
+        run.scaler.step(run.opt)
+        run.scaler.update()
+        run.sched.step_iter()
+        total += loss.item() * len(batch["image"])
+        count += len(batch["image"])
+        dead += int(getattr(run.crit, "last_dead_joints", 0))
+        bar.set_postfix(loss=f"{total / count:.4g}")
+    lr = run.opt.param_groups[0]["lr"]
+    run.sched.step_epoch()
+    train_time = time.time() - t0
+    peak_mb = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None
+    return _EpochStats(total=total, count=count, dead=dead, lr=lr, train_time=train_time, peak_mb=peak_mb)
+
+
+def _reduce_stats(run: _Run, stats: _EpochStats) -> _EpochStats:
+    """Under DDP: the totals over all processes and the peak memory of the fullest GPU, so rank 0 logs
+    the whole job's epoch (every process must call this: it is a collective)."""
+    if not run.env.distributed:
+        return stats
+    sums = torch.tensor([stats.total, stats.count, stats.dead], dtype=torch.float64, device=run.dev)
+    dist.all_reduce(sums)
+    stats.total, stats.count, stats.dead = sums[0].item(), int(sums[1].item()), int(sums[2].item())
+    if stats.peak_mb is not None:
+        peak = torch.tensor([stats.peak_mb], dtype=torch.float64, device=run.dev)
+        dist.all_reduce(peak, op=dist.ReduceOp.MAX)
+        stats.peak_mb = peak.item()
+    return stats
+
+
+def _end_epoch(run: _Run, mlflow: Any, epoch: int, stats: _EpochStats, logged: set[int]) -> None:
+    """Validate (rank 0), gather every process's RNG states, and on rank 0 log the epoch's metrics row,
+    write its checkpoint and then its MLflow metrics; all processes meet at a barrier afterwards."""
+    env = run.env
+    val = validate(run.net, run.cfg, run.data.val_recs, run.dev) if env.is_main else {}
+    # RNG states after validation (its DataLoader draws from torch's RNG), one per process
+    rng = [_rng_state(run.data.loader_gen)]
+    if env.distributed:
+        rng = [None] * env.world_size
+        dist.all_gather_object(rng, _rng_state(run.data.loader_gen))
+    if env.is_main:
+        row = _metrics_row(run, stats, val)
+        run.history.append({"epoch": epoch, **row})
+        log.info("epoch %d/%d  %s", epoch, run.t["epochs"], "  ".join(f"{k}={v:.4g}" for k, v in row.items()))
+        _save_checkpoint(run, epoch, rng)
+        # after the checkpoint: a stop in between leaves an epoch the resume replays, never
+        # one the run logs twice (an epoch trained again reproduces the logged values)
+        if epoch not in logged:
+            mlflow.log_metrics(row, step=epoch)
+            logged.add(epoch)
     _barrier(env)
-    return paths.checkpoint(cfg["name"], seed)
+
+
+def _metrics_row(run: _Run, stats: _EpochStats, val: dict[str, float]) -> dict[str, float]:
+    """The epoch's metrics, in the order the log line and MLflow show them; GPU memory only on CUDA and
+    the dead-heatmap count only for HDM (the losses that have neither would log a meaningless 0)."""
+    row = {"train_loss": stats.total / max(stats.count, 1), "lr": stats.lr, "epoch_time_s": stats.train_time,
+           "images_per_s": stats.count / max(stats.train_time, 1e-9), **{f"val_{k}": v for k, v in val.items()}}
+    if stats.peak_mb is not None:
+        row["gpu_mem_peak_mb"] = stats.peak_mb
+    if run.cfg["loss"] == "hdm":
+        row["dead_heatmaps"] = stats.dead
+    return row
+
+
+def _save_checkpoint(run: _Run, epoch: int, rng: list[Any]) -> None:
+    """``checkpoints/epoch_NNN.pth``, written atomically: everything :func:`_resume` needs to continue
+    exactly (states, RNGs, history, MLflow run) and the hashes :func:`find_resume_checkpoint` checks."""
+    ckpt = {"epoch": epoch, "model": run.net.state_dict(), "optimizer": run.opt.state_dict(),
+            "scheduler": run.sched.state_dict(),
+            "scaler": run.scaler.state_dict() if run.scaler.is_enabled() else None, "rng": rng,
+            "history": run.history, "mlflow_run_id": run.run_id, "config_hash": run.cfg_hash,
+            "code_hash": run.code, "config": run.cfg, "world_size": run.env.world_size}
+    with io.atomic_path(run.ckpt_dir / f"epoch_{epoch:03d}.pth") as tmp:
+        torch.save(ckpt, tmp)
+
+
+def _write_final_outputs(run: _Run) -> None:
+    """``train_summary.json`` and the final checkpoint (weights, config, history: what evaluation reads),
+    written last so that their presence means the run finished."""
+    cfg, seed = run.cfg, run.seed
+    summary = {"run": cfg["name"], "seed": seed, "mlflow_run_id": run.run_id, "epochs": run.t["epochs"],
+               "history": run.history, "num_parameters": run.n_params, "device": str(run.dev),
+               "world_size": run.env.world_size,
+               "resumed_from": str(run.resumed_from) if run.resumed_from is not None else None}
+    io.write_json(run.run_dir / "train_summary.json", summary)
+    with io.atomic_path(run.paths.checkpoint(cfg["name"], seed)) as tmp:
+        torch.save({"model": run.net.state_dict(), "config": cfg, "mlflow_run_id": run.run_id,
+                    "history": run.history, "config_hash": run.cfg_hash}, tmp)
