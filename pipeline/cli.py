@@ -7,7 +7,8 @@ Stages (each writes its outputs atomically and can be run by hand):
   pretrain     pretrain one architecture's backbone on the neutral shape task (demo/smoke; committed)
   train        train one run                 evaluate  evaluate one run
   report       write Tables 1–5 and figures  runs      list the run names
-  bench        benchmarks (``bench loss``: the HDM loss engine; ``bench data``: loading; ``bench train``:
+  bench        benchmarks (``bench loss``: the HDM loss engine; ``bench hdm-optimum``: the loss's optimum
+               for both epsilon units; ``bench data``: loading; ``bench train``:
                training steps per run) -> reports/benchmarks/*.json
   testdev-scores  load the COCO server's test-dev scores of one run into MLflow (Table 2)
   paper-config    write docs/paper-config.md: every paper run's settings against its official config
@@ -183,6 +184,15 @@ def cmd_bench(args, params) -> None:
             raise PipelineError("--threads", f"must be >= 1, got {args.threads}")
         run_loss_benchmark(sizes=sizes, threads=args.threads, repeats=max(1, args.repeats),
                            out_dir=Path(args.out_dir), params=params, profile=params["profile"])
+    elif args.what == "hdm-optimum":
+        from .bench.hdm_optimum import run_hdm_optimum_benchmark
+
+        if not 0 < args.offset_step <= 1:
+            raise PipelineError("--offset-step", f"must be in (0, 1], got {args.offset_step}")
+        if args.steps < 11:
+            raise PipelineError("--steps", f"must be >= 11, got {args.steps}")
+        run_hdm_optimum_benchmark(params, profile=params["profile"], step=args.offset_step, steps=args.steps,
+                                  out_dir=Path(args.out_dir))
     elif args.what == "data":
         from .bench.data import run_data_benchmark
 
@@ -255,8 +265,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the study target: every run with study.seeds, into reports/<profile>/study/")
     r.set_defaults(func=cmd_report)
     b = sub.add_parser("bench", help="benchmarks: speed and memory against a reference, JSON in reports/benchmarks/")
-    b.add_argument("what", choices=["loss", "data", "train"], help="loss: the HDM loss engine against a naive "
-                   "autograd Sinkhorn | data: training-data loading, images/s per DataLoader worker count | "
+    b.add_argument("what", choices=["loss", "data", "train", "hdm-optimum"], help="loss: the HDM loss engine against "
+                   "a naive autograd Sinkhorn | data: training-data loading, images/s per DataLoader worker count | "
+                   "hdm-optimum: the loss's optimum over a free heatmap and its decoded bias, for both "
+                   "hdm.epsilon_units (eps and stride of coco_hrnet_w48_hdm in the profile) | "
                    "train: training steps of each run at its own config (images/s, peak memory, GPU-hours)")
     b.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's setting)")
     b.add_argument("--sizes", nargs="+", default=None, metavar="HxW",
@@ -275,6 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--warmup", type=int, default=20, help="train: untimed steps first")
     b.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None,
                    help="train: override the profile's device")
+    b.add_argument("--offset-step", type=float, default=0.125,
+                   help="hdm-optimum: spacing of the dot's sub-pixel offsets in [0, 1)^2")
+    b.add_argument("--steps", type=int, default=1000, help="hdm-optimum: Adam steps on the free heatmap's logits")
     b.add_argument("--out-dir", default="reports/benchmarks", help="output folder (default: reports/benchmarks)")
     b.set_defaults(func=cmd_bench)
     c = sub.add_parser("paper-config", help="write docs/paper-config.md: each paper run against its official config")

@@ -200,3 +200,40 @@ def test_train_benchmark_errors_and_cli(tmp_path):
     assert not list(tmp_path.iterdir())
     args = build_parser().parse_args(["bench", "train", "--runs", "a", "b", "--iters", "5", "--device", "cpu"])
     assert (args.what, args.runs, args.iters, args.warmup, args.device) == ("train", ["a", "b"], 5, 20, "cpu")
+
+
+# ------------------------------------------------------------------------------------------------
+# optimum of the HDM loss over a free heatmap (issue 13: epsilon units)
+
+
+def test_hdm_optimum_sharpens_at_one_heatmap_pixel_and_matches_demanders_at_a_quarter():
+    """The issue's numbers for a dot offset by (0.25, 0.25): 0.714/0.143/0.143/0 at eps = 1 heatmap px,
+    the demanders 0.5625/0.1875/0.1875/0.0625 at eps = 1 input px = 0.25 heatmap px (stride 4)."""
+    from pipeline.bench.hdm_optimum import ORIGIN, demander_masses, optimise_free_heatmaps
+
+    dots = torch.tensor([[ORIGIN + 0.25, ORIGIN + 0.25]], dtype=torch.float64)
+    got = {}
+    for units in ("heatmap", "input"):
+        loss_fn = HDMLoss(epsilon=1.0, epsilon_units=units, stride=4, iterations=200, reduction="sum")
+        hm, history = optimise_free_heatmaps(dots, loss_fn, steps=300, lr=0.1)
+        assert history[-1] < history[0]
+        got[units], want = demander_masses(hm, dots)
+    torch.testing.assert_close(got["input"][0], want[0], rtol=0, atol=0.01)
+    torch.testing.assert_close(got["heatmap"][0], torch.tensor([0.714, 0.143, 0.143, 0.0], dtype=torch.float64),
+                               rtol=0, atol=0.01)
+
+
+def test_hdm_optimum_benchmark_writes_json_and_figure(tmp_path, capsys):
+    from pipeline.bench.hdm_optimum import run_hdm_optimum_benchmark
+
+    rep = run_hdm_optimum_benchmark(load_params(ROOT / "params.yaml"), profile="paper", step=0.5, steps=12,
+                                    iterations=50, out_dir=tmp_path)
+    data = json.loads((tmp_path / "hdm_optimum.json").read_text())
+    assert (tmp_path / "hdm_optimum.png").stat().st_size > 1000
+    assert data["settings"]["stride"] == 4.0 and len(data["offsets"]) == 4
+    assert data["units"]["heatmap"]["epsilon_effective_heatmap_px"] == 1.0
+    assert data["units"]["input"]["epsilon_effective_heatmap_px"] == 0.25
+    assert len(data["units"]["input"]["bias_heatmap_px"]) == 4 and rep["check_dot_0.25_0.25"] is None
+    assert "hdm_optimum.json" in capsys.readouterr().out
+    args = build_parser().parse_args(["bench", "hdm-optimum", "--offset-step", "0.25", "--steps", "50"])
+    assert (args.what, args.offset_step, args.steps) == ("hdm-optimum", 0.25, 50)

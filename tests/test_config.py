@@ -63,6 +63,10 @@ def test_paper_profile_holds_the_paper_settings(params):
     (lambda p: p["profiles"]["demo"]["train"].__setitem__("epochs", "three"), "profiles.demo.train.epochs"),
     (lambda p: p["profiles"]["demo"]["train"].__setitem__("epoks", 3), "profiles.demo.train.epoks"),
     (lambda p: p["profiles"]["demo"]["hdm"].__setitem__("demanders", "fancy"), "profiles.demo.hdm.demanders"),
+    (lambda p: p["profiles"]["paper"]["hdm"].__setitem__("epsilon_units", "image"),
+     "profiles.paper.hdm.epsilon_units"),
+    (lambda p: p["runs"]["coco_hrnet_w48_hdm"].__setitem__("hdm", {"epsilon_units": "px"}),
+     "runs.coco_hrnet_w48_hdm.hdm.epsilon_units"),
     (lambda p: p.__setitem__("profile", "nope"), "profile"),
     (lambda p: p["runs"]["coco_hrnet_w32_mse"].__setitem__("loss", "l1"), "runs.coco_hrnet_w32_mse.loss"),
     (lambda p: p["runs"]["coco_hrnet_w32_mse"].__setitem__("arch", "vit"), "runs.coco_hrnet_w32_mse.arch"),
@@ -109,6 +113,49 @@ def test_invalid_params_name_the_key(params, mutate, key):
         validate_params(bad)
     msg = str(err.value)
     assert f": {key}:" in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("where", ["profile", "run"])
+def test_epsilon_units_is_optional_and_accepts_both_units(params, where):
+    """Every profile's hdm section may leave it out (default heatmap) or set heatmap | input."""
+    for units in ("heatmap", "input"):
+        good = copy.deepcopy(params)
+        if where == "profile":
+            for prof in good["profiles"].values():
+                prof["hdm"]["epsilon_units"] = units
+        else:
+            good["runs"]["coco_hrnet_w48_hdm"]["hdm"] = {"epsilon_units": units}
+        validate_params(good)
+        for profile in good["profiles"]:
+            assert resolve_run(good, "coco_hrnet_w48_hdm", profile)["hdm"]["epsilon_units"] == units
+    assert all("epsilon_units" not in prof["hdm"] for prof in params["profiles"].values())
+
+
+def test_loss_builder_divides_epsilon_by_the_data_stride(params):
+    from pipeline.engine import builders
+
+    cfg = resolve_run(params, "coco_hrnet_w48_hdm", "paper")  # 288x384 -> 72x96: stride 4
+    assert builders.loss(cfg).epsilon_effective == 1.0  # key absent: heatmap pixels, as before
+    cfg["hdm"] = {**cfg["hdm"], "epsilon_units": "input"}
+    crit = builders.loss(cfg)
+    assert crit.epsilon_effective == 0.25 and crit.stride == 4.0
+    demo = resolve_run(params, "mpii_hrnet_w32_hdm", "demo")  # 64x64 -> 16x16
+    demo["hdm"] = {**demo["hdm"], "epsilon_units": "input", "epsilon": 2.0}
+    assert builders.loss(demo).epsilon_effective == 0.5
+
+
+def test_loss_builder_rejects_unequal_strides_in_one_line(params):
+    from pipeline.engine import builders
+
+    cfg = resolve_run(params, "coco_hrnet_w48_hdm", "paper")
+    cfg["hdm"] = {**cfg["hdm"], "epsilon_units": "input"}
+    cfg["data"] = {**cfg["data"], "heatmap_size": [72, 48]}
+    with pytest.raises(PipelineError) as err:
+        builders.loss(cfg)
+    msg = str(err.value)
+    assert "profiles.paper.datasets.coco.heatmap_size" in msg and "\n" not in msg
+    cfg["hdm"]["epsilon_units"] = "heatmap"  # the stride is not needed then
+    assert builders.loss(cfg).epsilon_effective == 1.0
 
 
 def run_cli(*args, cwd=ROOT):

@@ -142,6 +142,54 @@ def test_matches_pot_loss_and_gradient(dot: str, height: int, width: int, eps: f
             assert (grad[h <= 0] == 0).all()
 
 
+_UNIT_CASES = [
+    # (dot, height, width, eps in input pixels, stride, iterations, heatmap kind)
+    ("interior", 8, 6, 1.0, 4.0, 1000, "zeros"),
+    ("interior", 12, 10, 2.0, 4.0, 200, "positive"),
+    ("x_on_grid_line", 8, 6, 1.0, 4.0, 1000, "positive"),
+    ("border_right_bottom", 8, 6, 1.0, 2.0, 1000, "zeros"),
+    ("border_top_left", 12, 10, 3.0, 8.0, 1000, "positive"),
+]
+
+
+@pytest.mark.parametrize("dot,height,width,eps,stride,n,kind", _UNIT_CASES)
+def test_input_pixel_epsilon_matches_pot_on_input_pixel_costs(dot: str, height: int, width: int, eps: float,
+                                                              stride: float, n: int, kind: str) -> None:
+    """``epsilon_units="input"``: POT on costs in input pixels (``M * stride``) with ``reg = eps``
+    returns ``stride`` times our loss (which stays in heatmap pixels), for the value and the gradient."""
+    seed = zlib.crc32(repr(("units", dot, height, eps, stride, n, kind)).encode()) % 10_000
+    h = _heatmap(kind, height, width, seed)
+    kp = torch.tensor(_DOTS[dot](width, height), dtype=torch.float64)
+    m, b = _cost_matrix(kp, height, width)
+    hh = h.detach().clone().requires_grad_(True)
+    r = torch.relu(hh)
+    a = r / r.sum()
+    a_leaf = a.detach().clone().requires_grad_(True)
+    ref = ot.sinkhorn2(a_leaf, b, m * stride, reg=eps, method="sinkhorn_log", numItermax=n, stopThr=0, warn=False)
+    (ga,) = torch.autograd.grad(ref, a_leaf)
+    a.backward(torch.where(a_leaf > 0, ga, torch.zeros_like(ga)))
+    ref_loss, ref_grad = float(ref) / stride, hh.grad / stride
+    for dtype, tol in ((torch.float64, 1e-8), (torch.float32, 1e-4)):
+        loss_fn = HDMLoss(epsilon=eps, epsilon_units="input", stride=stride, iterations=n, reduction="sum")
+        assert loss_fn.epsilon_effective == eps / stride
+        x = h.to(dtype).reshape(1, 1, height, width).clone().requires_grad_(True)
+        loss = loss_fn(x, kp.to(dtype).reshape(1, 1, 2), torch.ones(1, 1, dtype=dtype))
+        loss.backward()
+        grad = x.grad.reshape(-1).double()
+        assert abs(float(loss) - ref_loss) <= tol * abs(ref_loss), (dtype, float(loss), ref_loss)
+        assert float((grad - ref_grad).abs().max()) <= tol * float(ref_grad.abs().max()), dtype
+    # and it is a different loss from the same eps read in heatmap pixels
+    same_eps_heatmap, _ = _ours(h, kp, height, width, eps, n, torch.float64)
+    assert abs(same_eps_heatmap - ref_loss) > 1e-6 * ref_loss
+
+
+def test_epsilon_units_heatmap_ignores_stride() -> None:
+    """The default units keep eps as given (the behaviour before the option existed)."""
+    assert HDMLoss(epsilon=1.0).epsilon_effective == 1.0
+    assert HDMLoss(epsilon=1.0, epsilon_units="heatmap", stride=4).epsilon_effective == 1.0
+    assert HDMLoss(epsilon=1.0, epsilon_units="input", stride=4).epsilon_effective == 0.25
+
+
 def test_cost_and_demanders_match_independent_construction() -> None:
     kp = torch.tensor([[2.3, 3.7], [5.0, 1.5], [-0.4, 7.49]], dtype=torch.float64)
     pos, mass = subpixel_demanders(kp)
@@ -302,6 +350,10 @@ def test_reductions_and_shapes() -> None:
     ({"iterations": 0}, "iterations"),
     ({"iterations": 2.5}, "iterations"),
     ({"tolerance": -1e-3}, "tolerance"),
+    ({"epsilon_units": "image"}, "epsilon_units"),
+    ({"epsilon_units": "input"}, "stride"),
+    ({"epsilon_units": "input", "stride": 0.0}, "stride"),
+    ({"epsilon_units": "input", "stride": math.inf}, "stride"),
 ])
 def test_argument_validation(kwargs: dict, name: str) -> None:
     with pytest.raises(ValueError, match=name):

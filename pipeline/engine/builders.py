@@ -148,12 +148,31 @@ def check_output_size(cfg: dict[str, Any], net: nn.Module) -> None:
                                  f"{[w, h]} ({cfg['arch']}: output stride {w // max(got[0], 1)}); set it to {got}")
 
 
+def heatmap_stride(cfg: dict[str, Any]) -> float:
+    """Input pixels per heatmap pixel, from ``data.input_size / data.heatmap_size``.
+
+    HDM's ``epsilon_units: input`` divides epsilon by it; one number only makes sense if both axes
+    agree, so a mismatch is a config error (named by its key) rather than a silent choice of axis.
+    """
+    (w_in, h_in), (w_hm, h_hm) = cfg["data"]["input_size"], cfg["data"]["heatmap_size"]
+    sx, sy = w_in / w_hm, h_in / h_hm
+    if sx != sy:
+        key = f"params.yaml: profiles.{cfg['profile']}.datasets.{cfg['dataset']}.heatmap_size"
+        raise PipelineError(key, f"strides differ: input_size {[w_in, h_in]} / heatmap_size {[w_hm, h_hm]} = "
+                                 f"{sx:g} (x) vs {sy:g} (y); hdm.epsilon_units: input needs one stride")
+    return float(sx)
+
+
 def loss(cfg: dict[str, Any]) -> nn.Module:
+    """The run's criterion. HDM's ``epsilon_units`` is optional (default ``heatmap``, the behaviour
+    before the key existed); ``input`` makes the loss use ``epsilon / stride`` (see :class:`HDMLoss`)."""
     if cfg["loss"] == "mse":
         return JointsMSELoss(use_target_weight=True)
     h = cfg["hdm"]
+    units = h.get("epsilon_units", "heatmap")
+    stride = heatmap_stride(cfg) if units == "input" else None
     return HDMLoss(epsilon=h["epsilon"], iterations=h["iterations"], demanders=h["demanders"],
-                   dead_joints=h["dead_joints"])
+                   dead_joints=h["dead_joints"], epsilon_units=units, stride=stride)
 
 
 def device(cfg: dict[str, Any]) -> torch.device:

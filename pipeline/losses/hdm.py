@@ -17,13 +17,43 @@ from .sinkhorn import naive_demanders, sinkhorn_transport_cost, subpixel_demande
 _DEMANDERS = ("subpixel", "naive")
 _REDUCTIONS = ("mean", "sum", "none")
 _DEAD_JOINTS = ("zero", "softmax")
+EPSILON_UNITS = ("heatmap", "input")
+
+
+def effective_epsilon(epsilon: float, units: str = "heatmap", stride: float | None = None) -> float:
+    """The entropic regularisation in heatmap pixels, the units the costs are built in.
+
+    ``units="heatmap"``: ``epsilon`` is already in heatmap pixels (the paper's lambda = 1 read on
+    heatmap-pixel costs). ``units="input"``: ``epsilon`` is meant for costs in input-image pixels,
+    ``C_in = stride * C_hm``. Rescaling eps instead of the costs gives the same plan, because the
+    Sinkhorn plan minimises ``<C, P> - eps H(P)`` and
+    ``stride <C_hm, P> - eps H(P) = stride (<C_hm, P> - (eps / stride) H(P))``: so we use
+    ``eps / stride`` on heatmap-pixel costs, and the transport cost in input pixels is exactly
+    ``stride`` times the value returned here (which stays in heatmap pixels).
+    """
+    if units not in EPSILON_UNITS:
+        raise ValueError(f"epsilon_units must be one of {EPSILON_UNITS}, got {units!r}")
+    if units == "heatmap":
+        return float(epsilon)
+    if isinstance(stride, bool) or not isinstance(stride, (int, float)) or not math.isfinite(stride) \
+            or stride <= 0:
+        raise ValueError(f"stride must be a finite number > 0 when epsilon_units='input', got {stride!r}")
+    return float(epsilon) / float(stride)
 
 
 class HDMLoss(nn.Module):
     """Heatmap Distribution Matching loss.
 
     Args:
-        epsilon: entropic regularisation ``eps = 1/lambda`` in heatmap pixels (paper: 1).
+        epsilon: entropic regularisation ``eps = 1/lambda`` (paper: 1), in the units of ``epsilon_units``.
+        epsilon_units: ``"heatmap"`` (default): ``epsilon`` is in heatmap pixels. ``"input"``: it is in
+            input-image pixels, i.e. it regularises costs measured in input pixels; the loss then
+            runs with ``epsilon / stride`` on heatmap-pixel costs (same plan, see
+            :func:`effective_epsilon`). Either way the returned loss and its gradient are the
+            transport cost in **heatmap pixels** (multiply by ``stride`` for input pixels), so
+            the loss scale seen by the optimiser is the same for both choices and only the
+            sharpness of the plan changes.
+        stride: input pixels per heatmap pixel (e.g. 4); required when ``epsilon_units="input"``.
         iterations: exact number of Sinkhorn updates (paper: 1000; Table 5: 500/1500). Updates
             that provably cannot change a bit of the result are skipped (see
             :func:`pipeline.losses.sinkhorn.sinkhorn_potentials`), so large counts cost nothing.
@@ -46,7 +76,8 @@ class HDMLoss(nn.Module):
     """
 
     def __init__(self, epsilon: float = 1.0, iterations: int = 1000, tolerance: float | None = None,
-                 demanders: str = "subpixel", reduction: str = "mean", dead_joints: str = "zero") -> None:
+                 demanders: str = "subpixel", reduction: str = "mean", dead_joints: str = "zero",
+                 epsilon_units: str = "heatmap", stride: float | None = None) -> None:
         super().__init__()
         if demanders not in _DEMANDERS:
             raise ValueError(f"demanders must be one of {_DEMANDERS}, got {demanders!r}")
@@ -63,6 +94,10 @@ class HDMLoss(nn.Module):
                                       or not tolerance > 0):
             raise ValueError(f"tolerance must be None or a number > 0, got {tolerance!r}")
         self.epsilon = float(epsilon)
+        self.epsilon_units = epsilon_units
+        self.stride = None if stride is None else float(stride)
+        # What the Sinkhorn solver uses: eps in heatmap pixels (costs are in heatmap pixels).
+        self.epsilon_effective = effective_epsilon(epsilon, epsilon_units, stride)
         self.iterations = int(iterations)
         self.tolerance = None if tolerance is None else float(tolerance)
         self.demanders = demanders
@@ -74,7 +109,8 @@ class HDMLoss(nn.Module):
         self._early_stop: bool = True
 
     def extra_repr(self) -> str:
-        return (f"epsilon={self.epsilon}, iterations={self.iterations}, tolerance={self.tolerance}, "
+        return (f"epsilon={self.epsilon}, epsilon_units={self.epsilon_units!r}, stride={self.stride}, "
+                f"epsilon_effective={self.epsilon_effective}, iterations={self.iterations}, tolerance={self.tolerance}, "
                 f"demanders={self.demanders!r}, reduction={self.reduction!r}, dead_joints={self.dead_joints!r}")
 
     def forward(self, heatmaps: Tensor, keypoints: Tensor, weights: Tensor) -> Tensor:
@@ -135,7 +171,7 @@ class HDMLoss(nn.Module):
             return self._naive(h, kp, height, width)
         pos, mass = subpixel_demanders(kp)
         info: dict = {}
-        per_joint = sinkhorn_transport_cost(h, pos, mass, height, width, self.epsilon,
+        per_joint = sinkhorn_transport_cost(h, pos, mass, height, width, self.epsilon_effective,
                                             self.iterations, self.tolerance, self._early_stop, info)
         self.last_iterations_run = max(self.last_iterations_run, int(info["iterations_run"]))
         return per_joint, info["dead"]
