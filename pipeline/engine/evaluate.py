@@ -155,13 +155,16 @@ def _variant_results_name(fname: str, variant: str) -> str:
 def _coco_variant_metrics(cfg, pred: dict[str, Any], key: str, gt: Path | None, stage: Path,
                           fname: str) -> dict[str, float]:
     """``<key>_<variant>.*`` COCO stats of every decoding variant of one split's prediction (the
-    same heatmaps decoded otherwise, e.g. ``coco_val_dark.AP``); each writes its own results file."""
+    same heatmaps decoded otherwise, e.g. ``coco_val_dark.AP``); each writes its own results file
+    and per-image matches (``coco_val_dark.boot.npz``) for the report's paired bootstrap."""
     out: dict[str, float] = {}
     for variant in pred.get("variants", {}):
         results = stage / _variant_results_name(fname, variant)
         stats = _coco_score(cfg, variant_prediction(pred, variant), gt, results, f"{cfg['name']} {key} {variant}")
         if stats is not None:
             out.update({f"{key}_{variant}.{k}": v for k, v in stats.items()})
+            coco_bootstrap.save_matches(coco_bootstrap.coco_image_matches(gt, results),
+                                        bootstrap_file(stage, f"{key}_{variant}"))
     return out
 
 
@@ -232,6 +235,8 @@ def evaluate_run(cfg: dict[str, Any], *, tracking_uri: str, experiment: str, pro
             metrics.update(_mpii_metrics("mpii_val", pred["coords"], gt_valid))
             for variant, vp in pred["variants"].items():
                 metrics.update(_mpii_metrics(f"mpii_val_{variant}", vp["coords"], gt_valid))
+                mpii_bootstrap.save_correct(mpii_bootstrap.mpii_person_correct(vp["coords"], gt_valid),
+                                            bootstrap_file(stage, f"mpii_val_{variant}"))
             metrics.update(run_diagnostics(cfg, pred, recs))
 
         tags.update({**(extra_tags or {}), "row": cfg["name"], "seed": str(seed), "profile": cfg["profile"],
