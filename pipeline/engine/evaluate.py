@@ -208,12 +208,12 @@ def evaluate_run(cfg: dict[str, Any], *, tracking_uri: str, experiment: str, pro
             for key, (recs, gt, fname) in inputs.items():
                 stats, pred = _coco_split(net, cfg, dev, recs, gt, stage / fname, f"{cfg['name']} {key}", progress,
                                           variants=variants if key == "coco_val" else None)
-                metrics.update(_coco_variant_metrics(cfg, pred, key, gt, stage, fname))
                 if stats is not None:
                     metrics.update({f"{key}.{k}": v for k, v in stats.items()})
                     if key in ("coco_val", "coco_testdev"):  # per-image matches for the report's bootstrap
                         coco_bootstrap.save_matches(coco_bootstrap.coco_image_matches(gt, stage / fname),
                                                     bootstrap_file(stage, key))
+                metrics.update(_coco_variant_metrics(cfg, pred, key, gt, stage, fname))
                 if key == "coco_val_gtbox":
                     metrics.update(run_diagnostics(cfg, pred, recs))
                 if key == "coco_testdev":
