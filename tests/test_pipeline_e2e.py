@@ -84,6 +84,9 @@ def test_outputs_per_run(project):
             metrics = json.loads(text)["metrics"]
             key = "mpii_val.Mean" if run.startswith("mpii") else "coco_val.AP"
             assert key in metrics and "diag.median_err" in metrics
+            dark = key.replace("_val", "_val_dark")  # DARK for MSE runs only, from the same heatmaps
+            assert (dark in metrics) == run.endswith("_mse"), (run, dark)
+            assert (eval_dir / f"{dark.split('.')[0]}.boot.npz").is_file() == run.endswith("_mse")
             assert (eval_dir / ("mpii_val.boot.npz" if run.startswith("mpii") else "coco_val.boot.npz")).is_file()
     sub = d / "results/smoke/eval/coco_hrnet_w32_hdm/seed0/person_keypoints_test-dev2017_coco_hrnet_w32_hdm_results.json"
     entries = json.loads(sub.read_text())

@@ -7,16 +7,22 @@
 
 For ``gaussian`` the target is the (K,h,w) heatmap; for ``hdm`` it is the (K,2) dots
 (the loss builds the demanders itself).
+
+``gaussian_dark`` encodes like ``gaussian`` and decodes with DARK (:mod:`.dark`); its decoding
+needs the training sigma, so it is built with it bound in, as MMPose binds a codec's
+configuration: ``get_codec("gaussian_dark", sigma=2.0)``. A decoding variant is thus a name
+(and a sigma), not a branch in the engine.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from ..errors import PipelineError
-from . import flip, gaussian, hdm
+from . import dark, flip, gaussian, hdm
 from .flip import flip_back, flip_image_batch
 from .hdm import render_demanders, subpixel_demanders
 
@@ -40,15 +46,26 @@ CODECS: dict[str, Codec] = {
 }
 
 
-def get_codec(name: str) -> Codec:
-    """The codec called ``name`` ("gaussian" or "hdm")."""
+#: Codecs whose decoding needs the training sigma: name -> builder taking it.
+SIGMA_CODECS: dict[str, Callable[[float], Codec]] = {
+    "gaussian_dark": lambda sigma: Codec("gaussian_dark", gaussian.encode, partial(dark.decode, sigma=sigma)),
+}
+
+
+def get_codec(name: str, sigma: float | None = None) -> Codec:
+    """The codec called ``name`` ("gaussian", "hdm", or "gaussian_dark", which needs ``sigma``)."""
+    if name in SIGMA_CODECS:
+        if sigma is None:
+            raise PipelineError("codec", f"codec {name!r} decodes with the training sigma: pass sigma=")
+        return SIGMA_CODECS[name](float(sigma))
     try:
         return CODECS[name]
     except KeyError:
-        raise PipelineError("codec", f"unknown codec {name!r}; choose one of {sorted(CODECS)}") from None
+        names = sorted([*CODECS, *SIGMA_CODECS])
+        raise PipelineError("codec", f"unknown codec {name!r}; choose one of {names}") from None
 
 
 __all__ = [
-    "Codec", "CODECS", "get_codec", "gaussian", "hdm", "flip",
+    "Codec", "CODECS", "SIGMA_CODECS", "get_codec", "gaussian", "hdm", "dark", "flip",
     "flip_back", "flip_image_batch", "render_demanders", "subpixel_demanders",
 ]

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..codecs import Codec, get_codec
 from ..data.coco import load_coco_people
 from ..data.dataset import TopDownDataset
 from ..data.mpii import load_mpii_people
@@ -50,6 +51,17 @@ def aspect_ratio(cfg: dict[str, Any]) -> float:
 def codec_name(cfg: dict[str, Any]) -> str:
     """MSE runs learn Gaussian targets; HDM runs learn from the dots directly."""
     return "gaussian" if cfg["loss"] == "mse" else "hdm"
+
+
+def eval_variants(cfg: dict[str, Any]) -> dict[str, Codec]:
+    """Decoding variants evaluated beside the run's codec, from the same heatmaps (name → codec).
+
+    MSE runs also decode with DARK at the training sigma (the paper's "+ DARK" rows, issue 13);
+    HDM heatmaps are not Gaussians, so DARK's assumption does not hold there and they get none.
+    """
+    if codec_name(cfg) != "gaussian":
+        return {}
+    return {"dark": get_codec("gaussian_dark", sigma=cfg["data"]["sigma"])}
 
 
 # Optional keys of a run's ``data`` section and their defaults: the HRNet recipe, which the demo and

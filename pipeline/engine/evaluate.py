@@ -6,6 +6,11 @@ submission file in the COCO results format, zipped for the evaluation server
 (``submission/person_keypoints_test-dev2017_<run>_results.zip``, see :mod:`pipeline.metrics.coco_server`),
 scored when ground truth is present (synthetic data) → Table 2; real test-dev's scores come back from
 the server and are loaded by ``python -m pipeline testdev-scores``. MPII: val with the flip test → PCKh@0.5 (Table 3).
+
+MSE runs are also scored with DARK decoding (:mod:`pipeline.codecs.dark`, the paper's "+ DARK"
+rows): the same flip-averaged heatmaps of val2017 with the person detections and of MPII val,
+decoded a second way, give ``coco_val_dark.*`` (results file ``..._<run>_dark_results.json``) and
+``mpii_val_dark.*``, with no second pass of the network and no extra training.
 """
 from __future__ import annotations
 
@@ -28,7 +33,7 @@ from ..metrics.bootstrap_files import bootstrap_file
 from ..metrics import mpii as mpii_metrics
 from ..tracking import log_new_metrics, open_run, require_run
 from . import builders
-from .inference import coco_predictions, predict
+from .inference import coco_predictions, predict, variant_prediction
 
 log = logging.getLogger(__name__)
 
@@ -120,19 +125,54 @@ def _coco_outputs(run: str) -> list[tuple[str, str, str, str]]:
 
 
 def _coco_split(net, cfg, dev, recs: list[dict], gt: Path | None, results: Path, desc: str,
-                progress: bool) -> tuple[dict[str, float] | None, dict[str, np.ndarray]]:
+                progress: bool, variants: dict | None = None) -> tuple[dict[str, float] | None, dict[str, Any]]:
     """Predict one split, write its results file; (COCO stats or None without ground truth, the
-    predictions)."""
+    predictions, with the decoding ``variants``' coordinates under ``"variants"``)."""
     t = cfg["test"]
     pred = predict(net, cfg, recs, flip_test=t["flip_test"], dev=dev, batch_size=t["batch_size"],
-                   progress=progress, desc=desc)
+                   progress=progress, desc=desc, variants=variants)
+    return _coco_score(cfg, pred, gt, results, desc), pred
+
+
+def _coco_score(cfg, pred: dict[str, Any], gt: Path | None, results: Path, desc: str) -> dict[str, float] | None:
+    """Rescore, OKS-NMS and write one prediction's results file; its COCO stats (None without
+    ground truth)."""
+    t = cfg["test"]
     kept = coco_metrics.rescore_and_nms(coco_predictions(pred), in_vis_thre=t["in_vis_thre"],
                                         oks_thre=t["oks_thre"])
     coco_metrics.write_results(kept, results)
     if gt is None:
         log.info("%s: no ground truth; wrote %s for the evaluation server", desc, results.name)
-        return None, pred
-    return coco_metrics.evaluate_keypoints(gt, results), pred
+        return None
+    return coco_metrics.evaluate_keypoints(gt, results)
+
+
+def _variant_results_name(fname: str, variant: str) -> str:
+    """``person_keypoints_val2017_<run>_results.json`` → ``..._<run>_<variant>_results.json``."""
+    return fname.replace("_results.json", f"_{variant}_results.json")
+
+
+def _coco_variant_metrics(cfg, pred: dict[str, Any], key: str, gt: Path | None, stage: Path,
+                          fname: str) -> dict[str, float]:
+    """``<key>_<variant>.*`` COCO stats of every decoding variant of one split's prediction (the
+    same heatmaps decoded otherwise, e.g. ``coco_val_dark.AP``); each writes its own results file
+    and per-image matches (``coco_val_dark.boot.npz``) for the report's paired bootstrap."""
+    out: dict[str, float] = {}
+    for variant in pred.get("variants", {}):
+        results = stage / _variant_results_name(fname, variant)
+        stats = _coco_score(cfg, variant_prediction(pred, variant), gt, results, f"{cfg['name']} {key} {variant}")
+        if stats is not None:
+            out.update({f"{key}_{variant}.{k}": v for k, v in stats.items()})
+            coco_bootstrap.save_matches(coco_bootstrap.coco_image_matches(gt, results),
+                                        bootstrap_file(stage, f"{key}_{variant}"))
+    return out
+
+
+def _mpii_metrics(prefix: str, coords: np.ndarray, gt_valid: Path) -> dict[str, float]:
+    """PCKh of MPII val predictions as ``<prefix>.*`` (MLflow metric names allow no "@": "Mean@0.1"
+    is logged as "Mean_at_0.1")."""
+    stats = mpii_metrics.pckh(coords, gt_valid)
+    return {f"{prefix}.{k.replace('@', '_at_')}": v for k, v in stats.items()}
 
 
 def evaluate_run(cfg: dict[str, Any], *, tracking_uri: str, experiment: str, progress: bool = True,
@@ -162,15 +202,18 @@ def evaluate_run(cfg: dict[str, Any], *, tracking_uri: str, experiment: str, pro
     out_dir = paths.eval_dir(cfg["name"], seed)
     metrics: dict[str, float] = {}
     tags: dict[str, str] = {}
+    variants = builders.eval_variants(cfg)  # decoded from the same heatmaps: no second network pass
     with io.temporary_dir(out_dir / "outputs") as stage:
         if cfg["dataset"] == "coco":
             for key, (recs, gt, fname) in inputs.items():
-                stats, pred = _coco_split(net, cfg, dev, recs, gt, stage / fname, f"{cfg['name']} {key}", progress)
+                stats, pred = _coco_split(net, cfg, dev, recs, gt, stage / fname, f"{cfg['name']} {key}", progress,
+                                          variants=variants if key == "coco_val" else None)
                 if stats is not None:
                     metrics.update({f"{key}.{k}": v for k, v in stats.items()})
                     if key in ("coco_val", "coco_testdev"):  # per-image matches for the report's bootstrap
                         coco_bootstrap.save_matches(coco_bootstrap.coco_image_matches(gt, stage / fname),
                                                     bootstrap_file(stage, key))
+                metrics.update(_coco_variant_metrics(cfg, pred, key, gt, stage, fname))
                 if key == "coco_val_gtbox":
                     metrics.update(run_diagnostics(cfg, pred, recs))
                 if key == "coco_testdev":
@@ -185,13 +228,15 @@ def evaluate_run(cfg: dict[str, Any], *, tracking_uri: str, experiment: str, pro
             recs, gt_valid = inputs["mpii"]
             t = cfg["test"]
             pred = predict(net, cfg, recs, flip_test=t["flip_test"], dev=dev, batch_size=t["batch_size"],
-                           progress=progress, desc=f"{cfg['name']} val")
+                           progress=progress, desc=f"{cfg['name']} val", variants=variants)
             mpii_metrics.write_predictions(pred["coords"], stage / "pred.mat")
-            stats = mpii_metrics.pckh(pred["coords"], gt_valid)
             mpii_bootstrap.save_correct(mpii_bootstrap.mpii_person_correct(pred["coords"], gt_valid),
                                         bootstrap_file(stage, "mpii_val"))
-            # MLflow metric names allow no "@": "Mean@0.1" is logged as "Mean_at_0.1".
-            metrics.update({f"mpii_val.{k.replace('@', '_at_')}": v for k, v in stats.items()})
+            metrics.update(_mpii_metrics("mpii_val", pred["coords"], gt_valid))
+            for variant, vp in pred["variants"].items():
+                metrics.update(_mpii_metrics(f"mpii_val_{variant}", vp["coords"], gt_valid))
+                mpii_bootstrap.save_correct(mpii_bootstrap.mpii_person_correct(vp["coords"], gt_valid),
+                                            bootstrap_file(stage, f"mpii_val_{variant}"))
             metrics.update(run_diagnostics(cfg, pred, recs))
 
         tags.update({**(extra_tags or {}), "row": cfg["name"], "seed": str(seed), "profile": cfg["profile"],

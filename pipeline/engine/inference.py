@@ -1,8 +1,11 @@
 """Top-down inference: crop each person box, run the model (optionally with the flip test),
-decode the heatmaps with the run's codec and map the joints back to image coordinates."""
+decode the heatmaps with the run's codec and map the joints back to image coordinates.
+
+Decoding variants (DARK for MSE runs) decode the SAME flip-averaged heatmaps, so an evaluation
+variant costs one decoding, not a second pass of the network."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -11,24 +14,37 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..codecs import flip as flip_codec
-from ..codecs import get_codec
+from ..codecs import Codec, get_codec
 from ..data.transforms import heatmap_to_image
 from . import builders
 
 
+def _decode_into(codec: Codec, heat: torch.Tensor, coords: list, scores: list) -> None:
+    """Decode one batch of heatmaps and append its heatmap-pixel coordinates and scores (float64)."""
+    xy, sc = codec.decode(heat)
+    coords.append(np.asarray(xy, dtype=np.float64))
+    scores.append(np.asarray(sc, dtype=np.float64))
+
+
 @torch.no_grad()
 def predict(net: nn.Module, cfg: dict[str, Any], recs: list[dict], *, flip_test: bool,
-            dev: torch.device, batch_size: int, progress: bool = False, desc: str = "predict"
-            ) -> dict[str, np.ndarray]:
+            dev: torch.device, batch_size: int, progress: bool = False, desc: str = "predict",
+            variants: Mapping[str, Codec] | None = None) -> dict[str, Any]:
     """Predict every record; returns image-space ``coords`` (N,K,2), ``scores`` (N,K) and the
     records' ``box_score``, ``area``, ``image_id`` arrays, in record order, and ``peak`` (N,K): each
-    heatmap's largest value (≤ 0: a dead heatmap, see :mod:`pipeline.metrics.diagnostics`)."""
+    heatmap's largest value (≤ 0: a dead heatmap, see :mod:`pipeline.metrics.diagnostics`).
+
+    ``variants`` (name → codec): further decodings of the same heatmaps, returned under
+    ``"variants"`` as ``{name: {"coords", "scores"}}``; :func:`variant_prediction` turns one into a
+    prediction of the same shape as the main one."""
     ds = builders.dataset(cfg, recs, train=False)
     codec = get_codec(builders.codec_name(cfg))
     flip_index = builders.joint_set(cfg).flip_index()
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=cfg["train"]["workers"])
     net.eval().to(memory_format=torch.channels_last)
+    variants = dict(variants or {})
     coords, scores, centers, scales, peaks = [], [], [], [], []
+    extra: dict[str, tuple[list, list]] = {name: ([], []) for name in variants}
     box_scores, areas, image_ids = [], [], []
     for batch in tqdm(loader, desc=desc, disable=not progress, leave=False, mininterval=2.0):
         images = batch["image"].to(dev, non_blocking=True, memory_format=torch.channels_last)
@@ -37,9 +53,10 @@ def predict(net: nn.Module, cfg: dict[str, Any], recs: list[dict], *, flip_test:
             heat_f = net(flip_codec.flip_image_batch(images)).float()
             heat = 0.5 * (heat + flip_codec.flip_back(heat_f, flip_index))
         peaks.append(heat.amax(dim=(-2, -1)).cpu().numpy().astype(np.float64))
-        xy, sc = codec.decode(heat.cpu())
-        coords.append(np.asarray(xy, dtype=np.float64))
-        scores.append(np.asarray(sc, dtype=np.float64))
+        heat_cpu = heat.cpu()
+        _decode_into(codec, heat_cpu, coords, scores)
+        for name, variant in variants.items():
+            _decode_into(variant, heat_cpu, *extra[name])
         centers.append(batch["center"].numpy())
         scales.append(batch["scale"].numpy())
         box_scores.append(batch["box_score"].numpy())
@@ -49,13 +66,23 @@ def predict(net: nn.Module, cfg: dict[str, Any], recs: list[dict], *, flip_test:
         k = builders.joint_set(cfg).num_joints
         return {"coords": np.zeros((0, k, 2)), "scores": np.zeros((0, k)), "box_score": np.zeros(0),
                 "area": np.zeros(0), "image_id": np.zeros(0, dtype=np.int64), "center": np.zeros((0, 2)),
-                "scale": np.zeros((0, 2)), "peak": np.zeros((0, k))}
+                "scale": np.zeros((0, 2)), "peak": np.zeros((0, k)),
+                "variants": {n: {"coords": np.zeros((0, k, 2)), "scores": np.zeros((0, k))} for n in variants}}
     c = np.concatenate(centers)
     s = np.concatenate(scales)
-    xy_img = heatmap_to_image(np.concatenate(coords), c, s, cfg["data"]["heatmap_size"])
+    size = cfg["data"]["heatmap_size"]
+    xy_img = heatmap_to_image(np.concatenate(coords), c, s, size)
     return {"coords": xy_img, "scores": np.concatenate(scores), "box_score": np.concatenate(box_scores),
             "area": np.concatenate(areas), "image_id": np.concatenate(image_ids), "center": c, "scale": s,
-            "peak": np.concatenate(peaks)}
+            "peak": np.concatenate(peaks),
+            "variants": {n: {"coords": heatmap_to_image(np.concatenate(xy), c, s, size),
+                             "scores": np.concatenate(sc)} for n, (xy, sc) in extra.items()}}
+
+
+def variant_prediction(pred: dict[str, Any], name: str) -> dict[str, Any]:
+    """The prediction ``pred`` with the coordinates and scores of decoding variant ``name``: the
+    boxes, ids and peaks are shared, so every consumer of a prediction takes it unchanged."""
+    return {**{k: v for k, v in pred.items() if k != "variants"}, **pred["variants"][name]}
 
 
 def coco_predictions(pred: dict[str, np.ndarray]) -> list[dict]:
