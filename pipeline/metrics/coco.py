@@ -298,6 +298,19 @@ def _quiet(what: str):
         log.debug("%s:\n%s", what, text)
 
 
+def load_results(results: str | Path | list, gt_ids: set, num_joints: int) -> list[dict]:
+    """A COCO keypoint results file (or the list itself), checked against the ground truth's images:
+    one reader for the scoring and for the bootstrap's per-image matching."""
+    if isinstance(results, (str, Path)):
+        where = str(results)
+        raw = read_json(results)
+        if not isinstance(raw, list):
+            raise PipelineError(where, "not a COCO results file (top level is not a list)")
+    else:
+        where, raw = "results", list(results)
+    return _check_results(raw, where, gt_ids, num_joints)
+
+
 def evaluate_keypoints(
     gt_json: str | Path,
     results: str | Path | list,
@@ -329,17 +342,9 @@ def evaluate_keypoints(
     num_joints = sig.shape[0]
     gt = _load_gt(gt_json, num_joints)
     gt_ids = set(gt.getImgIds())
-    if isinstance(results, (str, Path)):
-        where = str(results)
-        raw = read_json(results)
-        if not isinstance(raw, list):
-            raise PipelineError(where, "not a COCO results file (top level is not a list)")
-    else:
-        where = "results"
-        raw = list(results)
-    dts = _check_results(raw, where, gt_ids, num_joints)
+    dts = load_results(results, gt_ids, num_joints)
     if not dts:
-        log.warning("%s: no results; every metric is 0", where)
+        log.warning("%s: no results; every metric is 0", results if isinstance(results, (str, Path)) else "results")
         return {k: 0.0 for k in STAT_NAMES}
 
     with _quiet("COCOeval"):

@@ -42,7 +42,7 @@ import numpy as np
 
 from ..data.skeleton import COCO_SIGMAS
 from ..errors import PipelineError
-from ..io import atomic_path, read_json
+from ..io import atomic_path
 from . import coco as coco_metrics
 from .uncertainty import Interval, percentile_interval
 
@@ -114,16 +114,6 @@ class CocoMatches:
 # ----------------------------------------------------------------------------------------------
 # Matching (once per run)
 # ----------------------------------------------------------------------------------------------
-def _load_results(results_file: str | Path | list, gt_ids: set, num_joints: int) -> list[dict]:
-    """Read and validate a results file exactly as :func:`coco.evaluate_keypoints` does."""
-    if isinstance(results_file, (str, Path)):
-        where = str(results_file)
-        raw = read_json(results_file)
-        if not isinstance(raw, list):
-            raise PipelineError(where, "not a COCO results file (top level is not a list)")
-    else:
-        where, raw = "results", list(results_file)
-    return coco_metrics._check_results(raw, where, gt_ids, num_joints)
 
 
 def _detections_coco(gt, dts: list[dict]):
@@ -189,7 +179,7 @@ def coco_image_matches(gt_file: str | Path, results_file: str | Path | list) -> 
     num_joints = int(np.asarray(COCO_SIGMAS).shape[0])
     gt = coco_metrics._load_gt(gt_file, num_joints)
     gt_ids = set(gt.getImgIds())
-    dts = _load_results(results_file, gt_ids, num_joints)
+    dts = coco_metrics.load_results(results_file, gt_ids, num_joints)
     with coco_metrics._quiet("COCOeval.evaluate (bootstrap matches)"):
         ev = _run_evaluate(gt, _detections_coco(gt, dts), str(gt_file))
     p = ev.params
