@@ -53,7 +53,7 @@ def _seed(args, params) -> int:
 
 def _tags(run: str) -> dict[str, str]:
     """MLflow tags from the report's own run-to-table mapping, so the UI can filter runs by paper table."""
-    from .report.paper_numbers import table_numbers
+    from .report.beyond import table_numbers
 
     return {"tables": table_numbers(run)}
 

@@ -225,7 +225,7 @@ class Paths:
         return Path("logs") / self.profile / f"{name}.log"
 
 
-TABLE_FILES = [f"table{i}.{ext}" for i in range(1, 6) for ext in ("md", "tex", "csv")] + ["findings.md",
+TABLE_FILES = [f"table{i}.{ext}" for i in range(1, 7) for ext in ("md", "tex", "csv")] + ["findings.md",
                                                                                            "README.md"]
 
 

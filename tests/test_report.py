@@ -15,8 +15,10 @@ from pipeline.report.tables import build_tables, format_delta, write_tables
 
 PAPER_MD = Path("/work/shared/paper/heatmap-distribution-matching.md")
 
-# reference rows + 2 × benchmark rows
-EXPECTED_LINES = {"table1": 9 + 2 * 8, "table2": 12 + 2 * 8, "table3": 8 + 2 * 6, "table4": 2 * 3, "table5": 2 * 4}
+# reference rows + 2 × benchmark rows (+ the report's lines beyond the paper: the UDP reference rows
+# measured, one "+ DARK" line per MSE row, Table 6's measured lines)
+EXPECTED_LINES = {"table1": 7 + 2 * 10 + 4, "table2": 11 + 2 * 9 + 4, "table3": 8 + 2 * 6 + 3, "table4": 2 * 3,
+                  "table5": 2 * 4, "table6": 8}
 
 COCO_KEYS = ("AP", "AP50", "AP75", "APM", "APL", "AR")
 
@@ -106,7 +108,7 @@ def test_transcription_matches_paper_text():
 # ----------------------------------------------------------------------- build_tables
 def test_empty_measured_all_not_run_and_paper_numbers_verbatim():
     tables = build_tables({}, profile="demo")
-    assert list(tables) == ["table1", "table2", "table3", "table4", "table5"]
+    assert list(tables) == ["table1", "table2", "table3", "table4", "table5", "table6"]
     for key, df in tables.items():
         assert len(df) == EXPECTED_LINES[key]
         meas = df[df["source"] == "measured"]
@@ -242,11 +244,11 @@ def test_files_written_csv_latex_markdown(tmp_path):
     tables = build_tables(measured, profile="demo")
     paths = write_tables(tables, tmp_path, profile="demo")
     names = sorted(p.name for p in paths)
-    expected = sorted([f"table{i}.{ext}" for i in range(1, 6) for ext in ("md", "tex", "csv")] + ["README.md"])
+    expected = sorted([f"table{i}.{ext}" for i in range(1, 7) for ext in ("md", "tex", "csv")] + ["README.md"])
     assert names == expected
     assert all(p.is_file() for p in paths)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporaries left
-    for i in range(1, 6):
+    for i in range(1, 7):
         key = f"table{i}"
         csv = pd.read_csv(tmp_path / f"{key}.csv")
         assert len(csv) == EXPECTED_LINES[key]
@@ -271,7 +273,7 @@ def test_files_written_csv_latex_markdown(tmp_path):
     tex1 = (tmp_path / "table1.tex").read_text()
     assert r"71.2 ($\uparrow$1.4)" in tex1 and r"384$\times$288" in tex1 and r"coco\_hrnet\_w48\_hdm" in tex1
     readme = (tmp_path / "README.md").read_text()
-    for i in range(1, 6):
+    for i in range(1, 7):
         assert f"(table{i}.md)" in readme and f"Table {i} — " in readme
 
 

@@ -23,7 +23,7 @@ from typing import Any, Callable, Mapping
 
 from ..metrics.bootstrap_files import bootstrap_file
 from ..metrics.uncertainty import Interval, paired_delta, t_interval
-from .paper_numbers import TABLES, PaperTable
+from .paper_numbers import PaperTable
 
 log = logging.getLogger(__name__)
 
@@ -74,46 +74,68 @@ class RowIntervals:
     delta: Interval | None = None
 
 
+def pair_interval(split: str, key: str, run: str, baseline: str | None, records: Mapping[str, RunRecord],
+                  bootstrap: BootFn | None = None) -> RowIntervals | None:
+    """The intervals of ``run``'s metric ``key`` and, with a ``baseline`` that has a common seed, of
+    Δ = run − baseline: t over seeds (paired by seed), or, below two seeds, the paired image bootstrap
+    of ``split`` on the smallest common seed (``bootstrap(split, run, baseline_or_None, seed)`` returns
+    {"value", "delta"} intervals, or None when its inputs are missing). None when ``run`` has no value."""
+    if run not in records:
+        return None
+    vals = _per_seed(records[run], key)
+    if not vals:
+        return None
+    base = records.get(baseline) if baseline else None
+    bvals = _per_seed(base, key) if base is not None else {}
+    value = t_interval(list(vals.values()))
+    delta = paired_delta(vals, bvals) if set(vals) & set(bvals) else None
+    needs_boot = value.n < 2 or (delta is not None and delta.n < 2)
+    if needs_boot and bootstrap is not None:
+        seed = min(set(vals) & set(bvals)) if delta is not None else min(vals)
+        boot = bootstrap(split, run, baseline if delta is not None else None, seed)
+        if boot is not None:
+            if value.n < 2:
+                value = boot["value"]
+            if delta is not None and delta.n < 2 and boot.get("delta") is not None:
+                delta = boot["delta"]
+    return RowIntervals(value=value, delta=delta)
+
+
 def table_intervals(table: PaperTable, records: Mapping[str, RunRecord],
                     bootstrap: BootFn | None = None) -> dict[str, RowIntervals]:
-    """Interval of the main metric per measured run and of Δ per compared row.
-
-    ``bootstrap(split, run, baseline_run_or_None, seed)`` returns {"value", "delta"} intervals from the
-    paired image bootstrap (or None when its inputs are missing); it is called only where seeds cannot
-    give an interval.
-    """
+    """:func:`pair_interval` of the main metric of every measured line of ``table`` (Δ against the
+    row's baseline), keyed by run."""
     key = f"{table.split}.{table.main_metric}"
     out: dict[str, RowIntervals] = {}
     for row in table.rows:
-        if not row.is_benchmark or row.run not in records:
-            continue
-        vals = _per_seed(records[row.run], key)
-        if not vals:
-            continue
-        base = records.get(row.baseline_run) if row.baseline_run else None
-        value = t_interval(list(vals.values()))
-        delta = None
-        if base is not None:
-            bvals = _per_seed(base, key)
-            if set(vals) & set(bvals):
-                delta = paired_delta(vals, bvals)
-        needs_boot = value.n < 2 or (delta is not None and delta.n < 2)
-        if needs_boot and bootstrap is not None:
-            seed = min(set(vals) & set(_per_seed(base, key))) if delta is not None else min(vals)
-            boot = bootstrap(table.split, row.run, row.baseline_run if delta is not None else None, seed)
-            if boot is not None:
-                if value.n < 2:
-                    value = boot["value"]
-                if delta is not None and delta.n < 2 and boot.get("delta") is not None:
-                    delta = boot["delta"]
-        out[row.run] = RowIntervals(value=value, delta=delta)
+        if row.is_benchmark:
+            iv = pair_interval(table.split, key, row.run, row.baseline_run, records, bootstrap)
+            if iv is not None:
+                out[row.run] = iv
     return out
+
+
+def contrast_interval(key: str, plus: tuple[str, str], minus: tuple[str, str],
+                      records: Mapping[str, RunRecord]) -> Interval | None:
+    """The t-interval over seeds of (plus[0] − plus[1]) − (minus[0] − minus[1]) of metric ``key``, per
+    seed (an interaction: does a difference change between two settings?). None unless all four runs
+    share a seed; method "none" with one common seed (no bootstrap pairs four runs)."""
+    runs = (*plus, *minus)
+    if not all(r in records for r in runs):
+        return None
+    per = [_per_seed(records[r], key) for r in runs]
+    common = sorted(set.intersection(*(set(p) for p in per)))
+    if not common:
+        return None
+    return t_interval([(per[0][s] - per[1][s]) - (per[2][s] - per[3][s]) for s in common])
 
 
 def all_intervals(records: Mapping[str, RunRecord], bootstrap: BootFn | None = None
                   ) -> dict[str, dict[str, RowIntervals]]:
-    """:func:`table_intervals` for every paper table, keyed "table1" … "table5"."""
-    return {t.key: table_intervals(t, records, bootstrap) for t in TABLES}
+    """:func:`table_intervals` for every report table, keyed "table1" … "table6"."""
+    from .beyond import REPORT_TABLES  # beyond builds on this module's RunRecord
+
+    return {t.key: table_intervals(t, records, bootstrap) for t in REPORT_TABLES}
 
 
 def seed_noise(records: Mapping[str, RunRecord], key: str) -> tuple[float, int]:
@@ -135,7 +157,7 @@ def image_bootstrap(paths: Any, resamples: int = BOOTSTRAP_RESAMPLES, seed: int 
     interval), so an old evaluation never breaks the report."""
 
     def boot(split: str, run: str, baseline: str | None, run_seed: int) -> dict[str, Interval] | None:
-        files = [bootstrap_file(paths.eval_dir(r, run_seed), split) for r in (run, baseline or run)]
+        files = [_boot_file(paths, r, split, run_seed) for r in (run, baseline or run)]
         if not all(f.is_file() for f in files):
             log.info("%s seed %d: no bootstrap data for %s (%s); no interval", run, run_seed, split,
                      ", ".join(str(f) for f in files if not f.is_file()))
@@ -145,6 +167,15 @@ def image_bootstrap(paths: Any, resamples: int = BOOTSTRAP_RESAMPLES, seed: int 
         return {"value": res["a"], "delta": res["delta"] if baseline else None}
 
     return boot
+
+
+def _boot_file(paths: Any, name: str, split: str, seed: int) -> Path:
+    """The bootstrap file of a run, or of a decoding variant ``<run>+<variant>`` of it
+    (``<split>_<variant>.boot.npz`` of that run's evaluation)."""
+    from .beyond import split_variant, variant_split
+
+    run, variant = split_variant(name)
+    return bootstrap_file(paths.eval_dir(run, seed), variant_split(split, variant))
 
 
 def load_bootstrap_data(path: Path) -> Any:

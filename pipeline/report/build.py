@@ -1,4 +1,4 @@
-"""The report stage: read the evaluated runs from MLflow and write Tables 1–5, findings.md and the figures.
+"""The report stage: read the evaluated runs from MLflow and write Tables 1–6, findings.md and the figures.
 
 MLflow is the record of truth: the latest finished, evaluated MLflow run of each (run, seed) in the
 profile's experiment counts; a row's measured line is the mean over its seeds with intervals
@@ -17,6 +17,7 @@ from ..config import Paths
 from ..metrics import coco_server
 from ..tracking import finished_runs, metric_history
 from .aggregate import RunRecord, all_intervals, image_bootstrap, mean_metrics
+from .beyond import split_variant, variant_records
 from .figures import write_diagnostic_figures, write_figures
 from .findings import build_findings, table5_note
 from .tables import build_tables, write_tables
@@ -102,13 +103,17 @@ def curves(tracking_uri: str, selected: pd.DataFrame) -> dict[str, dict[int, pd.
 
 def build_report(*, profile: str, tracking_uri: str, experiment: str, run_names: list[str], seeds: list[int],
                  out_dir: Path) -> list[Path]:
-    """Tables 1–5, findings.md, figures and measured.json from the runs of ``seeds``."""
+    """Tables 1–6, findings.md, figures and measured.json from the runs of ``seeds``."""
     records, info, selected = collect(tracking_uri, experiment, run_names, seeds)
     missing = sorted(set(run_names) - set(records))
     if missing:
         log.warning("no evaluated MLflow run for: %s (their rows say 'not run')", ", ".join(missing))
+    for name, rec in variant_records(records).items():  # "+ DARK" lines: the same runs decoded otherwise
+        records[name] = rec
+        info[name] = dict(info[split_variant(name)[0]])
     measured = {run: mean_metrics(rec) for run, rec in records.items()}
-    intervals = all_intervals(records, bootstrap=image_bootstrap(Paths(profile)))
+    bootstrap = image_bootstrap(Paths(profile))
+    intervals = all_intervals(records, bootstrap=bootstrap)
     notes = {"table5": [table5_note(records, intervals["table5"])]} if records else {}
     tables = build_tables(measured, profile=profile, run_info=info, intervals=intervals, notes=notes)
     run_curves = curves(tracking_uri, selected) if not selected.empty else {}
@@ -117,7 +122,8 @@ def build_report(*, profile: str, tracking_uri: str, experiment: str, run_names:
         staged = write_tables(tables, stage, profile=profile)
         findings = stage / "findings.md"
         io.write_text(findings, build_findings(profile=profile, records=records, intervals=intervals,
-                                               curves=run_curves, seeds=seeds))
+                                               curves=run_curves, seeds=seeds,
+                                                               bootstrap=bootstrap))
         staged.insert(-1, findings)
         if run_curves:
             staged += write_figures(run_curves, stage)

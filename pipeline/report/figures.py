@@ -16,7 +16,7 @@ from ..io import atomic_path
 from .aggregate import RunRecord, mean_metrics
 from .findings import dataset_noise, plateaued
 
-_RUN_RE = re.compile(r"^(?P<ds>[A-Za-z0-9]+)_(?P<stem>.+?)_(?P<var>mse|hdm(?:_.+)?)$")
+_RUN_RE = re.compile(r"^(?P<ds>[A-Za-z0-9]+)_(?P<stem>.+?)_(?P<var>mse|udp|hdm(?:_.+)?)$")
 Curves = Mapping[str, Mapping[int, pd.DataFrame]]
 
 

@@ -16,7 +16,8 @@ import pandas as pd
 
 from ..metrics.diagnostics import COLLAPSE_RATIO, loss_metric_consistency
 from ..metrics.uncertainty import Interval, t_interval
-from .aggregate import RowIntervals, RunRecord, mean_metrics, seed_noise
+from .aggregate import BootFn, RowIntervals, RunRecord, contrast_interval, mean_metrics, pair_interval, seed_noise
+from .beyond import DARK, UDP_RUNS, variant_run
 from .paper_numbers import TABLES, PaperTable
 
 Curves = Mapping[str, Mapping[int, pd.DataFrame]]
@@ -168,9 +169,102 @@ def table5_note(records: Mapping[str, RunRecord], intervals: Mapping[str, RowInt
             f"potentials); their measured AP spread is {spread:.2f} AP, and {noise}.")
 
 
+def _verdict(delta: Interval | None) -> str:
+    if delta is None or delta.method == "none" or not delta.defined:
+        return "no interval"
+    return "resolved" if delta.excludes_zero else "not resolved (includes 0)"
+
+
+def _delta_line(label: str, split: str, metric: str, scale: float, run: str, baseline: str,
+                records: Mapping[str, RunRecord], bootstrap: BootFn | None) -> str:
+    """"- label: ΔAP +1.2 [+0.4, +2.0] (t over 3 seeds), resolved." or "... not run"."""
+    if run not in records or baseline not in records:
+        missing = ", ".join(r for r in (run, baseline) if r not in records)
+        return f"- {label}: not run ({missing})."
+    iv = pair_interval(split, f"{split}.{metric}", run, baseline, records, bootstrap)
+    delta = iv.delta if iv else None
+    return f"- {label}: Δ{metric} {_iv(delta, scale)}, {_verdict(delta)}."
+
+
+_PAIRS = (("coco_val", "AP", 100.0, "coco", ("simplebaseline", "hrnet_w32", "hrnet_w48", "hrformer_base")),
+          ("mpii_val", "Mean", 1.0, "mpii", ("simplebaseline", "hrnet_w32", "hrnet_w48")))
+
+
+def _decoder_section(records: Mapping[str, RunRecord], bootstrap: BootFn | None) -> list[str]:
+    """Does HDM beat a better decoder on the same model? DARK's gain on the MSE heatmaps, then HDM
+    against MSE + DARK, per architecture and dataset."""
+    out = ["### Does HDM beat a better decoder on the same model? (Tables 1 and 3, \"+ DARK\" lines)", ""]
+    for split, metric, scale, ds, archs in _PAIRS:
+        for arch in archs:
+            mse, hdm = f"{ds}_{arch}_mse", f"{ds}_{arch}_hdm"
+            dark = variant_run(mse, DARK)
+            out.append(_delta_line(f"{dark} − {mse} (DARK's gain)", split, metric, scale, dark, mse, records,
+                                   bootstrap))
+            out.append(_delta_line(f"{hdm} − {dark} (HDM against the better decoder)", split, metric, scale, hdm,
+                                   dark, records, bootstrap))
+    return out + [""]
+
+
+def _udp_section(records: Mapping[str, RunRecord], bootstrap: BootFn | None) -> list[str]:
+    out = ["### UDP's coordinate convention (Table 1, UDP lines)", "",
+           "UDP maps box edges onto the first and last pixel centres, this project onto pixel edges "
+           "(docs/conventions.md, \"UDP\"); both are unbiased when used consistently. The UDP runs decode "
+           "with DARK, so against MSE + DARK of the same architecture only the convention differs.", ""]
+    for backbone, run in UDP_RUNS.items():
+        mse = run.replace("_udp", "_mse")
+        out.append(_delta_line(f"{run} − {variant_run(mse, DARK)} ({backbone}: the convention)", "coco_val",
+                               "AP", 100.0, run, variant_run(mse, DARK), records, bootstrap))
+        out.append(_delta_line(f"{run} − {mse} ({backbone}: convention and decoder)", "coco_val", "AP", 100.0,
+                               run, mse, records, bootstrap))
+    return out + [""]
+
+
+def _w32(stride: int, name: str) -> str:
+    return f"coco_hrnet_w32{'_s8' if stride == 8 else ''}_{name}"
+
+
+def _epsilon_section(records: Mapping[str, RunRecord], bootstrap: BootFn | None) -> list[str]:
+    out = ["### HDM's ε units (Table 6)", "",
+           "ε = 1 heatmap px (the paper's λ = 1 on heatmap-pixel costs) sharpens the loss's optimum towards the "
+           "nearest pixel centre; ε = 1 input px (ε / stride heatmap px) leaves the sub-pixel demanders as the "
+           "optimum (`python -m pipeline --profile paper bench hdm-optimum`, reports/benchmarks/hdm_optimum.json). "
+           "Trained:", ""]
+    for stride in (4, 8):
+        out.append(_delta_line(f"stride {stride}: {_w32(stride, 'hdm_epsin')} − {_w32(stride, 'hdm')}", "coco_val",
+                               "AP", 100.0, _w32(stride, "hdm_epsin"), _w32(stride, "hdm"), records, bootstrap))
+    return out + [""]
+
+
+def _stride_section(records: Mapping[str, RunRecord], bootstrap: BootFn | None) -> list[str]:
+    out = ["### Heatmap resolution: does HDM's advantage grow at stride 8? (Table 6)", "",
+           "The paper's argument (quantisation error of low-resolution heatmaps) predicts that HDM − MSE grows "
+           "when the heatmap is coarser.", ""]
+    for stride in (4, 8):
+        for base, label in ((_w32(stride, "mse"), "MSE"), (variant_run(_w32(stride, "mse"), DARK), "MSE + DARK")):
+            out.append(_delta_line(f"stride {stride}: HDM − {label}", "coco_val", "AP", 100.0, _w32(stride, "hdm"),
+                                   base, records, bootstrap))
+    inter = contrast_interval("coco_val.AP", (_w32(8, "hdm"), _w32(8, "mse")), (_w32(4, "hdm"), _w32(4, "mse")),
+                              records)
+    if inter is None:
+        out.append("- Interaction (HDM − MSE at stride 8) − (HDM − MSE at stride 4): not run.")
+    elif inter.method == "none":
+        out.append(f"- Interaction (HDM − MSE at stride 8) − (HDM − MSE at stride 4): {inter.mean * 100:+.1f} "
+                   "(one seed: no interval; the study target's seeds give one).")
+    else:
+        out.append(f"- Interaction (HDM − MSE at stride 8) − (HDM − MSE at stride 4): {_iv(inter, 100.0)}, "
+                   f"{_verdict(inter)}.")
+    return out + [""]
+
+
+def _beyond_sections(records: Mapping[str, RunRecord], bootstrap: BootFn | None) -> list[str]:
+    return (["## Beyond the paper (issue 13)", ""] + _decoder_section(records, bootstrap)
+            + _udp_section(records, bootstrap) + _epsilon_section(records, bootstrap)
+            + _stride_section(records, bootstrap))
+
+
 def build_findings(*, profile: str, records: Mapping[str, RunRecord],
                    intervals: Mapping[str, Mapping[str, RowIntervals]], curves: Curves,
-                   seeds: list[int]) -> str:
+                   seeds: list[int], bootstrap: BootFn | None = None) -> str:
     """The text of ``findings.md``."""
     lines = [f"# Findings — profile {profile}", "",
              f"Generated by `python -m pipeline report` from the MLflow records of seeds {seeds}; "
@@ -187,4 +281,5 @@ def build_findings(*, profile: str, records: Mapping[str, RunRecord],
                            curves, noise)
     lines += ["- " + table5_note(records, intervals.get("table5", {})), ""]
     lines += _sec4_section(records, curves) + [""]
+    lines += _beyond_sections(records, bootstrap)
     return "\n".join(lines) + "\n"

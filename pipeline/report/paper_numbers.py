@@ -47,6 +47,7 @@ class PaperRow:
     run: str | None = None  # this benchmark's run name; None = reference row
     baseline_run: str | None = None  # Δ is taken against the row with this run
     paper_delta: float | None = None  # the Δ the paper prints after the main metric
+    in_paper: bool = True  # False: a line this benchmark adds (pipeline/report/beyond.py), measured only
 
     @property
     def is_benchmark(self) -> bool:

@@ -29,7 +29,8 @@ import pandas as pd
 
 from ..errors import PipelineError
 from ..io import atomic_path, write_text
-from .paper_numbers import TABLES, PaperRow, PaperTable
+from .beyond import REPORT_TABLES
+from .paper_numbers import PaperRow, PaperTable
 
 __all__ = ["build_tables", "write_tables", "table_title", "format_delta"]
 
@@ -213,6 +214,20 @@ def _interval_cells(table: PaperTable, iv: Any) -> dict[str, Any]:
     return out
 
 
+def _paper_line(table: PaperTable, row: PaperRow, rec: dict[str, Any], paper_by_run: Mapping[str, PaperRow],
+                profile: str) -> dict[str, Any]:
+    """The paper's numbers of a benchmark row, with the paper's Δ against its baseline's paper row."""
+    metrics = table.metrics
+    rec.update({m: table.value(row, m) for m in metrics})
+    baseline = paper_by_run.get(row.baseline_run) if row.baseline_run else None
+    for m in metrics:
+        rec[f"delta_{m}"] = _delta(table.value(row, m), table.value(baseline, m)) if baseline else None
+    if baseline is not None and row.paper_delta is not None:
+        rec[f"delta_{table.main_metric}"] = row.paper_delta  # as printed
+    rec.update({**_NO_INTERVAL, "delta_vs": row.baseline_run or "", "mlflow_run_id": "", "profile": profile})
+    return rec
+
+
 def _build_one(table: PaperTable, measured: dict, run_info: dict, profile: str,
                intervals: Mapping[str, Any]) -> pd.DataFrame:
     metrics = list(table.metrics)
@@ -221,7 +236,7 @@ def _build_one(table: PaperTable, measured: dict, run_info: dict, profile: str,
     for run in table.runs():
         if run in measured:
             meas[run] = {m: _measured_value(table, run, measured[run], m) for m in metrics}
-    paper_by_run = {r.run: r for r in table.rows if r.run}
+    paper_by_run = {r.run: r for r in table.rows if r.run and r.in_paper}
 
     records: list[dict[str, Any]] = []
 
@@ -240,16 +255,8 @@ def _build_one(table: PaperTable, measured: dict, run_info: dict, profile: str,
             records.append(rec)
             continue
 
-        # paper line
-        rec = base(row, i, SRC_PAPER, ST_PAPER)
-        rec.update({m: table.value(row, m) for m in metrics})
-        baseline = paper_by_run.get(row.baseline_run) if row.baseline_run else None
-        for m in metrics:
-            rec[f"delta_{m}"] = _delta(table.value(row, m), table.value(baseline, m)) if baseline else None
-        if baseline is not None and row.paper_delta is not None:
-            rec[f"delta_{table.main_metric}"] = row.paper_delta  # as printed
-        rec.update({**_NO_INTERVAL, "delta_vs": row.baseline_run or "", "mlflow_run_id": "", "profile": profile})
-        records.append(rec)
+        if row.in_paper:  # paper line (rows this benchmark adds have none)
+            records.append(_paper_line(table, row, base(row, i, SRC_PAPER, ST_PAPER), paper_by_run, profile))
 
         # measured line
         info = run_info.get(row.run, {})
@@ -301,7 +308,8 @@ def build_tables(measured: dict[str, dict[str, float]], *, profile: str,
                  run_info: dict[str, dict] | None = None,
                  intervals: Mapping[str, Mapping[str, Any]] | None = None,
                  notes: Mapping[str, list[str]] | None = None) -> dict[str, pd.DataFrame]:
-    """One DataFrame per paper table, keyed "table1" … "table5".
+    """One DataFrame per report table, keyed "table1" … "table6" (:data:`pipeline.report.beyond.REPORT_TABLES`:
+    the paper's Tables 1–5 with the lines beyond the paper, and Table 6).
 
     ``measured`` maps run name → final metrics ("coco_val.AP" … as fractions in [0, 1];
     "mpii_val.Mean" … in percent). Runs missing from it appear as "not run"; a run present
@@ -326,7 +334,7 @@ def build_tables(measured: dict[str, dict[str, float]], *, profile: str,
     profile = _check_profile(profile)
     measured, run_info = _check_inputs(measured, run_info)
     intervals, notes = intervals or {}, notes or {}
-    tables = {t.key: _build_one(t, measured, run_info, profile, intervals.get(t.key, {})) for t in TABLES}
+    tables = {t.key: _build_one(t, measured, run_info, profile, intervals.get(t.key, {})) for t in REPORT_TABLES}
     for key, extra in notes.items():  # measured facts the report adds below a table (e.g. Table 5's spread)
         tables[key].attrs["notes"] = list(tables[key].attrs["notes"]) + list(extra)
     return tables
@@ -386,8 +394,9 @@ def _info_cells(rec: Mapping[str, Any]) -> list[str]:
 def _footnotes(df: pd.DataFrame) -> list[str]:
     num = df.attrs["table"]
     main = df.attrs["main_metric"]
+    in_paper = (df["source"] == SRC_PAPER).any() or (df["source"] == SRC_REFERENCE).any()
     notes = [
-        f"Paper's caption (Table {num}): {df.attrs['caption']}",
+        f"Paper's caption (Table {num}): {df.attrs['caption']}" if in_paper else f"Caption: {df.attrs['caption']}",
         "Source \"paper\": the paper's numbers as printed; \"measured\": this benchmark's run of that row "
         "(backbone and input size actually used; blank when not recorded); \"reference\": another method, "
         "paper numbers only, not part of this benchmark. \"-\": not reported by the paper; "
@@ -515,7 +524,7 @@ def write_tables(tables: Mapping[str, pd.DataFrame], out_dir: Path, *, profile: 
     out_dir = Path(out_dir)
     written: list[Path] = []
     index: list[tuple[str, str]] = []
-    order = {t.key: t.number for t in TABLES}
+    order = {t.key: t.number for t in REPORT_TABLES}
     for key in sorted(tables, key=lambda k: (order.get(k, 99), str(k))):
         df = tables[key]
         if not isinstance(df, pd.DataFrame) or "title" not in df.attrs or "metrics" not in df.attrs:
