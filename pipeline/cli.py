@@ -158,15 +158,19 @@ def cmd_report(args, params) -> None:
 
 def cmd_testdev_scores(args, params) -> None:
     """Log the COCO evaluation server's test-dev scores as ``coco_testdev.*`` on the run's MLflow run."""
+    from .engine import builders
     from .metrics.coco_server import log_server_scores
 
     cfg = resolve_run(params, args.run, seed=_seed(args, params))
     if cfg["dataset"] != "coco":
         raise PipelineError(f"--run {args.run}", f"a {cfg['dataset']} run has no COCO test-dev scores")
     _setup_logging(None)
+    if args.variant and args.variant not in builders.eval_variants(cfg):
+        raise PipelineError(f"--variant {args.variant}", f"run {args.run} is not decoded with {args.variant} "
+                                                         "(only MSE runs have the DARK variant)")
     res = log_server_scores(args.scores, run=args.run, seed=cfg["seed"], tracking_uri=tracking_uri(params),
                             experiment=experiment_name(params),
-                            eval_dir=Paths(cfg["profile"]).eval_dir(args.run, cfg["seed"]))
+                            eval_dir=Paths(cfg["profile"]).eval_dir(args.run, cfg["seed"]), variant=args.variant)
     shown = ", ".join(f"{k.split('.', 1)[1]} {100 * v:.1f}" for k, v in res["metrics"].items())
     print(f"{args.run}: logged the server's test-dev scores to MLflow run {res['mlflow_run_id']}: {shown}")
 
@@ -302,6 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training seed of the evaluated run (default: the first of params.yaml's seeds)")
     t.add_argument("--scores", required=True, help="the server's scores: JSON (metrics or COCOeval.stats) or "
                                                     "COCOeval's printed summary; values > 1 are read as percent")
+    t.add_argument("--variant", choices=["dark"], default=None,
+                   help="the scores of the run's DARK-decoded submission (its own zip; Table 2's '+ DARK' line)")
     t.set_defaults(func=cmd_testdev_scores)
     return p
 

@@ -45,7 +45,7 @@ def test_dvc_repro_and_exp_run(tmp_path):
     _run(["git", "commit", "-qm", "init"], d, env)
 
     _run([str(BIN / "dvc"), "repro"], d, env)
-    for i in range(1, 6):
+    for i in range(1, 7):
         assert (d / "reports/smoke" / f"table{i}.md").is_file()
     csv = (d / "reports/smoke/table1.csv").read_text()
     assert "coco_hrnet_w32_hdm" in csv and "not run" in csv

@@ -44,7 +44,7 @@ def project(tmp_path_factory):
 def test_snakemake_builds_every_table(project):
     d, env, first = project
     assert first.returncode == 0, first.stderr[-3000:]
-    for i in range(1, 6):
+    for i in range(1, 7):
         for ext in ("md", "tex", "csv"):
             assert (d / "reports" / "smoke" / f"table{i}.{ext}").is_file()
     t1 = (d / "reports" / "smoke" / "table1.md").read_text()
@@ -59,6 +59,11 @@ def test_snakemake_builds_every_table(project):
     assert measured.loc["coco_hrnet_w32_hdm", "status"] in ("ok", "partial")
     assert measured.loc["coco_simplebaseline_mse", "status"] == "not run"
     assert 0.0 <= measured.loc["coco_hrnet_w32_hdm", "AP"] <= 100.0
+    # the MSE run's DARK decoding: a line of its own, Δ against the plain decoding, paired by seed
+    dark = measured.loc["coco_hrnet_w32_mse+dark"]
+    assert dark["status"] in ("ok", "partial") and dark["delta_vs"] == "coco_hrnet_w32_mse" and dark["n"] == 2
+    t2 = pd.read_csv(d / "reports" / "smoke" / "table2.csv").query("source == 'measured'").set_index("run")
+    assert t2.loc["coco_hrnet_w32_mse+dark", "status"] in ("ok", "partial")  # synthetic test-dev has ground truth
     t3 = pd.read_csv(d / "reports" / "smoke" / "table3.csv")
     row = t3[(t3["source"] == "measured") & (t3["run"] == "mpii_hrnet_w32_hdm")].iloc[0]
     assert row["status"] in ("ok", "partial") and 0.0 <= row["Mean"] <= 100.0
@@ -88,6 +93,11 @@ def test_outputs_per_run(project):
             assert (dark in metrics) == run.endswith("_mse"), (run, dark)
             assert (eval_dir / f"{dark.split('.')[0]}.boot.npz").is_file() == run.endswith("_mse")
             assert (eval_dir / ("mpii_val.boot.npz" if run.startswith("mpii") else "coco_val.boot.npz")).is_file()
+            if run.startswith("coco"):  # test-dev: DARK has its own results, scores and submission zip
+                assert ("coco_testdev_dark.AP" in metrics) == run.endswith("_mse")
+                zips = sorted(p.name for p in (eval_dir / "submission").glob("*.zip"))
+                assert zips == [f"person_keypoints_test-dev2017_{run}{v}_results.zip"
+                                for v in (("", "_dark") if run.endswith("_mse") else ("",))], zips
     sub = d / "results/smoke/eval/coco_hrnet_w32_hdm/seed0/person_keypoints_test-dev2017_coco_hrnet_w32_hdm_results.json"
     entries = json.loads(sub.read_text())
     assert entries and set(entries[0]) == {"image_id", "category_id", "keypoints", "score"}

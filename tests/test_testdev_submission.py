@@ -186,3 +186,48 @@ def test_server_scores_fill_table2(store, monkeypatch, capsys):
     mlflow.tracking.MlflowClient().set_tag(run_id, "testdev_results_sha256", "0" * 64)
     assert main(cli + ["report"]) == 0
     assert _table2_line(reports)[0]["status"] == "submitted, no scores yet"
+
+
+def test_dark_submission_and_its_server_scores_fill_the_dark_line(store, monkeypatch, capsys):
+    """An MSE run submits its DARK decoding as a zip of its own; `testdev-scores --variant dark` logs
+    the server's scores as coco_testdev_dark.*, and Table 2's "+ DARK" line shows them."""
+    from pipeline.cli import main
+    from pipeline.tracking import open_run
+
+    uri, exp, tmp_path = store
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mse = "coco_hrnet_w32_mse"
+    eval_dir = tmp_path / "results" / "paper" / "eval" / mse / "seed0"
+    _results(eval_dir, mse)
+    _results(eval_dir, f"{mse}_dark")
+    tags = {}
+    for variant in (None, "dark"):
+        zip_path, t = coco_server.package_testdev(eval_dir, mse, scored=False, variant=variant)
+        tags.update(t)
+    assert zip_path.name == f"person_keypoints_test-dev2017_{mse}_dark_results.zip"
+    assert set(tags) == {"testdev_submission", "testdev_results_sha256", "testdev_submission_dark",
+                         "testdev_results_sha256_dark"}
+    with open_run(uri, exp, run_name=f"{mse}-seed0", tags={"row": mse, "seed": "0"}) as mlflow:
+        mlflow.log_metrics({f"coco_val.{k}": 0.7 for k in STAT_NAMES})
+        mlflow.set_tags({**tags, "evaluated": "true", "profile": "paper"})
+        run_id = mlflow.active_run().info.run_id
+    cli = ["--params", str(ROOT / "params.yaml"), "--profile", "paper"]
+    scores = _write(tmp_path, "result.txt", SUMMARY)
+    capsys.readouterr()
+    assert main(cli + ["testdev-scores", "--run", "coco_hrnet_w32_hdm", "--variant", "dark", "--scores",
+                       str(scores)]) == 1
+    assert "--variant dark" in capsys.readouterr().err
+    assert main(cli + ["testdev-scores", "--run", mse, "--variant", "dark", "--scores", str(scores)]) == 0
+    import mlflow as mlf
+
+    r = mlf.get_run(run_id)
+    assert r.data.metrics["coco_testdev_dark.AP"] == pytest.approx(0.76) and "coco_testdev.AP" not in r.data.metrics
+    assert r.data.tags["testdev_source_dark"] == "server" and "testdev_source" not in r.data.tags
+    assert (eval_dir / "testdev_server_scores_dark.json").is_file()
+    assert main(cli + ["report"]) == 0
+    csv = pd.read_csv(tmp_path / "reports" / "paper" / "table2.csv")
+    dark = csv[(csv["run"] == f"{mse}+dark") & (csv["source"] == "measured")].iloc[0]
+    plain = csv[(csv["run"] == mse) & (csv["source"] == "measured")].iloc[0]
+    assert dark["status"] == "ok" and dark["AP"] == 76.0
+    assert plain["status"] == "submitted, no scores yet"

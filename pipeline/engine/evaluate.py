@@ -168,6 +168,19 @@ def _coco_variant_metrics(cfg, pred: dict[str, Any], key: str, gt: Path | None, 
     return out
 
 
+def _package_testdev(stage: Path, out_dir: Path, run: str, variants: list[str | None], scored: bool
+                     ) -> dict[str, str]:
+    """Zip the test-dev results of the run and of each decoding variant (a submission each, as the
+    server scores one file per upload); the MLflow tags name the zips at their final place."""
+    tags: dict[str, str] = {}
+    for variant in variants:
+        _, sub_tags = coco_server.package_testdev(stage, run, scored=scored, variant=variant)
+        final = coco_server.submission_path(out_dir, coco_server.variant_name(run, variant))
+        sub_tags[coco_server.variant_tag(coco_server.TAG_SUBMISSION, variant)] = str(final)
+        tags.update(sub_tags)
+    return tags
+
+
 def _mpii_metrics(prefix: str, coords: np.ndarray, gt_valid: Path) -> dict[str, float]:
     """PCKh of MPII val predictions as ``<prefix>.*`` (MLflow metric names allow no "@": "Mean@0.1"
     is logged as "Mean_at_0.1")."""
@@ -207,7 +220,7 @@ def evaluate_run(cfg: dict[str, Any], *, tracking_uri: str, experiment: str, pro
         if cfg["dataset"] == "coco":
             for key, (recs, gt, fname) in inputs.items():
                 stats, pred = _coco_split(net, cfg, dev, recs, gt, stage / fname, f"{cfg['name']} {key}", progress,
-                                          variants=variants if key == "coco_val" else None)
+                                          variants=variants if key in ("coco_val", "coco_testdev") else None)
                 if stats is not None:
                     metrics.update({f"{key}.{k}": v for k, v in stats.items()})
                     if key in ("coco_val", "coco_testdev"):  # per-image matches for the report's bootstrap
@@ -217,9 +230,7 @@ def evaluate_run(cfg: dict[str, Any], *, tracking_uri: str, experiment: str, pro
                 if key == "coco_val_gtbox":
                     metrics.update(run_diagnostics(cfg, pred, recs))
                 if key == "coco_testdev":
-                    _, sub_tags = coco_server.package_testdev(stage, cfg["name"], scored=stats is not None)
-                    sub_tags[coco_server.TAG_SUBMISSION] = str(coco_server.submission_path(out_dir, cfg["name"]))
-                    tags.update(sub_tags)
+                    tags.update(_package_testdev(stage, out_dir, cfg["name"], [None, *variants], stats is not None))
                     if stats is None:
                         log.info("test-dev submission for the COCO server: %s (then: python -m pipeline "
                                  "testdev-scores --run %s --scores FILE)", sub_tags[coco_server.TAG_SUBMISSION],

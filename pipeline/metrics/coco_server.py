@@ -88,16 +88,36 @@ def write_submission(results_json: str | Path, zip_path: str | Path) -> Path:
     return dst
 
 
-def package_testdev(eval_dir: str | Path, run: str, *, scored: bool) -> tuple[Path, dict[str, str]]:
-    """Zip the run's test-dev results for the server; returns the zip and the MLflow tags to set.
+def variant_name(run: str, variant: str | None) -> str:
+    """The algorithm name of a decoding variant's submission (``<run>_dark``), so its results file
+    (``person_keypoints_test-dev2017_<run>_dark_results.json``) and zip follow COCO's naming too."""
+    return f"{run}_{variant}" if variant else run
+
+
+def variant_tag(tag: str, variant: str | None) -> str:
+    """The MLflow tag of a decoding variant's submission: ``testdev_submission_dark``."""
+    return f"{tag}_{variant}" if variant else tag
+
+
+def variant_prefix(variant: str | None) -> str:
+    """The metric prefix of a variant's test-dev scores: ``coco_testdev_dark``."""
+    return f"{TESTDEV_PREFIX}_{variant}" if variant else TESTDEV_PREFIX
+
+
+def package_testdev(eval_dir: str | Path, run: str, *, scored: bool,
+                    variant: str | None = None) -> tuple[Path, dict[str, str]]:
+    """Zip the run's test-dev results (of decoding ``variant``: a submission of its own) for the server;
+    returns the zip and the MLflow tags to set.
 
     ``scored``: the results were scored locally (synthetic test-dev with ground truth).
     """
-    results = Path(eval_dir) / results_name(run)
-    zip_path = write_submission(results, submission_path(eval_dir, run))
-    tags = {TAG_SUBMISSION: str(zip_path), TAG_RESULTS_SHA: sha256_file(results)}
+    name = variant_name(run, variant)
+    results = Path(eval_dir) / results_name(name)
+    zip_path = write_submission(results, submission_path(eval_dir, name))
+    tags = {variant_tag(TAG_SUBMISSION, variant): str(zip_path),
+            variant_tag(TAG_RESULTS_SHA, variant): sha256_file(results)}
     if scored:
-        tags[TAG_SOURCE] = "ground-truth"
+        tags[variant_tag(TAG_SOURCE, variant)] = "ground-truth"
     return zip_path, tags
 
 
@@ -245,8 +265,9 @@ def parse_server_scores(path: str | Path) -> dict[str, float]:
 
 # ------------------------------------------------------------------------------ MLflow
 def log_server_scores(scores_file: str | Path, *, run: str, seed: int, tracking_uri: str, experiment: str,
-                      eval_dir: str | Path | None = None) -> dict[str, Any]:
-    """Log the server's scores as ``coco_testdev.*`` onto the run's latest evaluated MLflow run.
+                      eval_dir: str | Path | None = None, variant: str | None = None) -> dict[str, Any]:
+    """Log the server's scores as ``coco_testdev.*`` (``coco_testdev_<variant>.*`` for the submission
+    of a decoding variant, e.g. DARK) onto the run's latest evaluated MLflow run.
 
     The run is the one the report reads: the newest finished run of ``run`` and ``seed`` with tag
     ``evaluated=true`` in ``experiment``. Tags it ``testdev_source=server`` (and the results sha256
@@ -271,16 +292,18 @@ def log_server_scores(scores_file: str | Path, *, run: str, seed: int, tracking_
                             f"(python -m pipeline evaluate --run {run} --seed {seed})")
     row = df.iloc[0]  # newest first, as the report picks it
     run_id = str(row["run_id"])
-    sha = row.get(f"tags.{TAG_RESULTS_SHA}")
+    sha = row.get(f"tags.{variant_tag(TAG_RESULTS_SHA, variant)}")
     sha = sha if isinstance(sha, str) and sha else ""
-    tags = [RunTag(TAG_SOURCE, "server")] + ([RunTag(TAG_SCORED_SHA, sha)] if sha else [])
+    tags = [RunTag(variant_tag(TAG_SOURCE, variant), "server")] + (
+        [RunTag(variant_tag(TAG_SCORED_SHA, variant), sha)] if sha else [])
+    prefix = variant_prefix(variant)
     now = int(time.time() * 1000)
     client = connect(tracking_uri).tracking.MlflowClient()
-    client.log_batch(run_id, tags=tags,
-                     metrics=[Metric(f"{TESTDEV_PREFIX}.{k}", float(v), now, 0) for k, v in scores.items()])
+    client.log_batch(run_id, tags=tags, metrics=[Metric(f"{prefix}.{k}", float(v), now, 0) for k, v in scores.items()])
     client.log_artifact(run_id, str(scores_file), artifact_path="testdev_server")
     result = {"run": run, "seed": seed, "mlflow_run_id": run_id, "source": "server", "scores_file": str(scores_file),
-              "results_sha256": sha or None, "metrics": {f"{TESTDEV_PREFIX}.{k}": v for k, v in scores.items()}}
+              "variant": variant, "results_sha256": sha or None,
+              "metrics": {f"{prefix}.{k}": v for k, v in scores.items()}}
     if eval_dir is not None:
-        write_json(Path(eval_dir) / "testdev_server_scores.json", result)
+        write_json(Path(eval_dir) / f"{variant_tag('testdev_server_scores', variant)}.json", result)
     return result

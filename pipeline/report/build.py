@@ -17,7 +17,7 @@ from ..config import Paths
 from ..metrics import coco_server
 from ..tracking import finished_runs, metric_history
 from .aggregate import RunRecord, all_intervals, image_bootstrap, mean_metrics
-from .beyond import split_variant, variant_records
+from .beyond import DARK, split_variant, variant_records
 from .figures import write_diagnostic_figures, write_figures
 from .findings import build_findings, table5_note
 from .tables import build_tables, write_tables
@@ -75,16 +75,21 @@ def _tag(row: pd.Series, key: str) -> str:
 
 def _testdev(name: str, row: pd.Series, metrics: dict[str, float], info: dict[str, Any]) -> None:
     """Test-dev bookkeeping: flag a submission awaiting the server's scores (Table 2 says so), and
-    drop server scores that belong to an earlier results file (the run was evaluated again since)."""
+    drop server scores that belong to an earlier results file (the run was evaluated again since);
+    the same for each decoding variant's own submission (DARK)."""
     info["testdev_submitted"] = info.get("testdev_submitted", False) or bool(_tag(row, coco_server.TAG_SUBMISSION))
-    results_sha = _tag(row, coco_server.TAG_RESULTS_SHA)
-    if (_tag(row, coco_server.TAG_SOURCE) == "server" and results_sha
-            and _tag(row, coco_server.TAG_SCORED_SHA) != results_sha):
-        log.warning("%s: the COCO server's test-dev scores are for an earlier results file; upload %s "
-                    "and load the new scores (python -m pipeline testdev-scores)",
-                    name, _tag(row, coco_server.TAG_SUBMISSION))
-        for k in [k for k in metrics if k.startswith(coco_server.TESTDEV_PREFIX + ".")]:
-            del metrics[k]
+    for variant in (None, DARK):
+        def tag(t: str) -> str:
+            return _tag(row, coco_server.variant_tag(t, variant))
+
+        results_sha = tag(coco_server.TAG_RESULTS_SHA)
+        if tag(coco_server.TAG_SOURCE) == "server" and results_sha and tag(coco_server.TAG_SCORED_SHA) != results_sha:
+            log.warning("%s: the COCO server's test-dev scores%s are for an earlier results file; upload %s "
+                        "and load the new scores (python -m pipeline testdev-scores)", name,
+                        f" ({variant})" if variant else "", tag(coco_server.TAG_SUBMISSION))
+            prefix = coco_server.variant_prefix(variant) + "."
+            for k in [k for k in metrics if k.startswith(prefix)]:
+                del metrics[k]
 
 
 def curves(tracking_uri: str, selected: pd.DataFrame) -> dict[str, dict[int, pd.DataFrame]]:
