@@ -18,6 +18,7 @@ import timm
 import torch
 from timm.models.hrnet import HighResolutionNetFeatures, cfg_cls
 from torch import nn
+from torch.nn import functional as F
 
 from ..errors import PipelineError
 
@@ -51,12 +52,14 @@ class PoseHRNet(nn.Module):
             self.backbone = timm.create_model(backbone, pretrained=pretrained, features_only=True,
                                               feature_location="", out_indices=(1,))
         in_ch = self.backbone.feature_info.channels()[0]
-        # parameter-free, and built before the head so the head's initial values are drawn from the
-        # same RNG state at either stride
-        self.pool = nn.AvgPool2d(2) if output_stride == 8 else nn.Identity()
+        # a functional pool in forward(), no module: both strides have the same submodules and state dict
+        self.output_stride = output_stride
         self.head = nn.Conv2d(in_ch, num_joints, kernel_size=1)
         nn.init.normal_(self.head.weight, std=0.001)
         nn.init.zeros_(self.head.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.pool(self.backbone(x)[0]))
+        feats = self.backbone(x)[0]
+        if self.output_stride == 8:
+            feats = F.avg_pool2d(feats, 2)
+        return self.head(feats)
