@@ -7,7 +7,7 @@ import json
 import sys
 
 sys.path.insert(0, workflow.basedir)
-from pipeline.config import TABLE_FILES, Paths, resolve_run, seeds, validate_params
+from pipeline.config import TABLE_FILES, Paths, resolve_run, run_names, run_specs, seeds, validate_params
 from pipeline.errors import PipelineError
 
 configfile: "params.yaml"
@@ -18,7 +18,9 @@ except PipelineError as exc:
     sys.exit(f"error: {exc}")
 
 PROFILE = config["profile"]
-RUNS = list(config["runs"])
+RUNS = run_names(config)                     # the main target's runs (Tables 1-5)
+STUDY_RUNS = run_names(config, study=True)  # the study target's: RUNS + study.runs (beyond the paper)
+RUN_SPECS = run_specs(config, study=True)   # every run a rule may be asked for
 SEEDS = seeds(config)                   # the main target's training seeds
 STUDY_SEEDS = seeds(config, study=True) # the study target's
 PY = sys.executable  # the interpreter running Snakemake (the project's virtualenv)
@@ -50,7 +52,8 @@ rule all:
         [str(Paths(PROFILE).reports / f) for f in TABLE_FILES],
 
 
-# Every run with study.seeds (>= 3): `snakemake --cores all study`; tables in reports/<profile>/study/.
+# Every run, and the study-only study.runs, with study.seeds (>= 3): `snakemake --cores all study`;
+# tables in reports/<profile>/study/.
 rule study:
     input:
         [str(Paths(PROFILE).study_reports / f) for f in TABLE_FILES],

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Sequence
 
 from . import io
-from .config import Paths, experiment_name, load_params, resolve_run, run_label, seeds, tracking_uri
+from .config import (Paths, experiment_name, load_params, resolve_run, run_label, run_names, seeds,
+                     tracking_uri)
 from .errors import PipelineError, Terminated
 
 log = logging.getLogger("pipeline")
@@ -59,11 +60,13 @@ def _tags(run: str) -> dict[str, str]:
 
 
 def cmd_validate(args, params) -> None:
-    print(f"{args.params}: valid (profile {params['profile']}, {len(params['runs'])} runs)")
+    study = len(run_names(params, study=True)) - len(run_names(params))
+    print(f"{args.params}: valid (profile {params['profile']}, {len(params['runs'])} runs, {study} study-only)")
 
 
 def cmd_runs(args, params) -> None:
-    print("\n".join(params["runs"]))
+    """The main target's runs, or with ``--study`` the study target's (main + study.runs)."""
+    print("\n".join(run_names(params, study=args.study)))
 
 
 def cmd_data(args, params) -> None:
@@ -151,7 +154,7 @@ def cmd_report(args, params) -> None:
     _setup_logging(paths.logs("report_study" if args.study else "report"))
     out_dir = paths.study_reports if args.study else paths.reports
     written = build_report(profile=profile, tracking_uri=tracking_uri(params),
-                           experiment=experiment_name(params), run_names=list(params["runs"]),
+                           experiment=experiment_name(params), run_names=run_names(params, study=args.study),
                            seeds=seeds(params, study=args.study), out_dir=out_dir)
     print(f"wrote {len(written)} files to {out_dir}/")
 
@@ -246,7 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     sub = p.add_subparsers(dest="command", required=True, metavar="stage")
     sub.add_parser("validate", help="check params.yaml").set_defaults(func=cmd_validate)
-    sub.add_parser("runs", help="list the run names").set_defaults(func=cmd_runs)
+    rn = sub.add_parser("runs", help="list the run names")
+    rn.add_argument("--study", action="store_true", help="the study target's runs: runs and study.runs")
+    rn.set_defaults(func=cmd_runs)
     d = sub.add_parser("data", help="synthesise, or download and verify, one dataset")
     d.add_argument("--dataset", required=True, choices=["coco", "mpii"])
     d.set_defaults(func=cmd_data)
@@ -260,13 +265,14 @@ def build_parser() -> argparse.ArgumentParser:
         # train also takes --run-name: torchrun's own argument parser rejects "--run" in the relaunch
         # command (an ambiguous abbreviation of its --run-path)
         s.add_argument("--run", *(["--run-name"] if name == "train" else []), dest="run", required=True,
-                       help="a key of params.yaml's runs")
+                       help="a key of params.yaml's runs or study.runs")
         s.add_argument("--seed", type=_nonneg_int, default=None,
                        help="training seed (default: the first of params.yaml's seeds)")
         s.set_defaults(func=func)
     r = sub.add_parser("report", help="write Tables 1-5, findings.md and figures")
     r.add_argument("--study", action="store_true",
-                   help="the study target: every run with study.seeds, into reports/<profile>/study/")
+                   help="the study target: every run and study.runs with study.seeds, into "
+                        "reports/<profile>/study/")
     r.set_defaults(func=cmd_report)
     b = sub.add_parser("bench", help="benchmarks: speed and memory against a reference, JSON in reports/benchmarks/")
     b.add_argument("what", choices=["loss", "data", "train", "hdm-optimum"], help="loss: the HDM loss engine against "
@@ -301,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--check", action="store_true", help="only check that the file is current (exit 1 if stale)")
     c.set_defaults(func=cmd_paper_config)
     t = sub.add_parser("testdev-scores", help="load the COCO server's test-dev scores of one run into MLflow")
-    t.add_argument("--run", required=True, help="a COCO key of params.yaml's runs")
+    t.add_argument("--run", required=True, help="a COCO key of params.yaml's runs or study.runs")
     t.add_argument("--seed", type=_nonneg_int, default=None,
                    help="training seed of the evaluated run (default: the first of params.yaml's seeds)")
     t.add_argument("--scores", required=True, help="the server's scores: JSON (metrics or COCOeval.stats) or "

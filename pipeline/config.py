@@ -61,11 +61,18 @@ def validate_params(params: Any, source: str = DEFAULT_PARAMS) -> dict[str, Any]
     if profile not in params["profiles"]:
         raise PipelineError(f"{source}: profile",
                             f"{profile!r} is not a key of profiles ({', '.join(params['profiles'])})")
-    for name, run in params["runs"].items():
+    for name in (params["study"].get("runs") or {}):
+        if name in params["runs"]:  # one name, one results folder and one MLflow run per seed
+            raise PipelineError(f"{source}: study.runs.{name}",
+                                "also a key of runs: a study-only run needs a name of its own")
+    for name, run in run_specs(params, study=True).items():
+        key = run_key(params, name)
         for pname, prof in params["profiles"].items():
             if run["arch"] not in prof["archs"]:
-                raise PipelineError(f"{source}: runs.{name}.arch",
+                raise PipelineError(f"{source}: {key}.arch",
                                     f"{run['arch']!r} is not defined in profiles.{pname}.archs")
+            if "heatmap_stride" in run:
+                _check_heatmap_stride(run, prof, pname, f"{source}: {key}.heatmap_stride")
     for pname, prof in params["profiles"].items():
         if prof["data"]["source"] == "synthetic" and "synthetic" not in prof["data"]:
             raise PipelineError(f"{source}: profiles.{pname}.data.synthetic",
@@ -77,6 +84,34 @@ def validate_params(params: Any, source: str = DEFAULT_PARAMS) -> dict[str, Any]
 
     check_pins(params, source)
     return params
+
+
+# Heatmap strides each model family can output (``model.output_stride``, set by a run's
+# ``heatmap_stride``). Kept here rather than in pipeline/models so that params.yaml is checked before
+# any job starts without importing torch; build_model refuses the same values.
+OUTPUT_STRIDES: dict[str, tuple[int, ...]] = {"simplebaseline": (4,), "hrnet": (4, 8), "hrformer": (4,)}
+
+
+def strided_heatmap_size(input_size: list[int], stride: int, where: str) -> list[int]:
+    """``input_size / stride`` per axis; an input size the stride does not divide is a config error
+    (a rounded heatmap would no longer sit on the input's pixel grid the codecs assume)."""
+    if any(int(v) % stride for v in input_size):
+        raise PipelineError(where, f"{stride} does not divide input_size {list(input_size)}: "
+                                   f"no whole heatmap size at stride {stride}")
+    return [int(v) // stride for v in input_size]
+
+
+def _check_heatmap_stride(run: dict[str, Any], prof: dict[str, Any], pname: str, where: str) -> None:
+    """What the schema cannot say about a run's ``heatmap_stride`` in one profile: the family of its
+    architecture must output that stride, and it must divide the (architecture's) input size."""
+    stride = run["heatmap_stride"]
+    arch = prof["archs"][run["arch"]]
+    family = arch["model"]["family"]
+    if stride not in OUTPUT_STRIDES[family]:
+        raise PipelineError(where, f"{stride}: {family} models (profiles.{pname}.archs.{run['arch']}) output "
+                                   f"stride {' or '.join(map(str, OUTPUT_STRIDES[family]))} only")
+    data = _merge(prof["datasets"][run["dataset"]], arch.get("datasets", {}).get(run["dataset"]))
+    strided_heatmap_size(data["input_size"], stride, f"{where} (profile {pname})")
 
 
 def _check_archs(prof: dict[str, Any], key: str, source: str) -> None:
@@ -239,19 +274,53 @@ def seeds(params: dict[str, Any], *, study: bool = False) -> list[int]:
     return [int(s) for s in (params["study"]["seeds"] if study else params["seeds"])]
 
 
+def run_specs(params: dict[str, Any], *, study: bool = False) -> dict[str, dict[str, Any]]:
+    """Run name -> its params.yaml entry: the main target's ``runs``, or with ``study`` also the
+    study-only ``study.runs`` (after them). The one place that says which runs a target trains."""
+    specs = dict(params["runs"])
+    if study:
+        specs.update(params["study"].get("runs") or {})
+    return specs
+
+
+def run_names(params: dict[str, Any], *, study: bool = False) -> list[str]:
+    """The runs of the main target, or with ``study`` those of the study target (main + study-only)."""
+    return list(run_specs(params, study=study))
+
+
+def run_key(params: dict[str, Any], run: str) -> str:
+    """Where a run is defined in params.yaml (``runs.<name>`` or ``study.runs.<name>``), for errors."""
+    return f"runs.{run}" if run in params["runs"] else f"study.runs.{run}"
+
+
 def resolve_run(params: dict[str, Any], run: str, profile: str | None = None,
                 seed: int | None = None) -> dict[str, Any]:
-    """The complete configuration of one run under one profile and training seed (plain dict,
-    JSON-serialisable). ``seed`` defaults to the first of ``seeds``."""
+    """The complete configuration of one run (of ``runs`` or ``study.runs``) under one profile and
+    training seed (plain dict, JSON-serialisable). ``seed`` defaults to the first of ``seeds``.
+
+    A run's ``heatmap_stride`` sets ``data.heatmap_size`` to ``input_size / stride`` and the model's
+    ``output_stride``; runs without it resolve exactly as before the key existed (same dict, same
+    JSON), so their Snakemake ``run_config`` and MLflow params do not change."""
     profile = profile or params["profile"]
-    if run not in params["runs"]:
-        raise PipelineError("params.yaml: runs", f"no run named {run!r} (known: {', '.join(params['runs'])})")
+    specs = run_specs(params, study=True)
+    if run not in specs:
+        raise PipelineError("params.yaml: runs", f"no run named {run!r} (known: {', '.join(specs)})")
     seed = seeds(params)[0] if seed is None else int(seed)
     prof = params["profiles"][profile]
-    spec = params["runs"][run]
+    spec = specs[run]
     arch = prof["archs"][spec["arch"]]
     dataset = spec["dataset"]
     paths = Paths(profile)
+    model = copy.deepcopy(arch["model"])
+    data = {
+        **_merge(prof["datasets"][dataset], arch.get("datasets", {}).get(dataset)),
+        "root": str(paths.dataset(dataset)),
+    }
+    if "heatmap_stride" in spec:
+        stride = int(spec["heatmap_stride"])
+        data["heatmap_size"] = strided_heatmap_size(data["input_size"], stride,
+                                                    f"params.yaml: {run_key(params, run)}.heatmap_stride")
+        model["output_stride"] = stride
     return {
         "name": run,
         "profile": profile,
@@ -260,11 +329,8 @@ def resolve_run(params: dict[str, Any], run: str, profile: str | None = None,
         "dataset": dataset,
         "arch": spec["arch"],
         "loss": spec["loss"],
-        "model": copy.deepcopy(arch["model"]),
-        "data": {
-            **_merge(prof["datasets"][dataset], arch.get("datasets", {}).get(dataset)),
-            "root": str(paths.dataset(dataset)),
-        },
+        "model": model,
+        "data": data,
         # profile ← architecture ← architecture on this dataset (MPII HRNet-W48's batch) ← run
         "train": _merge(_merge(_merge(prof["train"], arch.get("train")),
                                arch.get("train_by_dataset", {}).get(dataset)), spec.get("train")),

@@ -18,7 +18,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from pipeline.config import load_params, resolve_run
+from pipeline.config import load_params, resolve_run, run_names
 
 from project_copy import copy_project
 
@@ -33,10 +33,11 @@ def _value(v: str):
     return int(v) if re.fullmatch(r"-?\d+", v) else v
 
 
-def dry_run_train_jobs(project: Path) -> dict[str, dict]:
-    """run name -> {"threads": int, "resources": {...}} of every train job of a forced dry run."""
+def dry_run_train_jobs(project: Path, *targets: str) -> dict[str, dict]:
+    """run name -> {"threads": int, "resources": {...}} of every train job of a forced dry run (of the
+    default target, or of ``targets``)."""
     out = subprocess.run([str(BIN / "snakemake"), "-n", "--forceall", "--workflow-profile", "workflow/profiles/slurm",
-                          "--config", "profile=paper"], cwd=project, capture_output=True, text=True,
+                          *targets, "--config", "profile=paper"], cwd=project, capture_output=True, text=True,
                          check=True, timeout=300).stdout
     jobs = {}
     for block in re.split(r"\n(?=\[[^\]]+\]\nrule )", out):
@@ -107,3 +108,23 @@ def test_paper_train_jobs_ask_slurm_for_params_resources(tmp_path, gpu_model):
         assert " -p gpu" in call, call
         # one launcher per job (torchrun starts the per-GPU processes): no task geometry, no per-task CPUs
         assert "--ntasks" not in call and "--cpus-per-task" not in call, call
+
+
+def test_paper_study_runs_train_with_the_same_slurm_resources(tmp_path):
+    """`snakemake study --config profile=paper` also trains the study-only runs (params.yaml study.runs),
+    as GPU jobs with the resources of every other training job of their architecture."""
+    _copy_project(tmp_path)
+    params = load_params(tmp_path / "params.yaml")
+    study_only = set(run_names(params, study=True)) - set(run_names(params))
+    assert study_only
+
+    jobs = dry_run_train_jobs(tmp_path, "study")
+    assert set(jobs) == set(run_names(params, study=True))
+    main = dry_run_train_jobs(tmp_path)
+    assert set(main) == set(run_names(params))  # the default target leaves them out
+    for run in study_only:
+        res = jobs[run]["resources"]
+        assert res["gpu"] == resolve_run(params, run, "paper")["train"]["gpus"] > 0
+        twin = next(r for r in run_names(params) if params["runs"][r]["arch"] == params["study"]["runs"][run]["arch"])
+        assert jobs[run] == main[twin], run  # threads, gpu, gpu_model, cpus_per_gpu, mem_mb, runtime, partition
+        assert "--gpus=" in sbatch_call(jobs[run])

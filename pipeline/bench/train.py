@@ -129,10 +129,14 @@ def bench_run(cfg: dict[str, Any], dev: torch.device, *, iters: int, warmup: int
 
 
 def _compare_to_mse(runs: dict[str, dict[str, Any]]) -> None:
-    """Each HDM run against the MSE run of the same dataset and architecture, measured in the same call."""
-    mse = {(r["dataset"], r["arch"]): name for name, r in runs.items() if r["loss"] == "mse"}
+    """Each HDM run against the MSE run of the same dataset, architecture and heatmap size (a stride-8
+    study run against its stride-8 baseline), measured in the same call."""
+    def key(r: dict[str, Any]) -> tuple[str, str, tuple[int, ...]]:
+        return r["dataset"], r["arch"], tuple(r["heatmap_size"])
+
+    mse = {key(r): name for name, r in runs.items() if r["loss"] == "mse"}
     for r in runs.values():
-        ref = mse.get((r["dataset"], r["arch"]))
+        ref = mse.get(key(r))
         if r["loss"] != "hdm" or ref is None:
             continue
         m = runs[ref]
@@ -172,7 +176,7 @@ def run_train_benchmark(params: Mapping[str, Any], *, profile: str, runs: Sequen
                         iters: int = 200, warmup: int = 20, device: str | None = None,
                         out_dir: Path = Path("reports/benchmarks"), progress: bool = True) -> dict[str, Any]:
     """Measure each run's training step; write and return the report (see the module docstring)."""
-    from ..config import resolve_run
+    from ..config import resolve_run, run_names
     from ..engine import builders
 
     if iters < 1:
@@ -180,8 +184,9 @@ def run_train_benchmark(params: Mapping[str, Any], *, profile: str, runs: Sequen
     if warmup < 0:
         raise PipelineError("--warmup", f"must be >= 0, got {warmup}")
     names = list(runs) if runs else default_runs(params)
+    known = run_names(params, study=True)
     for name in names:
-        if name not in params["runs"]:
+        if name not in known:
             raise PipelineError("--runs", f"unknown run {name!r}; see `python -m pipeline runs`")
     results: dict[str, dict[str, Any]] = {}
     dev = None

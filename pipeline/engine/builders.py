@@ -130,6 +130,8 @@ def model(cfg: dict[str, Any]) -> nn.Module:
     except PipelineError as exc:
         if not exc.where.startswith("model."):
             raise
+        if exc.where == "model.output_stride":  # set by the run's heatmap_stride, not by the architecture
+            raise PipelineError(f"params.yaml: run {cfg['name']}: heatmap_stride", exc.what) from None
         raise PipelineError(f"params.yaml: profiles.{cfg['profile']}.archs.{cfg['arch']}.{exc.where}",
                             exc.what) from None
     if cfg["model"].get("backbone_weights") is not None:
@@ -175,13 +177,23 @@ def heatmap_stride(cfg: dict[str, Any]) -> float:
     return float(sx)
 
 
+# Optional keys of a run's ``hdm`` section and their defaults: ``heatmap`` is the behaviour before the
+# key existed (the paper's ε = 1 read on heatmap-pixel costs).
+HDM_DEFAULTS: dict[str, Any] = {"epsilon_units": "heatmap"}
+
+
+def with_hdm_defaults(hdm: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a resolved ``hdm`` section with every optional key filled in."""
+    return {**HDM_DEFAULTS, **hdm}
+
+
 def loss(cfg: dict[str, Any]) -> nn.Module:
     """The run's criterion. HDM's ``epsilon_units`` is optional (default ``heatmap``, the behaviour
     before the key existed); ``input`` makes the loss use ``epsilon / stride`` (see :class:`HDMLoss`)."""
     if cfg["loss"] == "mse":
         return JointsMSELoss(use_target_weight=True)
-    h = cfg["hdm"]
-    units = h.get("epsilon_units", "heatmap")
+    h = with_hdm_defaults(cfg["hdm"])
+    units = h["epsilon_units"]
     stride = heatmap_stride(cfg) if units == "input" else None
     return HDMLoss(epsilon=h["epsilon"], iterations=h["iterations"], demanders=h["demanders"],
                    dead_joints=h["dead_joints"], epsilon_units=units, stride=stride)
@@ -219,10 +231,12 @@ def with_train_defaults(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def with_defaults(cfg: dict[str, Any]) -> dict[str, Any]:
-    """A copy of a resolved run config with every optional ``train`` and ``data`` key filled in: what
-    a run actually uses, as logged to MLflow and rendered in docs/paper-config.md."""
+    """A copy of a resolved run config with every optional ``train``, ``data`` and ``hdm`` key filled
+    in: what a run actually uses, as logged to MLflow and rendered in docs/paper-config.md (so an HDM
+    run's MLflow params say which ε units it trained with, even when params.yaml leaves them out)."""
     out = with_train_defaults(cfg)
     out["data"] = with_data_defaults(cfg["data"])
+    out["hdm"] = with_hdm_defaults(cfg["hdm"])
     return out
 
 

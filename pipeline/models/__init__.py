@@ -7,6 +7,7 @@ from typing import Any
 
 from torch import nn
 
+from ..config import OUTPUT_STRIDES
 from ..errors import PipelineError
 from .heads import CenteredHeatmaps
 from .hrformer import HRFormer, build_hrformer
@@ -17,8 +18,16 @@ FAMILIES = ("simplebaseline", "hrnet", "hrformer")
 
 
 def build_model(model_cfg: dict[str, Any], num_joints: int) -> nn.Module:
-    """Build the model described by a resolved ``model`` config section."""
+    """Build the model described by a resolved ``model`` config section.
+
+    ``output_stride`` (optional, default 4; set by a run's ``heatmap_stride``) is refused with a
+    one-line error by the families that cannot output it, rather than ignored: a model whose heatmaps
+    silently stay at stride 4 would train against stride-8 targets of another size."""
     family = model_cfg["family"]
+    stride = model_cfg.get("output_stride", 4)
+    if family in OUTPUT_STRIDES and stride not in OUTPUT_STRIDES[family]:
+        raise PipelineError("model.output_stride", f"{stride}: the {family} family outputs stride "
+                                                   f"{' or '.join(map(str, OUTPUT_STRIDES[family]))} only")
     if family == "simplebaseline":
         return SimpleBaseline(model_cfg["backbone"], num_joints,
                               pretrained=model_cfg.get("pretrained", False),
@@ -28,7 +37,7 @@ def build_model(model_cfg: dict[str, Any], num_joints: int) -> nn.Module:
                               deconv_kernel=model_cfg.get("deconv_kernel", 4))
     if family == "hrnet":
         return PoseHRNet(model_cfg["backbone"], num_joints, pretrained=model_cfg.get("pretrained", False),
-                         width=model_cfg.get("width", 1.0))
+                         width=model_cfg.get("width", 1.0), output_stride=stride)
     if family == "hrformer":
         # Our own implementation (not in timm); ImageNet weights only from a local ``weights`` file.
         return build_hrformer(model_cfg["backbone"], num_joints, width=model_cfg.get("width", 1.0),

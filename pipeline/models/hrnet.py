@@ -3,6 +3,12 @@
 timm's HRNet with ``feature_location=''`` exposes the raw multi-resolution branches; index 1
 is the highest-resolution (stride 4) branch, which equals pose-HRNet's final output
 (see shared/notes/reference-facts.md). The head is a single 1×1 convolution, as the paper's.
+
+``output_stride=8`` (a run's ``heatmap_stride: 8``, beyond the paper) averages each 2×2 block of that
+branch before the head: no parameter is added or changed, so a stride-8 model has the stride-4 model's
+parameter names, shapes and (for one seed) initial values, and loads the same pretrained backbone. With
+pixel edges on pixel edges (docs/conventions.md) a stride-8 heatmap pixel covers exactly the 2×2
+stride-4 pixels it averages, so the two heatmap grids stay aligned with the input.
 """
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ import timm
 import torch
 from timm.models.hrnet import HighResolutionNetFeatures, cfg_cls
 from torch import nn
+from torch.nn import functional as F
 
 from ..errors import PipelineError
 
@@ -30,8 +37,10 @@ class PoseHRNet(nn.Module):
     """timm HRNet backbone (stride-4 branch) + 1×1 convolution to ``num_joints`` heatmaps."""
 
     def __init__(self, backbone: str, num_joints: int, *, pretrained: bool = False,
-                 width: float = 1.0) -> None:
+                 width: float = 1.0, output_stride: int = 4) -> None:
         super().__init__()
+        if output_stride not in (4, 8):
+            raise PipelineError("model.output_stride", f"{output_stride}: HRNet outputs stride 4 or 8 only")
         if backbone.split(".")[0] not in cfg_cls:  # timm's own error (KeyError, "Unknown model") lists nothing
             raise PipelineError("model.backbone", f"unknown HRNet backbone {backbone!r} "
                                                   f"(choose from {', '.join(sorted(cfg_cls))})")
@@ -43,9 +52,14 @@ class PoseHRNet(nn.Module):
             self.backbone = timm.create_model(backbone, pretrained=pretrained, features_only=True,
                                               feature_location="", out_indices=(1,))
         in_ch = self.backbone.feature_info.channels()[0]
+        # a functional pool in forward(), no module: both strides have the same submodules and state dict
+        self.output_stride = output_stride
         self.head = nn.Conv2d(in_ch, num_joints, kernel_size=1)
         nn.init.normal_(self.head.weight, std=0.001)
         nn.init.zeros_(self.head.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x)[0])
+        feats = self.backbone(x)[0]
+        if self.output_stride == 8:
+            feats = F.avg_pool2d(feats, 2)
+        return self.head(feats)

@@ -1,11 +1,11 @@
 # Report: Tables 1-5 (Markdown, LaTeX, CSV), findings.md and figures from the runs recorded in MLflow.
-def _evaluated(profile, seed_list):
-    return [f"results/{profile}/eval/{run}/seed{seed}/metrics.json" for run in RUNS for seed in seed_list]
+def _evaluated(profile, runs, seed_list):
+    return [f"results/{profile}/eval/{run}/seed{seed}/metrics.json" for run in runs for seed in seed_list]
 
 
 rule report:
     input:
-        lambda w: _evaluated(w.profile, SEEDS),
+        lambda w: _evaluated(w.profile, RUNS, SEEDS),
     output:
         [f"reports/{{profile}}/{f}" for f in TABLE_FILES],
     log:
@@ -17,10 +17,11 @@ rule report:
         CLI + " report 2> {log}"
 
 
-# The study target: the same tables over study.seeds (not a DVC stage: there, dvc exp run -S 'seeds=[0,1,2]').
+# The study target: the same tables over study.seeds, plus the study-only study.runs (not a DVC stage:
+# there, dvc exp run -S 'seeds=[0,1,2]' for the main runs).
 rule report_study:
     input:
-        lambda w: _evaluated(w.profile, STUDY_SEEDS),
+        lambda w: _evaluated(w.profile, STUDY_RUNS, STUDY_SEEDS),
     output:
         [f"reports/{{profile}}/study/{f}" for f in TABLE_FILES],
     log:

@@ -1,4 +1,5 @@
-# Training: one job per run of params.yaml and training seed, with its threads, memory and GPUs declared.
+# Training: one job per run of params.yaml (runs, and study.runs for the study target) and training
+# seed, with its threads, memory and GPUs declared.
 #
 # GPU runs (train.gpus > 0) take their SLURM resources from profiles.<p>.cluster, per GPU:
 #   gpu=<train.gpus>, gpu_model=<cluster.gpu_model>  -> sbatch --gpus=<model>:<n> (--gpus=<n> without a model)
@@ -50,9 +51,9 @@ def _train_runtime(w):
 
 rule train:
     input:
-        data=lambda w: f"data/{w.profile}/{config['runs'][w.run]['dataset']}.manifest.json",
+        data=lambda w: f"data/{w.profile}/{RUN_SPECS[w.run]['dataset']}.manifest.json",
         store="results/{profile}/mlflow_store.json",
-        pretrained=lambda w: pretrained_outputs(w.profile, [config["runs"][w.run]["arch"]]),
+        pretrained=lambda w: pretrained_outputs(w.profile, [RUN_SPECS[w.run]["arch"]]),
     output:
         "results/{profile}/runs/{run}/seed{seed}/final.pth",
     params:
