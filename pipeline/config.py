@@ -62,6 +62,10 @@ def validate_params(params: Any, source: str = DEFAULT_PARAMS) -> dict[str, Any]
         raise PipelineError(f"{source}: profile",
                             f"{profile!r} is not a key of profiles ({', '.join(params['profiles'])})")
     for name, run in params["runs"].items():
+        if run.get("codec") is not None and run["loss"] != "mse":
+            raise PipelineError(f"{source}: runs.{name}.codec",
+                                f"{run['codec']!r} needs loss: mse (it replaces the Gaussian targets of an MSE run; "
+                                f"{run['loss']} runs have their own)")
         for pname, prof in params["profiles"].items():
             if run["arch"] not in prof["archs"]:
                 raise PipelineError(f"{source}: runs.{name}.arch",
@@ -260,6 +264,8 @@ def resolve_run(params: dict[str, Any], run: str, profile: str | None = None,
         "dataset": dataset,
         "arch": spec["arch"],
         "loss": spec["loss"],
+        # only when the run sets it, so the configs (and MLflow params) of the other runs stay as they were
+        **({"codec": spec["codec"]} if spec.get("codec") is not None else {}),
         "model": copy.deepcopy(arch["model"]),
         "data": {
             **_merge(prof["datasets"][dataset], arch.get("datasets", {}).get(dataset)),

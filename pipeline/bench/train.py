@@ -117,6 +117,8 @@ def bench_run(cfg: dict[str, Any], dev: torch.device, *, iters: int, warmup: int
     }
     if cfg["loss"] == "hdm":
         entry["hdm_iterations"] = int(cfg["hdm"]["iterations"])
+    if cfg.get("codec") is not None:  # a UDP run: an MSE run, but not the baseline HDM runs compare with
+        entry["codec"] = cfg["codec"]
     if dev.type == "cuda":
         entry["peak_memory_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
         entry["peak_reserved_mb"] = torch.cuda.max_memory_reserved(dev) / 2**20
@@ -130,7 +132,7 @@ def bench_run(cfg: dict[str, Any], dev: torch.device, *, iters: int, warmup: int
 
 def _compare_to_mse(runs: dict[str, dict[str, Any]]) -> None:
     """Each HDM run against the MSE run of the same dataset and architecture, measured in the same call."""
-    mse = {(r["dataset"], r["arch"]): name for name, r in runs.items() if r["loss"] == "mse"}
+    mse = {(r["dataset"], r["arch"]): name for name, r in runs.items() if r["loss"] == "mse" and "codec" not in r}
     for r in runs.values():
         ref = mse.get((r["dataset"], r["arch"]))
         if r["loss"] != "hdm" or ref is None:
