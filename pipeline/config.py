@@ -67,6 +67,10 @@ def validate_params(params: Any, source: str = DEFAULT_PARAMS) -> dict[str, Any]
                                 "also a key of runs: a study-only run needs a name of its own")
     for name, run in run_specs(params, study=True).items():
         key = run_key(params, name)
+        if run.get("codec") is not None and run["loss"] != "mse":
+            raise PipelineError(f"{source}: {key}.codec",
+                                f"{run['codec']!r} needs loss: mse (it replaces the Gaussian targets of an MSE run; "
+                                f"{run['loss']} runs have their own)")
         for pname, prof in params["profiles"].items():
             if run["arch"] not in prof["archs"]:
                 raise PipelineError(f"{source}: {key}.arch",
@@ -329,6 +333,8 @@ def resolve_run(params: dict[str, Any], run: str, profile: str | None = None,
         "dataset": dataset,
         "arch": spec["arch"],
         "loss": spec["loss"],
+        # only when the run sets it, so the configs (and MLflow params) of the other runs stay as they were
+        **({"codec": spec["codec"]} if spec.get("codec") is not None else {}),
         "model": model,
         "data": data,
         # profile ← architecture ← architecture on this dataset (MPII HRNet-W48's batch) ← run

@@ -164,7 +164,7 @@ def test_train_benchmark_writes_the_documented_json(tmp_path):
     from pipeline.bench.train import TRAIN_SAMPLES, default_runs, run_train_benchmark
 
     params = load_params(ROOT / "params.yaml", "smoke")
-    runs = ["coco_hrnet_w32_mse", "coco_hrnet_w32_hdm"]
+    runs = ["coco_hrnet_w32_mse", "coco_hrnet_w32_udp", "coco_hrnet_w32_hdm"]  # UDP: an MSE run, not the baseline
     rep = run_train_benchmark(params, profile="smoke", runs=runs, iters=2, warmup=1, device="cpu",
                               out_dir=tmp_path, progress=False)
     out = tmp_path / "train_smoke_cpu.json"
@@ -179,6 +179,7 @@ def test_train_benchmark_writes_the_documented_json(tmp_path):
         assert r["process_peak_rss_mb"] > 0 and "peak_memory_mb" not in r
         assert torch.isfinite(torch.tensor(r["final_loss"]))
     assert "vs_mse" not in mse and hdm["hdm_iterations"] == 1000
+    assert rep["runs"]["coco_hrnet_w32_udp"]["codec"] == "udp" and "codec" not in mse
     assert hdm["vs_mse"] == {"run": "coco_hrnet_w32_mse",
                              "images_per_s_ratio": pytest.approx(hdm["images_per_s"] / mse["images_per_s"])}
     t1 = rep["per_table"]["table1"]

@@ -28,7 +28,7 @@ def test_docs_paper_config_is_current(params):
 def test_every_paper_run_equals_its_reference(params):
     assert pc.differences(params) == []
     runs = pc.paper_runs(params)
-    assert len(runs) == len(params["runs"]) == 17
+    assert len(runs) == len(params["runs"]) == 19  # 17 paper runs and the two UDP runs
     assert {pc.reference_id(pc.resolve_run(params, r, "paper")) for r in runs} == set(pc.SOURCES) == set(pc.REFERENCE)
     # the settings of the issue, as the references have them
     assert runs["mpii_hrnet_w48_hdm"]["train.batch_size"] == 32 and runs["coco_hrnet_w48_hdm"]["train.batch_size"] == 24

@@ -117,6 +117,8 @@ def bench_run(cfg: dict[str, Any], dev: torch.device, *, iters: int, warmup: int
     }
     if cfg["loss"] == "hdm":
         entry["hdm_iterations"] = int(cfg["hdm"]["iterations"])
+    if cfg.get("codec") is not None:  # a UDP run: an MSE run, but not the baseline HDM runs compare with
+        entry["codec"] = cfg["codec"]
     if dev.type == "cuda":
         entry["peak_memory_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
         entry["peak_reserved_mb"] = torch.cuda.max_memory_reserved(dev) / 2**20
@@ -130,11 +132,12 @@ def bench_run(cfg: dict[str, Any], dev: torch.device, *, iters: int, warmup: int
 
 def _compare_to_mse(runs: dict[str, dict[str, Any]]) -> None:
     """Each HDM run against the MSE run of the same dataset, architecture and heatmap size (a stride-8
-    study run against its stride-8 baseline), measured in the same call."""
+    study run against its stride-8 baseline), measured in the same call; runs with a codec of their own
+    (UDP) are not baselines."""
     def key(r: dict[str, Any]) -> tuple[str, str, tuple[int, ...]]:
         return r["dataset"], r["arch"], tuple(r["heatmap_size"])
 
-    mse = {key(r): name for name, r in runs.items() if r["loss"] == "mse"}
+    mse = {key(r): name for name, r in runs.items() if r["loss"] == "mse" and "codec" not in r}
     for r in runs.values():
         ref = mse.get(key(r))
         if r["loss"] != "hdm" or ref is None:

@@ -12,6 +12,11 @@ For ``gaussian`` the target is the (K,h,w) heatmap; for ``hdm`` it is the (K,2) 
 needs the training sigma, so it is built with it bound in, as MMPose binds a codec's
 configuration: ``get_codec("gaussian_dark", sigma=2.0)``. A decoding variant is thus a name
 (and a sigma), not a branch in the engine.
+
+``udp`` (Huang et al., CVPR 2020) encodes Gaussians at the exact sub-pixel position
+(``gaussian.encode(..., subpixel=True)``) and decodes with DARK at the training sigma (MMPose's UDP
+codec decodes with its DARK refinement too); its heatmaps live in UDP's coordinate convention
+(:func:`convention`), which the dataset and inference take from the codec's name.
 """
 from __future__ import annotations
 
@@ -49,11 +54,22 @@ CODECS: dict[str, Codec] = {
 #: Codecs whose decoding needs the training sigma: name -> builder taking it.
 SIGMA_CODECS: dict[str, Callable[[float], Codec]] = {
     "gaussian_dark": lambda sigma: Codec("gaussian_dark", gaussian.encode, partial(dark.decode, sigma=sigma)),
+    "udp": lambda sigma: Codec("udp", partial(gaussian.encode, subpixel=True), partial(dark.decode, sigma=sigma)),
 }
+
+#: Codecs whose heatmaps use another coordinate convention than "edges" (pipeline/data/transforms.py).
+CONVENTION_OF: dict[str, str] = {"udp": "udp"}
+
+
+def convention(codec_name: str) -> str:
+    """The coordinate convention of a codec's heatmaps: crops, targets and the mapping back to the
+    image must all use it, or every point moves by up to half a heatmap pixel."""
+    return CONVENTION_OF.get(codec_name, "edges")
 
 
 def get_codec(name: str, sigma: float | None = None) -> Codec:
-    """The codec called ``name`` ("gaussian", "hdm", or "gaussian_dark", which needs ``sigma``)."""
+    """The codec called ``name`` ("gaussian", "hdm", or "gaussian_dark" / "udp", which need ``sigma``;
+    the others ignore it)."""
     if name in SIGMA_CODECS:
         if sigma is None:
             raise PipelineError("codec", f"codec {name!r} decodes with the training sigma: pass sigma=")
@@ -66,6 +82,6 @@ def get_codec(name: str, sigma: float | None = None) -> Codec:
 
 
 __all__ = [
-    "Codec", "CODECS", "SIGMA_CODECS", "get_codec", "gaussian", "hdm", "dark", "flip",
-    "flip_back", "flip_image_batch", "render_demanders", "subpixel_demanders",
+    "Codec", "CODECS", "SIGMA_CODECS", "CONVENTION_OF", "convention", "get_codec", "gaussian", "hdm", "dark",
+    "flip", "flip_back", "flip_image_batch", "render_demanders", "subpixel_demanders",
 ]

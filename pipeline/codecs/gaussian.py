@@ -13,6 +13,10 @@ only needs its two neighbours).
 Round-trip bound: ``decode(encode(p))`` returns exactly the nearest pixel centre of ``p``
 (the Gaussian is symmetric about it, so no quarter shift applies), hence the error is at
 most 0.5 px per axis (quantisation of the target).
+UDP's targets (``subpixel=True``, the ``udp`` codec): the same window (``|d| <= 3 sigma`` about the
+nearest pixel centre) and weights, but the Gaussian is centred at the exact position, as UDP's
+"unbiased" encoding and MMPose's ``generate_udp_gaussian_heatmaps`` do; the integer rounding above is
+one of the biases UDP removes (up to 0.5 heatmap px, which DARK decoding could not undo).
 """
 from __future__ import annotations
 
@@ -27,10 +31,13 @@ def encode(
     weights: np.ndarray,
     heatmap_size: Sequence[int],
     sigma: float,
+    subpixel: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(K,2)`` heatmap-frame joints, ``(K,)`` weights -> ``(target (K,h,w) f32, weights f32)``.
 
-    Channels with weight 0 (given, or set because the square is fully outside) are zero.
+    Channels with weight 0 (given, or set because the square is fully outside) are zero. With
+    ``subpixel`` the Gaussian's centre is the joint itself rather than its nearest pixel centre (UDP);
+    the window stays the square about the nearest pixel centre.
     """
     kp = np.asarray(keypoints_hm, dtype=np.float64).reshape(-1, 2)
     w_in = np.asarray(weights, dtype=np.float32).reshape(-1).copy()
@@ -44,11 +51,11 @@ def encode(
     )
     weights_out = np.where(outside | ~finite, 0.0, w_in).astype(np.float32)
 
-    dx = np.arange(width, dtype=np.float64)[None, :] - mu[:, 0:1]  # (K, w)
-    dy = np.arange(height, dtype=np.float64)[None, :] - mu[:, 1:2]  # (K, h)
+    centre = np.where(finite[:, None], kp, 0.0) if subpixel else mu
+    xs, ys = np.arange(width, dtype=np.float64)[None, :], np.arange(height, dtype=np.float64)[None, :]
     two_s2 = 2.0 * float(sigma) ** 2
-    gx = np.exp(-(dx ** 2) / two_s2) * (np.abs(dx) <= radius)
-    gy = np.exp(-(dy ** 2) / two_s2) * (np.abs(dy) <= radius)
+    gx = np.exp(-((xs - centre[:, 0:1]) ** 2) / two_s2) * (np.abs(xs - mu[:, 0:1]) <= radius)  # (K, w)
+    gy = np.exp(-((ys - centre[:, 1:2]) ** 2) / two_s2) * (np.abs(ys - mu[:, 1:2]) <= radius)  # (K, h)
     target = gy[:, :, None] * gx[:, None, :]
     target *= (weights_out > 0)[:, None, None]
     return target.astype(np.float32), weights_out

@@ -44,14 +44,20 @@ def subpixel_demanders(keypoints):
     return pos, d[..., 0] * d[..., 1]
 
 
-def inside_heatmap(keypoints, heatmap_size: Sequence[int]):
-    """Mask of dots inside ``[-0.5, W-0.5] x [-0.5, H-0.5]`` (numpy)."""
+def inside_heatmap(keypoints, heatmap_size: Sequence[int], margin: Sequence[float] = (0.5, 0.5)):
+    """Mask of dots inside ``[-mx, W-1+mx] x [-my, H-1+my]`` (numpy), ``margin = (mx, my)``.
+
+    The default 0.5 is the heatmap's pixel area, which is also the input crop's in this project's
+    convention; UDP's crop reaches only half an INPUT pixel past the outer heatmap pixel centres,
+    so its dataset passes that smaller margin (see :class:`pipeline.data.dataset.TopDownDataset`).
+    """
     kp = np.asarray(keypoints, dtype=np.float64)
     w, h = float(heatmap_size[0]), float(heatmap_size[1])
+    mx, my = float(margin[0]), float(margin[1])
     with np.errstate(invalid="ignore"):
         return (
-            (kp[..., 0] >= -0.5) & (kp[..., 0] <= w - 0.5)
-            & (kp[..., 1] >= -0.5) & (kp[..., 1] <= h - 0.5)
+            (kp[..., 0] >= -mx) & (kp[..., 0] <= w - 1.0 + mx)
+            & (kp[..., 1] >= -my) & (kp[..., 1] <= h - 1.0 + my)
         )
 
 

@@ -6,10 +6,10 @@ Each item is a dict of tensors (so ``torch.utils.data.default_collate`` batches 
 key           shape / dtype        meaning
 ============  ===================  =====================================================
 image         (3,H,W) float32      crop, RGB (or BGR), ImageNet mean/std normalised
-target        (K,hh,hw) float32    Gaussian heatmaps (codec "gaussian");
+target        (K,hh,hw) float32    Gaussian heatmaps (codecs "gaussian", "udp");
               (K,1,1) float32      zeros for codec "hdm" (the loss uses ``keypoints``)
 keypoints     (K,2) float32        joints in HEATMAP pixel coordinates (both codecs)
-weight        (K,) float32         1 if labelled and inside [-0.5,W-0.5]x[-0.5,H-0.5]
+weight        (K,) float32         1 if labelled and inside the input crop (below)
 center        (2,) float64         crop centre in the original image (after augmentation)
 scale         (2,) float64         crop scale in units of 200 px (after augmentation)
 rotation      () float64           degrees, positive = person appears counter-clockwise
@@ -20,8 +20,14 @@ area          () float64
 index         () int64             position in ``records``
 ============  ===================  =====================================================
 
+Codec "udp" crops and places the keypoints in UDP's coordinate convention (box edges onto the outer
+pixel centres, ``transforms.CONVENTIONS``) and renders Gaussians at the exact sub-pixel positions;
+the others use this project's ("edges"). A joint's weight is 1 when it is labelled and lies inside
+the input crop: ``[-0.5, W-0.5]`` heatmap px in "edges" (the heatmap's own pixel area), half an
+INPUT pixel past the outer heatmap pixel centres in "udp".
+
 Mapping ``keypoints`` back to the image: apply
-``transforms.heatmap_to_image(kp, center, scale, heatmap_size, rotation)``; if
+``transforms.heatmap_to_image(kp, center, scale, heatmap_size, rotation, convention=...)``; if
 ``flipped`` the result is in the mirrored image (``x -> img_w - 1 - x`` and left/right
 swapped), as the augmentation defines.
 
@@ -40,7 +46,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from ..codecs import gaussian, hdm
+from ..codecs import convention, gaussian, hdm
 from ..errors import PipelineError
 from .skeleton import JointSet
 from .transforms import (
@@ -105,14 +111,15 @@ class TopDownDataset(Dataset):
         color_rgb: bool = True,
         seed: int = 0,
     ) -> None:
-        if codec not in ("gaussian", "hdm"):
-            raise PipelineError("codec", f"unknown codec {codec!r}; choose 'gaussian' or 'hdm'")
+        if codec not in ("gaussian", "hdm", "udp"):
+            raise PipelineError("codec", f"unknown codec {codec!r}; choose 'gaussian', 'hdm' or 'udp'")
         self.records = list(records)
         self.joint_set = joint_set
         self.num_joints = joint_set.num_joints
         self.input_size = (int(input_size[0]), int(input_size[1]))
         self.heatmap_size = (int(heatmap_size[0]), int(heatmap_size[1]))
         self.codec = codec
+        self.convention = convention(codec)
         self.sigma = float(sigma)
         self.train = bool(train)
         cfg = default_aug_cfg(joint_set)
@@ -122,6 +129,14 @@ class TopDownDataset(Dataset):
         self.color_rgb = bool(color_rgb)
         self.seed = int(seed)
         self.epoch = 0
+
+    def crop_margin(self) -> tuple[float, float]:
+        """How far (heatmap px) the input crop reaches past the outer heatmap pixel centres, per axis:
+        half an input pixel, i.e. 0.5 heatmap px in "edges" and ``0.5 (W_hm - 1) / (W_in - 1)`` in
+        "udp". A joint outside it is not in the image the network sees, so its weight is 0."""
+        if self.convention == "edges":
+            return 0.5, 0.5
+        return tuple(0.5 * (hm - 1.0) / (inp - 1.0) for hm, inp in zip(self.heatmap_size, self.input_size))
 
     def set_epoch(self, epoch: int) -> None:
         """Select the augmentation stream of ``epoch``."""
@@ -159,7 +174,7 @@ class TopDownDataset(Dataset):
             center, scale, rotation, flipped, joints, vis = random_augment(
                 rng, center, scale, joints, vis, self.aug_cfg, image_width=img.shape[1])
 
-        m_in = get_affine_matrix(center, scale, rotation, self.input_size)
+        m_in = get_affine_matrix(center, scale, rotation, self.input_size, convention=self.convention)
         m_img = compose(m_in, hflip_matrix(img.shape[1])) if flipped else m_in
         lap("augment_params")
         patch = warp(img, m_img, self.input_size)
@@ -170,10 +185,12 @@ class TopDownDataset(Dataset):
         image = np.ascontiguousarray(image.transpose(2, 0, 1))
         lap("colour_normalise")
 
-        kp = affine_points(joints, get_affine_matrix(center, scale, rotation, self.heatmap_size))
-        weight = ((vis > 0) & hdm.inside_heatmap(kp, self.heatmap_size)).astype(np.float32)
-        if self.codec == "gaussian":
-            target, weight = gaussian.encode(kp, weight, self.heatmap_size, self.sigma)
+        kp = affine_points(joints, get_affine_matrix(center, scale, rotation, self.heatmap_size,
+                                                     convention=self.convention))
+        weight = ((vis > 0) & hdm.inside_heatmap(kp, self.heatmap_size, self.crop_margin())).astype(np.float32)
+        if self.codec in ("gaussian", "udp"):
+            target, weight = gaussian.encode(kp, weight, self.heatmap_size, self.sigma,
+                                             subpixel=self.codec == "udp")
         else:
             _, weight = hdm.encode_dots(kp, weight, self.heatmap_size)
             target = np.zeros((self.num_joints, 1, 1), dtype=np.float32)

@@ -17,6 +17,12 @@ box is rotated clockwise (on screen) by ``rot`` in the original image.
 The same function with the heatmap size gives the image->heatmap transform, so for a
 stride ``s = W_in / W_hm`` the two frames satisfy ``x_hm = (x_in + 0.5) / s - 0.5``.
 Horizontal flip of a ``W``-wide image maps ``x -> W - 1 - x``.
+
+``convention="udp"`` (Huang et al., CVPR 2020, "Unbiased Data Processing") maps the box's edges
+onto the output's first and last pixel CENTRES instead: ``D = diag((W - 1) / (sw * pixel_std), ...)``,
+same offset. Input and heatmap frames then satisfy ``x_hm = x_in * (W_hm - 1) / (W_in - 1)``; the
+flip is the same ``x -> W - 1 - x``. A run uses one convention for its crops, targets and decoding
+(docs/conventions.md, "UDP").
 """
 from __future__ import annotations
 
@@ -93,6 +99,20 @@ def shift_box_centers(records: Sequence[dict], rng: np.random.Generator, prob: f
 
 
 # --------------------------------------------------------------------------- affine
+#: Where a crop box's edges land in the output: "edges" = the outer pixel edges (this project's,
+#: the default), "udp" = the first and last pixel centres (UDP's).
+CONVENTIONS = ("edges", "udp")
+
+
+def box_span(output_size: Sequence[int], convention: str = "edges") -> tuple[float, float]:
+    """Output pixels the box's width and height span: ``(W, H)`` for "edges", ``(W - 1, H - 1)`` for
+    "udp" (pixel centre 0 to pixel centre W - 1). The only place the two conventions differ."""
+    if convention not in CONVENTIONS:
+        raise ValueError(f"unknown coordinate convention {convention!r}; choose one of {CONVENTIONS}")
+    shrink = 1.0 if convention == "udp" else 0.0
+    return float(output_size[0]) - shrink, float(output_size[1]) - shrink
+
+
 def affine_matrices(
     centers: np.ndarray,
     scales: np.ndarray,
@@ -100,6 +120,7 @@ def affine_matrices(
     output_size: Sequence[int],
     inverse: bool = False,
     pixel_std: float = PIXEL_STD,
+    convention: str = "edges",
 ) -> np.ndarray:
     """Batched :func:`get_affine_matrix`: ``(N,2)``, ``(N,2)``, ``(N,)`` -> ``(N,2,3)``."""
     centers = np.asarray(centers, dtype=np.float64).reshape(-1, 2)
@@ -107,10 +128,11 @@ def affine_matrices(
     n = centers.shape[0]
     rot = np.broadcast_to(np.asarray(rotations, dtype=np.float64), (n,))
     out_w, out_h = float(output_size[0]), float(output_size[1])
+    span_w, span_h = box_span(output_size, convention)
     theta = np.deg2rad(rot)
     cos, sin = np.cos(theta), np.sin(theta)
-    dx = out_w / (scales[:, 0] * pixel_std)
-    dy = out_h / (scales[:, 1] * pixel_std)
+    dx = span_w / (scales[:, 0] * pixel_std)
+    dy = span_h / (scales[:, 1] * pixel_std)
     offset = np.array([(out_w - 1.0) / 2.0, (out_h - 1.0) / 2.0])
     m = np.zeros((n, 2, 3), dtype=np.float64)
     if not inverse:
@@ -137,16 +159,18 @@ def get_affine_matrix(
     output_size: Sequence[int],
     inverse: bool = False,
     pixel_std: float = PIXEL_STD,
+    convention: str = "edges",
 ) -> np.ndarray:
     """``(2,3)`` float64 matrix mapping image -> output (or output -> image if ``inverse``).
 
-    See the module docstring for the exact convention (box edges onto output pixel edges,
-    positive rotation = counter-clockwise appearance in the crop).
+    See the module docstring for the exact convention (box edges onto output pixel edges, or onto
+    the outer pixel centres with ``convention="udp"``; positive rotation = counter-clockwise
+    appearance in the crop).
     """
     return affine_matrices(
         np.asarray(center, dtype=np.float64)[None],
         np.asarray(scale, dtype=np.float64)[None],
-        float(rotation_deg), output_size, inverse, pixel_std,
+        float(rotation_deg), output_size, inverse, pixel_std, convention,
     )[0]
 
 
@@ -186,9 +210,11 @@ def crop(
     scale: Sequence[float],
     rotation: float,
     output_size: Sequence[int],
+    convention: str = "edges",
 ) -> np.ndarray:
     """Crop ``image`` to ``output_size = (W, H)`` with the top-down affine transform."""
-    return warp(image, get_affine_matrix(center, scale, rotation, output_size), output_size)
+    return warp(image, get_affine_matrix(center, scale, rotation, output_size, convention=convention),
+                output_size)
 
 
 def heatmap_to_image(
@@ -198,14 +224,18 @@ def heatmap_to_image(
     heatmap_size: Sequence[int],
     rotations: np.ndarray | float = 0.0,
     pixel_std: float = PIXEL_STD,
+    convention: str = "edges",
 ) -> np.ndarray:
     """Heatmap-pixel coordinates ``(N,K,2)`` -> original-image coordinates ``(N,K,2)``.
 
-    Uses the inverse affine matrix of the heatmap frame (rotation 0 at test time).
+    Uses the inverse affine matrix of the heatmap frame (rotation 0 at test time), in the
+    ``convention`` the heatmaps were trained in (decoding with the other one misplaces points by
+    up to half a heatmap pixel at the box edges: docs/conventions.md, "UDP").
     """
     coords = np.asarray(coords_hm, dtype=np.float64)
     n = coords.shape[0]
-    m = affine_matrices(centers, scales, rotations, heatmap_size, inverse=True, pixel_std=pixel_std)
+    m = affine_matrices(centers, scales, rotations, heatmap_size, inverse=True, pixel_std=pixel_std,
+                        convention=convention)
     if m.shape[0] != n:
         raise ValueError(f"{n} sets of coordinates but {m.shape[0]} centres/scales")
     return np.einsum("nij,nkj->nki", m[:, :, :2], coords) + m[:, None, :, 2]
@@ -218,10 +248,12 @@ def image_to_heatmap(
     heatmap_size: Sequence[int],
     rotations: np.ndarray | float = 0.0,
     pixel_std: float = PIXEL_STD,
+    convention: str = "edges",
 ) -> np.ndarray:
     """Inverse of :func:`heatmap_to_image`: image ``(N,K,2)`` -> heatmap ``(N,K,2)``."""
     coords = np.asarray(coords, dtype=np.float64)
-    m = affine_matrices(centers, scales, rotations, heatmap_size, inverse=False, pixel_std=pixel_std)
+    m = affine_matrices(centers, scales, rotations, heatmap_size, inverse=False, pixel_std=pixel_std,
+                        convention=convention)
     return np.einsum("nij,nkj->nki", m[:, :, :2], coords) + m[:, None, :, 2]
 
 

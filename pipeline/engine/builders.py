@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..codecs import Codec, get_codec
+from ..codecs import convention as codec_convention
 from ..data.coco import load_coco_people
 from ..data.dataset import TopDownDataset
 from ..data.mpii import load_mpii_people
@@ -49,8 +50,21 @@ def aspect_ratio(cfg: dict[str, Any]) -> float:
 
 
 def codec_name(cfg: dict[str, Any]) -> str:
-    """MSE runs learn Gaussian targets; HDM runs learn from the dots directly."""
+    """MSE runs learn Gaussian targets; HDM runs learn from the dots directly. A run's ``codec``
+    (params.yaml, MSE runs only: ``udp``) replaces the default Gaussian one."""
+    if cfg.get("codec") is not None:
+        return cfg["codec"]
     return "gaussian" if cfg["loss"] == "mse" else "hdm"
+
+
+def codec(cfg: dict[str, Any]) -> Codec:
+    """The run's codec, with the training sigma bound in for the codecs that decode with it (udp)."""
+    return get_codec(codec_name(cfg), sigma=cfg["data"]["sigma"])
+
+
+def convention(cfg: dict[str, Any]) -> str:
+    """The coordinate convention of the run's crops and heatmaps ("edges", or "udp" for codec udp)."""
+    return codec_convention(codec_name(cfg))
 
 
 def eval_variants(cfg: dict[str, Any]) -> dict[str, Codec]:
@@ -58,6 +72,7 @@ def eval_variants(cfg: dict[str, Any]) -> dict[str, Codec]:
 
     MSE runs also decode with DARK at the training sigma (the paper's "+ DARK" rows, issue 13);
     HDM heatmaps are not Gaussians, so DARK's assumption does not hold there and they get none.
+    UDP runs get none either: their own decoding already is DARK.
     """
     if codec_name(cfg) != "gaussian":
         return {}

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..codecs import flip as flip_codec
-from ..codecs import Codec, get_codec
+from ..codecs import Codec
 from ..data.transforms import heatmap_to_image
 from . import builders
 
@@ -38,7 +38,8 @@ def predict(net: nn.Module, cfg: dict[str, Any], recs: list[dict], *, flip_test:
     ``"variants"`` as ``{name: {"coords", "scores"}}``; :func:`variant_prediction` turns one into a
     prediction of the same shape as the main one."""
     ds = builders.dataset(cfg, recs, train=False)
-    codec = get_codec(builders.codec_name(cfg))
+    codec = builders.codec(cfg)
+    convention = builders.convention(cfg)  # the heatmaps' frame: UDP runs map back with UDP's
     flip_index = builders.joint_set(cfg).flip_index()
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=cfg["train"]["workers"])
     net.eval().to(memory_format=torch.channels_last)
@@ -71,11 +72,11 @@ def predict(net: nn.Module, cfg: dict[str, Any], recs: list[dict], *, flip_test:
     c = np.concatenate(centers)
     s = np.concatenate(scales)
     size = cfg["data"]["heatmap_size"]
-    xy_img = heatmap_to_image(np.concatenate(coords), c, s, size)
+    xy_img = heatmap_to_image(np.concatenate(coords), c, s, size, convention=convention)
     return {"coords": xy_img, "scores": np.concatenate(scores), "box_score": np.concatenate(box_scores),
             "area": np.concatenate(areas), "image_id": np.concatenate(image_ids), "center": c, "scale": s,
             "peak": np.concatenate(peaks),
-            "variants": {n: {"coords": heatmap_to_image(np.concatenate(xy), c, s, size),
+            "variants": {n: {"coords": heatmap_to_image(np.concatenate(xy), c, s, size, convention=convention),
                              "scores": np.concatenate(sc)} for n, (xy, sc) in extra.items()}}
 
 

@@ -161,8 +161,9 @@ CODE_NOTES: list[tuple[str, str, str, str]] = [
 ]
 
 _SKIP = {"name", "profile", "seed", "seeds", "data.root"}
-# What a run is, not how it is trained: shown plainly (the HDM runs replace the reference's MSE loss).
-_IDENTITY = {"dataset", "arch", "loss"}
+# What a run is, not how it is trained: shown plainly (the HDM runs replace the reference's MSE loss,
+# the UDP runs its codec).
+_IDENTITY = {"dataset", "arch", "loss", "codec"}
 
 
 def reference_id(cfg: dict[str, Any]) -> str:
@@ -303,7 +304,10 @@ def render(params: dict[str, Any]) -> str:
     lines += [f"| {rid} | {repo} | `{path}` |" if " " not in path else f"| {rid} | {repo} | {path} |"
               for rid, (repo, path) in SOURCES.items()]
     lines += ["", "HDM runs also follow the paper: Sinkhorn ε = 1, 1000 iterations, sub-pixel demanders "
-              "(Table 4: naive demanders; Table 5: 500 / 1500 iterations).", ""]
+              "(Table 4: naive demanders; Table 5: 500 / 1500 iterations).", "",
+              "UDP runs (`codec: udp`) are not paper runs (the paper's UDP rows quote other papers): they follow "
+              "the HRNet settings of their architecture above, with UDP's coordinate convention, sub-pixel "
+              "Gaussian targets and DARK decoding (docs/conventions.md, UDP).", ""]
     lines += ["## Documented deviations", ""]
     if DEVIATIONS:
         for (run, key), n in notes.items():
