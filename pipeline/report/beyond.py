@@ -7,8 +7,9 @@ the standard fixes for the same quantisation error, sit in its own Table 1 as ot
 * "+ DARK" lines in Tables 1–3: every MSE run's heatmaps decoded again with DARK
   (:mod:`pipeline.codecs.dark`) at evaluation, Δ against the same run's plain decoding;
 * measured lines on the paper's UDP reference rows of Tables 1 and 2: the ``*_udp`` runs (UDP's
-  coordinate convention, Gaussian targets, DARK decoding), Δ against the same architecture's
-  MSE + DARK, so the Δ is the convention alone (same targets, same decoder);
+  coordinate convention, Gaussian targets at the exact sub-pixel position, DARK decoding), Δ against
+  the same architecture's MSE + DARK: the same decoder, so the Δ is UDP's data processing (its
+  convention and its unrounded target centre) alone;
 * Table 6: HRNet-W32 on COCO at heatmap stride 4 and 8 with MSE, MSE + DARK and HDM with ε in
   heatmap or input pixels (the study target's runs).
 
@@ -100,12 +101,18 @@ def extended(table: PaperTable) -> PaperTable:
     note = ("Lines marked \"beyond the paper\" (source \"measured\" without a paper line) are this benchmark's "
             "additions: \"+ DARK decoding\" decodes the MSE run's own heatmaps with DARK (Δ against its plain "
             "decoding, no extra training); the UDP rows are measured by UDP-trained runs of the same "
-            "architecture and schedule, Δ against that architecture's MSE + DARK (same targets and decoder: "
-            "the Δ is UDP's coordinate convention alone).")
+            "architecture and schedule, Δ against that architecture's MSE + DARK (the same decoder: the Δ is "
+            "UDP's data processing alone, its coordinate convention and its unrounded Gaussian centre; "
+            "docs/conventions.md, \"UDP\").")
     return replace(table, rows=tuple(rows), notes=tuple(table.notes) + (note,))
 
 
 # ---------------------------------------------------------------------------------- Table 6
+def w32_run(stride: int, name: str) -> str:
+    """Table 6's run names: ``coco_hrnet_w32_<name>`` at stride 4, ``coco_hrnet_w32_s8_<name>`` at 8."""
+    return f"coco_hrnet_w32{'_s8' if stride == 8 else ''}_{name}"
+
+
 def _t6(method: str, stride: int, run: str, baseline: str | None = None) -> PaperRow:
     return replace(_r(f"stride {stride}: {method}", "", "", "HRNet-W32", None, (None,) * len(COCO_METRICS),
                       run=run, baseline_run=baseline), in_paper=False)
@@ -121,15 +128,16 @@ TABLE6 = PaperTable(
     paper_headers=("AP", "AP50", "AP75", "APM", "APL", "AR"),
     main_metric="AP",
     measured_scale=100.0,
-    rows=tuple(row for stride, tag in ((4, ""), (8, "_s8")) for row in (
-        _t6("MSE (Gaussian targets)", stride, f"coco_hrnet_w32{tag}_mse"),
-        _t6("MSE + DARK decoding", stride, variant_run(f"coco_hrnet_w32{tag}_mse", DARK), f"coco_hrnet_w32{tag}_mse"),
-        _t6("HDM, ε = 1 heatmap px", stride, f"coco_hrnet_w32{tag}_hdm", variant_run(f"coco_hrnet_w32{tag}_mse", DARK)),
-        _t6("HDM, ε = 1 input px", stride, f"coco_hrnet_w32{tag}_hdm_epsin", f"coco_hrnet_w32{tag}_hdm"),
+    rows=tuple(row for stride in (4, 8) for row in (
+        _t6("MSE (Gaussian targets)", stride, w32_run(stride, "mse")),
+        _t6("MSE + DARK decoding", stride, variant_run(w32_run(stride, "mse"), DARK), w32_run(stride, "mse")),
+        _t6("HDM, ε = 1 heatmap px", stride, w32_run(stride, "hdm"), variant_run(w32_run(stride, "mse"), DARK)),
+        _t6("HDM, ε = 1 input px", stride, w32_run(stride, "hdm_epsin"), w32_run(stride, "hdm")),
     )),
     notes=(
-        "Not a paper table (issue 13). The stride is the heatmap stride (input pixels per heatmap pixel): stride 8 halves the heatmap size at the same input, the Gaussian σ staying the "
-        "profile's in heatmap pixels. Δ: MSE + DARK against MSE (the decoder's gain); HDM (ε = 1 heatmap px, "
+        "Not a paper table (issue 13). Stride: input pixels per heatmap pixel; stride 8 halves the heatmap "
+        "size at the same input (HRNet's stride-4 branch averaged over 2×2 before the same 1×1 head), the "
+        "Gaussian σ staying the profile's in heatmap pixels. Δ: MSE + DARK against MSE (the decoder's gain); HDM (ε = 1 heatmap px, "
         "the paper's λ = 1) against MSE + DARK (HDM against the better decoder on the same model); HDM with "
         "ε = 1 input px (ε / stride heatmap px) against HDM with ε = 1 heatmap px. findings.md answers the "
         "three questions with paired intervals, among them the stride × loss interaction.",

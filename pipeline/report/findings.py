@@ -18,6 +18,7 @@ from ..metrics.diagnostics import COLLAPSE_RATIO, loss_metric_consistency
 from ..metrics.uncertainty import Interval, t_interval
 from .aggregate import BootFn, RowIntervals, RunRecord, contrast_interval, mean_metrics, pair_interval, seed_noise
 from .beyond import DARK, UDP_RUNS, variant_run
+from .beyond import w32_run as _w32
 from .paper_numbers import TABLES, PaperTable
 
 Curves = Mapping[str, Mapping[int, pd.DataFrame]]
@@ -209,18 +210,16 @@ def _udp_section(records: Mapping[str, RunRecord], bootstrap: BootFn | None) -> 
     out = ["### UDP's coordinate convention (Table 1, UDP lines)", "",
            "UDP maps box edges onto the first and last pixel centres, this project onto pixel edges "
            "(docs/conventions.md, \"UDP\"); both are unbiased when used consistently. The UDP runs decode "
-           "with DARK, so against MSE + DARK of the same architecture only the convention differs.", ""]
+           "with DARK, so against MSE + DARK of the same architecture only UDP's data processing differs: "
+           "the convention and the Gaussian centre (exact sub-pixel; the MSE runs round it to the nearest "
+           "heatmap pixel, as HRNet does).", ""]
     for backbone, run in UDP_RUNS.items():
         mse = run.replace("_udp", "_mse")
-        out.append(_delta_line(f"{run} − {variant_run(mse, DARK)} ({backbone}: the convention)", "coco_val",
+        out.append(_delta_line(f"{run} − {variant_run(mse, DARK)} ({backbone}: UDP's data processing)", "coco_val",
                                "AP", 100.0, run, variant_run(mse, DARK), records, bootstrap))
-        out.append(_delta_line(f"{run} − {mse} ({backbone}: convention and decoder)", "coco_val", "AP", 100.0,
+        out.append(_delta_line(f"{run} − {mse} ({backbone}: data processing and decoder)", "coco_val", "AP", 100.0,
                                run, mse, records, bootstrap))
     return out + [""]
-
-
-def _w32(stride: int, name: str) -> str:
-    return f"coco_hrnet_w32{'_s8' if stride == 8 else ''}_{name}"
 
 
 def _epsilon_section(records: Mapping[str, RunRecord], bootstrap: BootFn | None) -> list[str]:
