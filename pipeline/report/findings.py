@@ -187,6 +187,12 @@ def _delta_line(label: str, split: str, metric: str, scale: float, run: str, bas
     return f"- {label}: Δ{metric} {_iv(delta, scale)}, {_verdict(delta)}."
 
 
+def _coco_line(label: str, run: str, baseline: str, records: Mapping[str, RunRecord],
+               bootstrap: BootFn | None) -> str:
+    """:func:`_delta_line` of COCO val AP (Table 1's split and units)."""
+    return _delta_line(label, "coco_val", "AP", 100.0, run, baseline, records, bootstrap)
+
+
 _PAIRS = (("coco_val", "AP", 100.0, "coco", ("simplebaseline", "hrnet_w32", "hrnet_w48", "hrformer_base")),
           ("mpii_val", "Mean", 1.0, "mpii", ("simplebaseline", "hrnet_w32", "hrnet_w48")))
 
@@ -215,10 +221,10 @@ def _udp_section(records: Mapping[str, RunRecord], bootstrap: BootFn | None) -> 
            "heatmap pixel, as HRNet does).", ""]
     for backbone, run in UDP_RUNS.items():
         mse = run.replace("_udp", "_mse")
-        out.append(_delta_line(f"{run} − {variant_run(mse, DARK)} ({backbone}: UDP's data processing)", "coco_val",
-                               "AP", 100.0, run, variant_run(mse, DARK), records, bootstrap))
-        out.append(_delta_line(f"{run} − {mse} ({backbone}: data processing and decoder)", "coco_val", "AP", 100.0,
-                               run, mse, records, bootstrap))
+        dark = variant_run(mse, DARK)
+        out.append(_coco_line(f"{run} − {dark} ({backbone}: UDP's data processing)", run, dark, records, bootstrap))
+        out.append(_coco_line(f"{run} − {mse} ({backbone}: data processing and decoder)", run, mse, records,
+                              bootstrap))
     return out + [""]
 
 
@@ -229,8 +235,8 @@ def _epsilon_section(records: Mapping[str, RunRecord], bootstrap: BootFn | None)
            "optimum (`python -m pipeline --profile paper bench hdm-optimum`, reports/benchmarks/hdm_optimum.json). "
            "Trained:", ""]
     for stride in (4, 8):
-        out.append(_delta_line(f"stride {stride}: {_w32(stride, 'hdm_epsin')} − {_w32(stride, 'hdm')}", "coco_val",
-                               "AP", 100.0, _w32(stride, "hdm_epsin"), _w32(stride, "hdm"), records, bootstrap))
+        run, base = _w32(stride, "hdm_epsin"), _w32(stride, "hdm")
+        out.append(_coco_line(f"stride {stride}: {run} − {base}", run, base, records, bootstrap))
     return out + [""]
 
 
@@ -240,8 +246,7 @@ def _stride_section(records: Mapping[str, RunRecord], bootstrap: BootFn | None) 
            "when the heatmap is coarser.", ""]
     for stride in (4, 8):
         for base, label in ((_w32(stride, "mse"), "MSE"), (variant_run(_w32(stride, "mse"), DARK), "MSE + DARK")):
-            out.append(_delta_line(f"stride {stride}: HDM − {label}", "coco_val", "AP", 100.0, _w32(stride, "hdm"),
-                                   base, records, bootstrap))
+            out.append(_coco_line(f"stride {stride}: HDM − {label}", _w32(stride, "hdm"), base, records, bootstrap))
     inter = contrast_interval("coco_val.AP", (_w32(8, "hdm"), _w32(8, "mse")), (_w32(4, "hdm"), _w32(4, "mse")),
                               records)
     if inter is None:
