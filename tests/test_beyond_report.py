@@ -172,3 +172,12 @@ def test_findings_answer_the_beyond_questions():
     assert "- Interaction (HDM − MSE at stride 8) − (HDM − MSE at stride 4): +4.1 [+1.9, +6.3] (t over 3 seeds), resolved." in text
     assert "coco_hrnet_w48_udp − coco_hrnet_w48_mse+dark (HRNet-W48: UDP's data processing): not run" in text
     assert "- coco_hrnet_w32_udp − coco_hrnet_w32_mse+dark (HRNet-W32: UDP's data processing): ΔAP +0." in text
+
+
+def test_table6_figure_is_drawn_from_its_intervals(tmp_path):
+    from pipeline.report.figures import write_table6_figure
+
+    assert write_table6_figure({}, tmp_path) == []  # nothing measured: no figure
+    recs = {r: _rec(r, {0: 0.4, 1: 0.42, 2: 0.41}) for r in ("coco_hrnet_w32_mse", "coco_hrnet_w32_s8_mse")}
+    paths = write_table6_figure(all_intervals(recs)["table6"], tmp_path)
+    assert [p.name for p in paths] == ["table6.png"] and paths[0].stat().st_size > 1000

@@ -18,7 +18,7 @@ from ..metrics import coco_server
 from ..tracking import finished_runs, metric_history
 from .aggregate import RunRecord, all_intervals, image_bootstrap, mean_metrics
 from .beyond import DARK, split_variant, variant_records
-from .figures import write_diagnostic_figures, write_figures
+from .figures import write_diagnostic_figures, write_figures, write_table6_figure
 from .findings import build_findings, table5_note
 from .tables import build_tables, write_tables
 
@@ -133,6 +133,7 @@ def build_report(*, profile: str, tracking_uri: str, experiment: str, run_names:
         if run_curves:
             staged += write_figures(run_curves, stage)
             staged += write_diagnostic_figures(records, run_curves, stage)
+            staged += write_table6_figure(intervals["table6"], stage)
         io.write_json(stage / "measured.json", {
             "profile": profile, "experiment": experiment, "seeds": seeds, "runs": measured, "run_info": info,
             "per_seed": {run: {str(s): m for s, m in rec.metrics.items()} for run, rec in records.items()}})

@@ -1,5 +1,6 @@
 """Figures of the report: validation curves per MSE/HDM pair (with the plateau marked), the per-joint
-error of MSE vs HDM per architecture, and training loss vs validation metric per loss (Sec. 4)."""
+error of MSE vs HDM per architecture, training loss vs validation metric per loss (Sec. 4), and
+Table 6's AP against the heatmap stride per method."""
 from __future__ import annotations
 
 import math
@@ -13,7 +14,8 @@ import pandas as pd
 from ..data.skeleton import JOINT_SETS
 from ..errors import PipelineError
 from ..io import atomic_path
-from .aggregate import RunRecord, mean_metrics
+from .aggregate import RowIntervals, RunRecord, mean_metrics
+from .beyond import TABLE6
 from .findings import dataset_noise, plateaued
 
 _RUN_RE = re.compile(r"^(?P<ds>[A-Za-z0-9]+)_(?P<stem>.+?)_(?P<var>mse|udp|hdm(?:_.+)?)$")
@@ -134,7 +136,7 @@ def _loss_vs_metric(curves: Curves, out_dir: Path) -> Path:
     for ax, loss in zip(axes.flat, ("mse", "hdm")):
         for run, per_seed in sorted(curves.items()):
             var = _split_run(run)[2]
-            if (var == "mse") != (loss == "mse"):
+            if not (var == "mse" if loss == "mse" else var.startswith("hdm")):  # UDP runs: in neither panel
                 continue
             for df in per_seed.values():
                 ax.plot(df["train_loss"], df["val_metric"], marker=".", linewidth=0.6, alpha=0.7)
@@ -145,3 +147,33 @@ def _loss_vs_metric(curves: Curves, out_dir: Path) -> Path:
         ax.grid(alpha=0.3)
     fig.tight_layout()
     return _save(fig, Path(out_dir) / "figures" / "loss_vs_metric.png")
+
+
+def write_table6_figure(intervals: Mapping[str, RowIntervals], out_dir: Path) -> list[Path]:
+    """``figures/table6.png``: COCO val AP against the heatmap stride (4, 8) per method of Table 6, with
+    the 95 % interval of each mean as an error bar; nothing when no line of Table 6 was measured."""
+    methods: dict[str, list[tuple[int, RowIntervals]]] = {}
+    for row in TABLE6.rows:
+        stride_text, method = row.method.split(": ", 1)
+        if row.run in intervals:
+            methods.setdefault(method, []).append((int(stride_text.split()[1]), intervals[row.run]))
+    if not methods:
+        return []
+    fig, axes = _grid(1, w=5.5, h=3.8)
+    ax = axes.flat[0]
+    for i, (method, points) in enumerate(methods.items()):
+        xs = np.array([x for x, _ in points]) + (i - 1.5) * 0.08  # side by side, not on top of each other
+        ivs = [iv.value for _, iv in points]
+        scale = TABLE6.measured_scale
+        means = np.array([v.mean for v in ivs]) * scale
+        lows = np.array([v.low if v.defined else v.mean for v in ivs]) * scale
+        highs = np.array([v.high if v.defined else v.mean for v in ivs]) * scale
+        ax.errorbar(xs, means, yerr=[means - lows, highs - means], marker="o", capsize=3, label=method,
+                    color=f"C{i}")
+    ax.set_xticks([4, 8], ["stride 4", "stride 8"])
+    ax.set_ylabel("COCO val AP ×100")
+    ax.set_title("Table 6: HRNet-W32 (95 % intervals)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return [_save(fig, Path(out_dir) / "figures" / "table6.png")]
