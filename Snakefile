@@ -18,7 +18,7 @@ except PipelineError as exc:
     sys.exit(f"error: {exc}")
 
 PROFILE = config["profile"]
-RUNS = run_names(config)                     # the main target's runs (Tables 1-5)
+RUNS = run_names(config)                     # the main target's runs (Tables 1-5, Table 6's stride-4 lines)
 STUDY_RUNS = run_names(config, study=True)  # the study target's: RUNS + study.runs (beyond the paper)
 RUN_SPECS = run_specs(config, study=True)   # every run a rule may be asked for
 SEEDS = seeds(config)                   # the main target's training seeds

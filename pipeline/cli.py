@@ -6,7 +6,7 @@ Stages (each writes its outputs atomically and can be run by hand):
   mlflow-init  create the MLflow store and the profile's experiment, once, before parallel jobs
   pretrain     pretrain one architecture's backbone on the neutral shape task (demo/smoke; committed)
   train        train one run                 evaluate  evaluate one run
-  report       write Tables 1–5 and figures  runs      list the run names
+  report       write Tables 1–6 and figures  runs      list the run names
   bench        benchmarks (``bench loss``: the HDM loss engine; ``bench hdm-optimum``: the loss's optimum
                for both epsilon units; ``bench data``: loading; ``bench train``:
                training steps per run) -> reports/benchmarks/*.json
@@ -269,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--seed", type=_nonneg_int, default=None,
                        help="training seed (default: the first of params.yaml's seeds)")
         s.set_defaults(func=func)
-    r = sub.add_parser("report", help="write Tables 1-5, findings.md and figures")
+    r = sub.add_parser("report", help="write Tables 1-6, findings.md and figures")
     r.add_argument("--study", action="store_true",
                    help="the study target: every run and study.runs with study.seeds, into "
                         "reports/<profile>/study/")

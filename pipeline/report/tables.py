@@ -1,4 +1,5 @@
-"""The paper's Tables 1–5, rebuilt with this benchmark's measured numbers beside the paper's.
+"""The paper's Tables 1–5, rebuilt with this benchmark's measured numbers beside the paper's (and the
+lines beyond the paper, Table 6 included: :mod:`pipeline.report.beyond`).
 
 :func:`build_tables` turns the final metrics of each run into one :class:`pandas.DataFrame` per
 table (one row per printed line, numbers in the paper's units, Δ in separate columns); the

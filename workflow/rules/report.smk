@@ -1,4 +1,4 @@
-# Report: Tables 1-5 (Markdown, LaTeX, CSV), findings.md and figures from the runs recorded in MLflow.
+# Report: Tables 1-6 (Markdown, LaTeX, CSV), findings.md and figures from the runs recorded in MLflow.
 def _evaluated(profile, runs, seed_list):
     return [f"results/{profile}/eval/{run}/seed{seed}/metrics.json" for run in runs for seed in seed_list]
 
