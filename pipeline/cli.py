@@ -29,6 +29,7 @@ from . import io
 from .config import (Paths, experiment_name, load_params, resolve_run, run_label, run_names, seeds,
                      tracking_uri)
 from .errors import PipelineError, Terminated
+from .termination import on_sigterm
 
 log = logging.getLogger("pipeline")
 
@@ -318,12 +319,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _on_sigterm(signum: int, frame: object) -> None:
-    """SIGTERM (SLURM's time limit, ``kill``) unwinds like Ctrl-C: temporary files are removed and the
-    MLflow run is marked KILLED before the process exits."""
-    raise Terminated("SIGTERM")
-
-
 def _stage(args: argparse.Namespace) -> str:
     run = getattr(args, "run", None)
     return f"{args.command} --run {run}" if run else args.command
@@ -341,7 +336,9 @@ def _os_error_line(exc: OSError) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one stage; every failure the user can fix ends as one ``error:`` line and a non-zero status."""
     args = build_parser().parse_args(argv)
-    previous = signal.signal(signal.SIGTERM, _on_sigterm) if _main_thread() else None
+    # SIGTERM (SLURM's time limit, ``kill``) unwinds like Ctrl-C: temporary files are removed and the
+    # MLflow run is marked KILLED before the process exits (held back during a store write)
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if _main_thread() else None
     try:
         params = load_params(args.params, args.profile)
         args.func(args, params)

@@ -9,12 +9,14 @@ its schema migration and corrupt it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import PipelineError, Terminated
+from ..termination import deferred_termination
 
 log = logging.getLogger(__name__)
 
@@ -244,6 +246,32 @@ def _end_run(mlflow: Any, status: str) -> None:
         log.warning("could not mark the MLflow run %s (%s)", status, _describe_store_error(str(exc)))
 
 
+# The writes of the mlflow module a stage makes on its open run: a SIGTERM waits until each has committed.
+_WRITES = frozenset({"log_metric", "log_metrics", "log_param", "log_params", "set_tag", "set_tags",
+                     "log_artifact", "log_artifacts", "log_dict", "start_run", "end_run"})
+
+
+class DeferredWrites:
+    """The mlflow module as :func:`open_run` yields it: every write in :data:`_WRITES` runs inside
+    :func:`~pipeline.termination.deferred_termination`, so a SIGTERM never lands inside SQLite's commit;
+    everything else is the module's own attribute."""
+
+    def __init__(self, module: Any) -> None:
+        self._module = module
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._module, name)
+        if name not in _WRITES or not callable(attr):
+            return attr
+
+        @functools.wraps(attr)
+        def write(*args: Any, **kwargs: Any) -> Any:
+            with deferred_termination():
+                return attr(*args, **kwargs)
+
+        return write
+
+
 @contextlib.contextmanager
 def open_run(uri: str, experiment: str, *, run_name: str, run_id: str | None = None,
              tags: dict[str, str] | None = None, missing: str = "new",
@@ -257,7 +285,7 @@ def open_run(uri: str, experiment: str, *, run_name: str, run_id: str | None = N
     the run is marked FAILED (KILLED when interrupted or terminated), so the report never takes it for
     a result.
     """
-    mlflow = connect(uri, write=True)
+    mlflow = DeferredWrites(connect(uri, write=True))
     with store_errors(uri):
         run = _existing_run(mlflow, uri, run_id) if run_id is not None else None
         if run_id is not None and run is None:
