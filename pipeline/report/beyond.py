@@ -98,12 +98,13 @@ def extended(table: PaperTable) -> PaperTable:
         rows.append(_udp_row(row, table.split))
         if _is_mse_row(row):
             rows.append(_dark_row(row))
-    note = ("Lines marked \"beyond the paper\" (source \"measured\" without a paper line) are this benchmark's "
-            "additions: \"+ DARK decoding\" decodes the MSE run's own heatmaps with DARK (Δ against its plain "
-            "decoding, no extra training); the UDP rows are measured by UDP-trained runs of the same "
-            "architecture and schedule, Δ against that architecture's MSE + DARK (the same decoder: the Δ is "
-            "UDP's data processing alone, its coordinate convention and its unrounded Gaussian centre; "
-            "docs/conventions.md, \"UDP\").")
+    note = ("Beyond the paper: each \"+ DARK decoding\" line (measured only, no paper line) decodes the MSE "
+            "run's own heatmaps with DARK (Δ against its plain decoding, no extra training).")
+    if any(r.method == "UDP" and r.run for r in rows):
+        note += (" The UDP rows (reference rows in the paper) are measured here by UDP-trained runs of the same "
+                 "architecture and schedule, Δ against that architecture's MSE + DARK (the same decoder: the Δ "
+                 "is UDP's data processing alone, its coordinate convention and its unrounded Gaussian centre; "
+                 "docs/conventions.md, \"UDP\").")
     return replace(table, rows=tuple(rows), notes=tuple(table.notes) + (note,))
 
 

@@ -30,7 +30,7 @@ import pandas as pd
 
 from ..errors import PipelineError
 from ..io import atomic_path, write_text
-from .beyond import REPORT_TABLES
+from .beyond import REPORT_TABLES, split_variant
 from .paper_numbers import PaperRow, PaperTable
 
 __all__ = ["build_tables", "write_tables", "table_title", "format_delta"]
@@ -424,7 +424,8 @@ def _footnotes(df: pd.DataFrame) -> list[str]:
     else:
         notes.append("Measured MPII numbers: PCKh@0.5 in percent on the validation split.")
     notes.extend(df.attrs.get("notes", []))
-    ids = [(r, i) for r, i in zip(df["run"], df["mlflow_run_id"]) if isinstance(i, str) and i]
+    ids = [(r, i) for r, i in zip(df["run"], df["mlflow_run_id"])
+           if isinstance(i, str) and i and split_variant(r)[1] is None]  # a "+ DARK" line: its run's ids
     ids = list(dict.fromkeys(ids))
     if ids:
         notes.append("MLflow run ids: " + "; ".join(f"{r} = {i}" for r, i in ids) + ".")
