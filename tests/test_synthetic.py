@@ -234,7 +234,7 @@ def test_failure_midway_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Monke
             raise RuntimeError("disk full")
         real(path, image, quality)
 
-    monkeypatch.setattr(synthetic, "_write_jpeg", flaky)
+    monkeypatch.setattr(synthetic.files, "_write_jpeg", flaky)
     out = tmp_path / "coco"
     with pytest.raises(RuntimeError):
         synthetic.generate_coco(out, seed=0, **COCO_KW)
