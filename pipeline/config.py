@@ -48,7 +48,11 @@ def _describe(error: jsonschema.ValidationError) -> tuple[str, str]:
 
 
 def validate_params(params: Any, source: str = DEFAULT_PARAMS) -> dict[str, Any]:
-    """Validate a params mapping against the schema; raise a one-line :class:`PipelineError`."""
+    """Validate a params mapping against the schema; raise a one-line :class:`PipelineError`.
+
+    Profiles that ``extends`` another are expanded first, in place (Snakemake's ``config`` is the
+    mapping passed here, so its rules see the complete profile too)."""
+    expand_profiles(params, source)
     schema = yaml.safe_load(SCHEMA_PATH.read_text())
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(params), key=lambda e: (len(list(e.absolute_path)), str(e)))
@@ -88,6 +92,63 @@ def validate_params(params: Any, source: str = DEFAULT_PARAMS) -> dict[str, Any]
 
     check_pins(params, source)
     return params
+
+
+def _merge_named(base: list[Any], over: list[Any], where: str) -> list[Any]:
+    """A list of named entries (``data.archives.<dataset>``) under ``extends``: each entry of ``over``
+    changes the base entry of the same ``name`` (so a profile states only what it changes); an
+    unknown name is an error rather than a silently added entry."""
+    out = copy.deepcopy(base)
+    index = {e.get("name"): i for i, e in enumerate(out) if isinstance(e, dict)}
+    for entry in over:
+        name = entry.get("name") if isinstance(entry, dict) else None
+        if name not in index:
+            raise PipelineError(where, f"{name!r} is not an entry of the extended profile "
+                                       f"(entries: {', '.join(map(str, index))})")
+        out[index[name]] = _merge_extension(out[index[name]], entry, where)
+    return out
+
+
+def _merge_extension(base: Any, over: Any, where: str) -> Any:
+    """``over`` on ``base`` as ``extends`` reads it: mappings merge key by key, lists of named
+    mappings merge by name, anything else is replaced."""
+    if isinstance(base, dict) and isinstance(over, dict):
+        out = copy.deepcopy(base)
+        for k, v in over.items():
+            out[k] = _merge_extension(out[k], v, f"{where}.{k}") if k in out else copy.deepcopy(v)
+        return out
+    named = isinstance(base, list) and isinstance(over, list) and all(
+        isinstance(e, dict) and "name" in e for e in [*base, *over])
+    if named and base:
+        return _merge_named(base, over, where)
+    return copy.deepcopy(over)
+
+
+def expand_profiles(params: Any, source: str = DEFAULT_PARAMS) -> None:
+    """Replace every profile holding ``extends: <other profile>`` by that profile with its own keys
+    merged on top (in place). A profile that differs from another only in a few keys (the paper
+    rehearsal: the paper profile at toy sizes) states just those keys, and every other setting is
+    the other profile's by construction. Chains are followed; a cycle or unknown name is an error."""
+    profiles = params.get("profiles") if isinstance(params, dict) else None
+    if not isinstance(profiles, dict):
+        return  # the schema names what is wrong
+
+    def expanded(name: str, seen: tuple[str, ...]) -> dict[str, Any]:
+        prof = profiles[name]
+        if not isinstance(prof, dict) or "extends" not in prof:
+            return prof
+        base = prof["extends"]
+        where = f"{source}: profiles.{name}.extends"
+        if base not in profiles:
+            raise PipelineError(where, f"{base!r} is not a key of profiles ({', '.join(profiles)})")
+        if base in seen:
+            raise PipelineError(where, f"profiles extend each other in a cycle ({' -> '.join([*seen, base])})")
+        over = {k: v for k, v in prof.items() if k != "extends"}
+        profiles[name] = _merge_extension(expanded(base, (*seen, base)), over, f"{source}: profiles.{name}")
+        return profiles[name]
+
+    for name in list(profiles):
+        expanded(name, (name,))
 
 
 # Heatmap strides each model family can output (``model.output_stride``, set by a run's
