@@ -179,23 +179,23 @@ def test_missing_dataset_file_stops_the_data_stage(project, tmp_path):
 
 def test_testdev_without_ground_truth_is_submitted_not_scored(project, tmp_path):
     """Real COCO's test-dev ships no ground truth: the evaluation writes the submission zips, logs no
-    test-dev scores and says where the zip is (the one branch the synthetic data never takes)."""
+    test-dev scores and says where the zip is (the one branch the synthetic data never takes). Run in
+    the project itself (its MLflow store belongs to it), which is put back as it was afterwards."""
     d, env, _ = project
-    work = tmp_path / "w"
-    work.mkdir()
-    _copy_project(work)
-    shutil.copy(d / "params.yaml", work / "params.yaml")
-    for sub in ("data", "store", "results"):
-        shutil.copytree(d / sub, work / sub)
-    (work / "data/smoke/coco/annotations/person_keypoints_test-dev2017.json").unlink()
-    shutil.rmtree(work / "results/smoke/eval/coco_hrnet_w32_mse/seed0")
-    env = {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'store' / 'mlflow.db'}"}
-    res = _cli(work, env, "evaluate", "--run", "coco_hrnet_w32_mse")
-    assert res.returncode == 0, res.stderr[-2000:]
-    out = work / "results/smoke/eval/coco_hrnet_w32_mse/seed0"
-    metrics = json.loads((out / "metrics.json").read_text())["metrics"]
-    assert "coco_val.AP" in metrics and not any(k.startswith("coco_testdev") for k in metrics)
-    zips = sorted(p.name for p in (out / "submission").glob("*.zip"))
-    assert zips == ["person_keypoints_test-dev2017_coco_hrnet_w32_mse_dark_results.zip",
-                    "person_keypoints_test-dev2017_coco_hrnet_w32_mse_results.zip"]
-    assert "testdev-scores --run coco_hrnet_w32_mse" in res.stderr
+    gt = d / "data/smoke/coco/annotations/person_keypoints_test-dev2017.json"
+    out = d / "results/smoke/eval/coco_hrnet_w32_mse/seed0"
+    shutil.move(gt, tmp_path / gt.name)
+    shutil.move(out, tmp_path / "eval")
+    try:
+        res = _cli(d, env, "evaluate", "--run", "coco_hrnet_w32_mse")
+        assert res.returncode == 0, res.stderr[-2000:]
+        metrics = json.loads((out / "metrics.json").read_text())["metrics"]
+        assert "coco_val.AP" in metrics and not any(k.startswith("coco_testdev") for k in metrics)
+        zips = sorted(p.name for p in (out / "submission").glob("*.zip"))
+        assert zips == ["person_keypoints_test-dev2017_coco_hrnet_w32_mse_dark_results.zip",
+                        "person_keypoints_test-dev2017_coco_hrnet_w32_mse_results.zip"]
+        assert "testdev-scores --run coco_hrnet_w32_mse" in res.stderr
+    finally:
+        shutil.move(tmp_path / gt.name, gt)
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.move(tmp_path / "eval", out)

@@ -233,7 +233,7 @@ def evaluate_run(cfg: dict[str, Any], *, tracking_uri: str, experiment: str, pro
                     tags.update(_package_testdev(stage, out_dir, cfg["name"], [None, *variants], stats is not None))
                     if stats is None:
                         log.info("test-dev submission for the COCO server: %s (then: python -m pipeline "
-                                 "testdev-scores --run %s --scores FILE)", sub_tags[coco_server.TAG_SUBMISSION],
+                                 "testdev-scores --run %s --scores FILE)", tags[coco_server.TAG_SUBMISSION],
                                  cfg["name"])
         else:
             recs, gt_valid = inputs["mpii"]
