@@ -19,7 +19,10 @@ come from, in this order:
 Every name in the layout appears complete or not at all: archives are extracted into a
 staging folder inside the dataset folder and their members renamed into place; plain files are
 copied to a temporary name and renamed; links are made under a temporary name and renamed.
-When an entry is done, a marker ``<dataset>/.fetched/<name>.json`` records what was installed
+Just before an entry's first target goes into the layout (every target being free, a link, or the
+stage's own), its marker ``<dataset>/.fetched/<name>.json`` says "installing": targets placed by a
+stage killed from there on are the next run's to install again, not a copy put there by hand. When
+the entry is done, the marker records what was installed
 (and the size and sha256 measured on the archive), so a rerun checks only that the targets
 exist and that the params still describe the same bytes: it needs no network and reads no
 archive, and the cache may be deleted once the stage has succeeded. Layout entries that are
@@ -96,6 +99,8 @@ def _done(root: Path, e: Entry, marker: dict[str, Any] | None) -> bool:
     """True when ``marker`` says this very entry was installed and its targets are still there."""
     if not marker or marker.get("name") != e.name or marker.get("targets") != e.targets:
         return False
+    if marker.get("installing"):
+        return False  # stopped while its targets went into place
     if marker.get("origin") != "found":
         if marker.get("path") != e.path:
             return False
@@ -119,6 +124,18 @@ def _write_marker(root: Path, e: Entry, origin: str, source: str | None, size: i
 def _owned(marker: dict[str, Any] | None) -> bool:
     """Targets recorded by a marker of ours (not adopted from the user) may be replaced."""
     return bool(marker) and marker.get("origin") != "found"
+
+
+def _begin_placing(root: Path, e: Entry, owned: bool) -> None:
+    """Before the first of ``e``'s targets goes into the layout: refuse if any target is in the way
+    and not ours to replace (so none is placed), then mark the entry as being installed, so that
+    targets placed by a stage killed before its marker are its own to the next run."""
+    for dest in e.targets.values():
+        p = root / dest
+        if p.exists() and not p.is_symlink() and not owned:
+            raise PipelineError(str(p), "exists but was not made by the data stage; "
+                                        "move it away to let the stage replace it")
+    io.write_json(_marker(root, e), {"name": e.name, "installing": True, "targets": e.targets})
 
 
 def _clear(dest: Path, owned: bool) -> None:
@@ -187,6 +204,7 @@ def _unpack(e: Entry, archive: Path, root: Path, owned: bool, progress: bool) ->
     log.info("%s: extracting %s into %s", e.name, ", ".join(e.targets), root)
     try:
         download.extract(archive, staging, members=list(e.targets), progress=progress)
+        _begin_placing(root, e, owned)
         for member, dest in e.targets.items():
             _move_into_place(staging / member, root / dest, owned)
     finally:
@@ -205,6 +223,7 @@ def _from_path(e: Entry, root: Path, owned: bool, progress: bool) -> dict[str, A
             if not (given / member).exists():
                 raise PipelineError(str(given / member),
                                     f"not found in the extracted copy of {e.name} (set by {e.key}.path)")
+        _begin_placing(root, e, owned)
         for member, dest in e.targets.items():
             _link_into_place(given / member, root / dest, owned)
         log.info("%s: linked from the extracted copy %s", e.name, given)
@@ -214,6 +233,7 @@ def _from_path(e: Entry, root: Path, owned: bool, progress: bool) -> dict[str, A
     if e.is_archive:
         _unpack(e, copy, root, owned, progress)
     else:
+        _begin_placing(root, e, owned)
         _link_into_place(copy, root / str(e.place), owned)
     return {"origin": "local", "source": str(copy.resolve()), "size": size, "sha256": sha}
 
@@ -236,8 +256,10 @@ def _from_url(e: Entry, root: Path, cache: Path, owned: bool, progress: bool) ->
             size, sha = _measure(got, e)
             _unpack(e, got, root, owned, progress)
     elif local:
+        _begin_placing(root, e, owned)
         _link_into_place(got, root / str(e.place), owned)
     else:
+        _begin_placing(root, e, owned)
         _copy_into_place(got, root / str(e.place), owned)
     return {"origin": "local" if local else "download", "source": str(got.resolve()) if local else e.url,
             "size": size, "sha256": sha}

@@ -34,6 +34,7 @@ from urllib.parse import unquote, urlparse
 from urllib.request import url2pathname
 
 import requests
+import urllib3
 
 from ..errors import PipelineError
 from ..io import atomic_path
@@ -229,6 +230,8 @@ def _download(
         if status == 404:
             raise PipelineError(source.name, f"not found at {url} (HTTP 404)")
         if status == 416 and have:
+            if _content_range_total(resp.headers.get("Content-Range")) == have:
+                return have  # the .part already holds every byte (a run stopped before renaming it)
             part.unlink(missing_ok=True)  # our prefix is not a prefix of theirs: start over
             raise _Retryable(f"HTTP 416 from {url} (range {have}- not satisfiable)")
         if status >= 500 or status in (408, 429):
@@ -255,12 +258,14 @@ def _download(
         )
         try:
             with part.open(mode) as fh:
-                for block in resp.iter_content(chunk_size=chunk):
+                # The bytes as sent, never decoded: a server labelling a .tar.gz "Content-Encoding: gzip"
+                # (Apache's AddEncoding) still sends the archive itself, which must land as it is.
+                for block in resp.raw.stream(chunk, decode_content=False):
                     if block:
                         fh.write(block)
                         bar.update(len(block))
-        except (requests.RequestException, ConnectionError) as exc:
-            # requests' errors subclass OSError too, so they must be caught first.
+        except (requests.RequestException, urllib3.exceptions.HTTPError, ConnectionError) as exc:
+            # network errors (requests', urllib3's, the socket's) before OSError, which some of them subclass
             raise _Retryable(f"connection lost at byte {part.stat().st_size} ({type(exc).__name__})") from None
         except OSError as exc:
             raise PipelineError(str(part), f"cannot write download ({exc})") from None
