@@ -88,11 +88,14 @@ def test_official_checkpoint_round_trip(tmp_path):
 
 
 def test_mmpose_named_checkpoint_loads():
+    # MMPose's names (its backbones/hrformer.py): WindowMSA ``attn.attn.{qkv,proj}``; the FFN is ``ffn``,
+    # a CrossFFN whose fc1/norm1/dw3x3/norm2/fc2/norm3 are attributes (its ``layers`` is a plain list,
+    # so no ``ffn.layers.<i>`` key exists)
     src = _tiny(seed=1)
+    _randomise_bn(src)
     mm = {}
     for key, value in to_official_state_dict(src).items():
-        for ours, idx in (("fc1", 0), ("norm1", 1), ("dw3x3", 3), ("norm2", 4), ("fc2", 6), ("norm3", 7)):
-            key = key.replace(f".mlp.{ours}.", f".ffn.layers.{idx}.")
+        key = key.replace(".mlp.", ".ffn.").replace(".attn.attn.out_proj.", ".attn.attn.proj.")
         mm["backbone." + key] = value
     for stem in {k.rsplit(".q_proj.", 1)[0] for k in mm if ".q_proj." in k}:
         for kind in ("weight", "bias"):

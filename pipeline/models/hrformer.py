@@ -43,9 +43,10 @@ Official checkpoint keys → ours (:func:`load_official_checkpoint`; inverse in
    ``stage<s>.<m>.fuse_layers.<i>.<j>.<…>``. BN ``num_batches_tracked`` may be absent.
 
 MMPose's copy (``hrformer_base-32815020_20220226.pth``) is also accepted under MMPose's module
-names as read from its ``hrformer.py`` (the file itself was not inspected here): its
-``….attn.attn.qkv``/``….attn.attn.out_proj`` map to ``….attn.qkv``/``….attn.proj`` and its
-``….ffn.layers.{0,1,3,4,6,7}`` to ``….mlp.{fc1,norm1,dw3x3,norm2,fc2,norm3}``.
+names as read from its ``backbones/hrformer.py`` (the file itself was not inspected here): its
+``WindowMSA``'s ``….attn.attn.qkv``/``….attn.attn.proj`` map to ``….attn.qkv``/``….attn.proj`` and its
+FFN ``….ffn.{fc1,norm1,dw3x3,norm2,fc2,norm3}`` to ``….mlp.<same>`` (MMPose's ``CrossFFN`` keeps those
+layers as attributes; its ``layers`` is a plain list, so a state dict never has ``ffn.layers.<i>``).
 """
 from __future__ import annotations
 
@@ -422,7 +423,6 @@ def no_weight_decay_keys(model: nn.Module, *, norms_and_biases: bool = True) -> 
 
 # --------------------------------------------------------------------------- official checkpoints
 _HEAD_PREFIXES = ("incre_modules.", "downsamp_modules.", "final_layer.", "classifier.")
-_MMPOSE_FFN = {"0": "fc1", "1": "norm1", "3": "dw3x3", "4": "norm2", "6": "fc2", "7": "norm3"}
 
 
 def _backbone_of(model: nn.Module) -> HRFormerBackbone:
@@ -485,8 +485,8 @@ def from_official_state_dict(
             qkv.setdefault(f"{m[1]}.qkv.{m[3]}", {})[m[2]] = value
             continue
         key = re.sub(r"\.attn\.attn\.out_proj\.", ".attn.proj.", key)
-        key = re.sub(r"\.attn\.attn\.(qkv\.|relative_position_bias_table$)", r".attn.\1", key)
-        key = re.sub(r"\.ffn\.layers\.(\d)\.", lambda g: f".mlp.{_MMPOSE_FFN.get(g[1], g[1])}.", key)
+        key = re.sub(r"\.attn\.attn\.(qkv\.|proj\.|relative_position_bias_table$)", r".attn.\1", key)
+        key = re.sub(r"\.ffn\.(fc1|norm1|dw3x3|norm2|fc2|norm3)\.", r".mlp.\1.", key)
         out[key] = value
     incomplete: dict[str, list[str]] = {}
     for key, parts in qkv.items():
