@@ -29,7 +29,7 @@ from pipeline.engine.builders import COCO_SPLITS, MPII_GT_VALID, MPII_SPLITS
 from pipeline.errors import Terminated
 from project_copy import copy_project
 from scripts.rehearsal import serve as srv
-from scripts.rehearsal.archives import build_archives, url_path
+from scripts.rehearsal.archives import COCO_SIZES, MPII_SIZES, build_archives, url_path
 
 ROOT = Path(__file__).resolve().parent.parent
 PROFILE = "rehearsal"
@@ -151,7 +151,7 @@ def test_testdev_has_no_ground_truth(built):
     dev_ids = {im["id"] for im in dev["images"]}
     all_ids = {im["id"] for im in every["images"]}
     files = {m.split("/")[1] for m in _members(written["test2017.zip"]) if m.endswith(".jpg")}
-    assert len(dev_ids) == 4 and dev_ids < all_ids and {f"{i:012d}.jpg" for i in all_ids} == files
+    assert len(dev_ids) == COCO_SIZES["testdev_images"] and dev_ids < all_ids and {f"{i:012d}.jpg" for i in all_ids} == files
     dets = json.loads(written["COCO_test-dev2017_detections_AP_H_609_person.json"].read_text())
     assert dets and {d["image_id"] for d in dets} <= dev_ids
     assert all(set(d) == {"image_id", "category_id", "bbox", "score"} for d in dets)
@@ -235,13 +235,14 @@ def test_data_stage_downloads_and_installs_both_datasets(built, no_proxy, tmp_pa
         assert sorted(p.name for p in (coco / "annotations").iterdir()) == [
             "image_info_test-dev2017.json", "person_keypoints_train2017.json", "person_keypoints_val2017.json"]
         assert not list(data.rglob(f"*{TESTDEV_GT}*"))
-        for split, n in (("train2017", 8), ("val2017", 4), ("test2017", 6)):
+        for split, n in (("train2017", COCO_SIZES["train_images"]), ("val2017", COCO_SIZES["val_images"]),
+                         ("test2017", COCO_SIZES["testdev_images"] + COCO_SIZES["testchallenge_images"])):
             images = sorted((coco / "images" / split).iterdir())
             assert len(images) == n
             assert images[0].read_bytes() == _read_member(written[f"{split}.zip"], f"{split}/{images[0].name}")
         for name in ("COCO_val2017_detections_AP_H_56_person.json", "COCO_test-dev2017_detections_AP_H_609_person.json"):
             assert (coco / "person_detection_results" / name).read_bytes() == written[name].read_bytes()
-        assert len(list((mpii / "images").iterdir())) == 12
+        assert len(list((mpii / "images").iterdir())) == MPII_SIZES["train_images"] + MPII_SIZES["val_images"]
         for name in ("train.json", "valid.json", "gt_valid.mat"):
             assert (mpii / "annot" / name).read_bytes() == written[name].read_bytes()
 

@@ -45,8 +45,8 @@ PROFILE = "rehearsal"
 IMAGE_SIZE = (160, 120)        # width, height
 MAX_PEOPLE = 2
 DIFFICULTY = 0.5               # as the smoke profile
-COCO_SIZES = {"train_images": 8, "val_images": 4, "testdev_images": 4, "testchallenge_images": 2}
-MPII_SIZES = {"train_images": 8, "val_images": 4}
+COCO_SIZES = {"train_images": 4, "val_images": 3, "testdev_images": 3, "testchallenge_images": 1}
+MPII_SIZES = {"train_images": 4, "val_images": 3}
 
 # The real downloads' contents, by download name: an archive maps each of its members (a file, or a
 # folder and everything below it) to the generated path that fills it; a plain file names its path.
