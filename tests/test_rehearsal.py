@@ -116,6 +116,7 @@ def test_every_paper_run_trained_on_two_processes_and_evaluated(rehearsal):
     for run in runs:
         out = d / "results" / PROFILE / "runs" / run / "seed0"
         assert (out / "final.pth").is_file(), run
+        assert [p.name for p in sorted((out / "checkpoints").iterdir())] == ["epoch_002.pth", "epoch_003.pth"], run
         log = (out / "train.log").read_text()
         assert "× 2 processes" in log, run
         metrics = json.loads((d / "results" / PROFILE / "eval" / run / "seed0" / "metrics.json").read_text())

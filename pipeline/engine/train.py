@@ -186,6 +186,21 @@ def list_checkpoints(ckpt_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found, reverse=True)
 
 
+# Epoch checkpoints kept per run: the newest, and the one before it in case the newest is unreadable
+# (a disk error; writes themselves are atomic). Each holds the optimizer state too, so keeping every
+# epoch would take 210 × 0.8 GB for one ResNet-152 run of the paper.
+KEEP_CHECKPOINTS = 2
+
+
+def prune_checkpoints(ckpt_dir: Path, newest: int, keep: int = KEEP_CHECKPOINTS) -> list[Path]:
+    """Delete the epoch checkpoints older than the ``keep`` newest up to epoch ``newest``; returns them.
+    Checkpoints of later epochs (an earlier attempt with a longer schedule) are left alone."""
+    older = [p for epoch, p in list_checkpoints(ckpt_dir) if epoch <= newest][keep:]
+    for path in older:
+        path.unlink(missing_ok=True)
+    return older
+
+
 def find_resume_checkpoint(ckpt_dir: Path, cfg_hash: str, max_epoch: int, code: str | None = None
                            ) -> tuple[dict[str, Any] | None, Path | None]:
     """The newest readable checkpoint of this configuration and training code (at most ``max_epoch``),
@@ -626,6 +641,7 @@ def _save_checkpoint(run: _Run, epoch: int, rng: list[Any]) -> None:
             "code_hash": run.code, "config": run.cfg, "world_size": run.env.world_size}
     with io.atomic_path(run.ckpt_dir / f"epoch_{epoch:03d}.pth") as tmp:
         torch.save(ckpt, tmp)
+    prune_checkpoints(run.ckpt_dir, epoch)
 
 
 def _write_final_outputs(run: _Run) -> None:
