@@ -8,6 +8,7 @@ stops it, and the same command then finishes the work.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -46,25 +47,62 @@ def _runs(d: Path) -> list[str]:
     return list(_params(d)["runs"])
 
 
+def _process_tree(root: int) -> list[int]:
+    """``root`` and every process below it (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, []))
+    return tree
+
+
+def _train_launcher(run: str) -> int | None:
+    """The pid of ``python -m pipeline ... train --run <run>`` as Snakemake's rule started it."""
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        words = [a.decode(errors="replace") for a in args]
+        if "pipeline" in words and "train" in words and run in words and "torch.distributed.run" not in words:
+            return int(cmdline.parent.name)
+    return None
+
+
 def _interrupt_after_first_checkpoint(d: Path, env: dict) -> str:
-    """Start the rehearsal, SIGTERM it once some run has an epoch checkpoint but no final weights,
-    and return that run's name."""
+    """Start the rehearsal; once some run has its first epoch checkpoint, send SIGTERM to every process
+    of that training job at once (what SLURM does at a job's time limit) and let Snakemake stop;
+    return the run's name."""
     proc = subprocess.Popen([sys.executable, "-m", "scripts.rehearsal", "--", *SNAKEMAKE], cwd=d, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     runs = d / "results" / PROFILE / "runs"
     deadline = time.time() + TIMEOUT
     interrupted = None
     while interrupted is None and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.5)
+        time.sleep(0.2)
         for ckpt in sorted(runs.glob("*/seed0/checkpoints/epoch_001.pth")):
             run_dir = ckpt.parent.parent
-            if not (run_dir / "final.pth").exists() and not (run_dir / "checkpoints" / "epoch_002.pth").exists():
+            pid = _train_launcher(run_dir.parent.name)
+            if pid is not None and not (run_dir / "checkpoints" / "epoch_002.pth").exists():
+                for p in _process_tree(pid):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(p, signal.SIGTERM)
                 interrupted = run_dir.parent.name
                 break
-    assert interrupted is not None, "no training run reached its first checkpoint"
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=300)
+    assert interrupted is not None, "no training run reached its first checkpoint: " + \
+        (proc.communicate()[0][-3000:] if proc.poll() is not None else "")
+    out, _ = proc.communicate(timeout=TIMEOUT)  # Snakemake finishes the jobs running, then stops
     assert proc.returncode != 0, out[-3000:]
+    job_log = (d / "logs" / PROFILE / f"train_{interrupted}-seed0.log").read_text()
+    assert "SIGTERM" in job_log.strip().splitlines()[-1], job_log[-2000:]
     assert not (runs / interrupted / "seed0" / "final.pth").exists()
     return interrupted
 

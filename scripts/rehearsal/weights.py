@@ -44,6 +44,8 @@ from typing import Iterable, Mapping
 
 import torch
 
+from pipeline.data.download import sha256_file
+
 from .hrt_official import HEAD_PREFIXES, mmpose_name, official_keys, official_relative_position_index
 
 PAPER_TIMM_TAGS = ("resnet152.tv_in1k", "hrnet_w32.ms_in1k", "hrnet_w48.ms_in1k")
@@ -104,14 +106,6 @@ def timm_state_shapes(tag: str) -> dict[str, tuple[tuple[int, ...], torch.dtype]
     return {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def build_hub_cache(hf_home: Path, tags: Iterable[str] = PAPER_TIMM_TAGS, seed: int = 0,
                     dtype: torch.dtype = torch.float16) -> dict[str, Path]:
     """Write a Hugging Face hub cache under ``hf_home`` with random weights for each timm ``tag``.
@@ -137,7 +131,7 @@ def build_hub_cache(hf_home: Path, tags: Iterable[str] = PAPER_TIMM_TAGS, seed: 
         tmp = repo / "blobs" / f".{filename}.incomplete"
         save_file(tensors, str(tmp), metadata={"format": "pt"})
         del tensors
-        blob_id = _sha256(tmp)
+        blob_id = sha256_file(tmp)
         blob = repo / "blobs" / blob_id
         os.replace(tmp, blob)
         commit = hashlib.sha1(f"{repo_id}\n{filename}\n{blob_id}".encode()).hexdigest()
