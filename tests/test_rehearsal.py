@@ -161,6 +161,8 @@ def test_every_paper_run_trained_on_two_processes_and_evaluated(rehearsal):
         key = "coco_val.AP" if run.startswith("coco") else "mpii_val.Mean"
         assert key in metrics["metrics"], run
         assert not any(k.startswith("coco_testdev") for k in metrics["metrics"]), run  # no ground truth
+        eval_log = (d / "results" / PROFILE / "eval" / run / "seed0" / "evaluate.log").read_text()
+        assert "Loading pretrained weights" not in eval_log, run  # the checkpoint holds every tensor
     hrformer = (d / "results" / PROFILE / "runs" / "coco_hrformer_base_hdm" / "seed0" / "train.log").read_text()
     assert "sync_bn" in hrformer and "float16" in hrformer
 

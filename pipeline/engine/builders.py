@@ -133,15 +133,21 @@ def dataset(cfg: dict[str, Any], recs: list[dict], *, train: bool) -> TopDownDat
                           color_rgb=d["color_rgb"], seed=cfg["seed"])
 
 
-def model(cfg: dict[str, Any]) -> nn.Module:
+def model(cfg: dict[str, Any], *, initial_weights: bool = True) -> nn.Module:
     """The run's network; a bad ``model`` value is named by its full key in params.yaml.
 
     With ``model.backbone_weights`` (demo/smoke: the pretrain stage's output) the backbone is loaded from
     the pinned file (sha256 checked, ``weights_only``); the head keeps the initialisation of the model's
     constructor (the reference's), drawn from the same RNG state for MSE and HDM runs of one seed, so
-    both start from identical weights."""
+    both start from identical weights. ``initial_weights=False`` builds the architecture alone, without
+    fetching or loading any pretrained weights (timm's hub, HRFormer's file, the pretrain stage's): for
+    evaluation, whose checkpoint replaces every tensor, so an evaluation job needs neither the hub nor
+    the ImageNet files."""
+    model_cfg = cfg["model"]
+    if not initial_weights:
+        model_cfg = {**model_cfg, "pretrained": False, "weights": None, "backbone_weights": None}
     try:
-        net = build_model(cfg["model"], joint_set(cfg).num_joints)
+        net = build_model(model_cfg, joint_set(cfg).num_joints)
     except PipelineError as exc:
         if not exc.where.startswith("model."):
             raise
@@ -149,7 +155,7 @@ def model(cfg: dict[str, Any]) -> nn.Module:
             raise PipelineError(f"params.yaml: run {cfg['name']}: heatmap_stride", exc.what) from None
         raise PipelineError(f"params.yaml: profiles.{cfg['profile']}.archs.{cfg['arch']}.{exc.where}",
                             exc.what) from None
-    if cfg["model"].get("backbone_weights") is not None:
+    if model_cfg.get("backbone_weights") is not None:
         from ..pretrain.weights import load_backbone
 
         load_backbone(net, cfg["model"]["backbone_weights"], cfg["profile"], cfg["arch"])

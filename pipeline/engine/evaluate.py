@@ -64,7 +64,7 @@ def check_checkpoint(ckpt: dict[str, Any], cfg: dict[str, Any], path: Path) -> N
 
 def load_model(cfg: dict[str, Any], ckpt: dict[str, Any], path: Path) -> torch.nn.Module:
     """The run's model with the checkpoint's weights; a mismatch names the file and the first keys."""
-    net = builders.model(cfg)
+    net = builders.model(cfg, initial_weights=False)  # the checkpoint holds every tensor
     try:
         net.load_state_dict(ckpt["model"])
     except RuntimeError as exc:
