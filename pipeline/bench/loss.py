@@ -37,7 +37,7 @@ What is measured, per heatmap size ``H x W`` at ``B = 32, K = 17`` (float32, all
 ``demo_training_step``: one training step (forward, backward, Adam) of the demo profile's
 HRNet-W48 model with HDM (``coco_hrnet_w48_hdm``) and with MSE (``coco_hrnet_w48_mse``) on the
 same demo batch, and their ratio; plus, when the demo runs have been trained, their recorded
-epoch times (``results/demo/runs/<run>/train_summary.json``).
+epoch times (``results/<profile>/runs/<run>/seed<k>/train_summary.json``, the first training seed).
 """
 from __future__ import annotations
 
@@ -387,7 +387,7 @@ def demo_training_step(params: Mapping[str, Any], *, profile: str = "demo", repe
             entry["hdm_iterations"] = cfg["hdm"]["iterations"]
             entry["iterations_run"] = int(getattr(crit, "last_iterations_run", 0))
         out["runs"][run] = entry
-        summary = Paths(profile).run_dir(run) / "train_summary.json"
+        summary = Paths(profile).run_dir(run, cfg["seed"]) / "train_summary.json"
         if summary.is_file():
             try:
                 hist = json.loads(summary.read_text())["history"]
