@@ -498,6 +498,29 @@ def test_sigkill_before_the_first_checkpoint_the_rerun_reuses_the_run(proj, caps
     assert not _leftovers(proj)
 
 
+
+def test_a_replaced_store_gets_the_checkpoint_curves_replayed(proj, capsys):
+    """The store was replaced after training (moved away, a new mlflow-init): extending the run starts a
+    new MLflow run and first logs the epochs its checkpoint holds, so the new run's curve is whole."""
+    history = json.loads((proj / f"results/smoke/runs/{RUN}/seed0/train_summary.json").read_text())["history"]
+    (proj / "mlflow.db").rename(proj / "replaced.db")
+    rc, err = _cli(capsys, "mlflow-init")
+    assert rc == 0, err[-2000:]
+    epochs = len(history) + 1
+    _edit_params(proj, lambda p: p["profiles"]["smoke"]["train"].update(epochs=epochs))
+    rc, err = _cli(capsys, "train", "--run", RUN)
+    assert rc == 0, err[-2000:]
+    run_id = _run_id(proj, RUN)
+    assert "starting a new run" in (proj / f"results/smoke/runs/{RUN}/seed0/train.log").read_text()
+    assert _history(proj, run_id, "train_loss") == list(range(1, epochs + 1))
+    con = sqlite3.connect(proj / "mlflow.db")
+    try:
+        logged = dict(con.execute("SELECT step, value FROM metrics WHERE run_uuid = ? AND key = 'train_loss'",
+                                  (run_id,)))
+    finally:
+        con.close()
+    assert [logged[row["epoch"]] for row in history] == pytest.approx([row["train_loss"] for row in history])
+
 # ----------------------------------------------------------------------------- 7. late evaluation failures
 def test_gt_valid_with_another_person_count_fails_before_any_output(proj, capsys):
     from scipy.io import loadmat, savemat

@@ -253,34 +253,6 @@ def test_bad_ground_truth_and_results(tmp_path, gt_file, capsys):
     assert "nope.json" in capsys.readouterr().err
 
 
-def test_load_detections(tmp_path):
-    dets = [
-        {"image_id": 1, "category_id": 1, "bbox": [10, 20, 50, 100], "score": 0.9},
-        {"image_id": 1, "category_id": 2, "bbox": [10, 20, 50, 100], "score": 0.9},  # not a person
-        {"image_id": 1, "category_id": 1, "bbox": [10, 20, 0.5, 100], "score": 0.9},  # too thin
-        {"image_id": 2, "category_id": 1, "bbox": [1, 2, 30, 40], "score": 0.05},
-        {"image_id": 3, "category_id": 1, "bbox": [1, 2, 30, 40], "score": 0.5},
-    ]
-    path = tmp_path / "dets.json"
-    path.write_text(json.dumps(dets))
-    got = cm.load_detections(path)
-    assert [(d["image_id"], d["score"]) for d in got] == [(1, 0.9), (2, 0.05), (3, 0.5)]
-    assert got[0]["bbox"] == [10.0, 20.0, 50.0, 100.0]
-    assert [d["image_id"] for d in cm.load_detections(path, image_thre=0.1)] == [1, 3]
-    assert [d["image_id"] for d in cm.load_detections(path, image_ids=[2, 3])] == [2, 3]
-    dets[3]["bbox"] = [1, 2, 30]
-    path.write_text(json.dumps(dets))
-    with pytest.raises(PipelineError, match=r"dets.json: entry 3: field 'bbox'"):
-        cm.load_detections(path)
-    del dets[4]["score"]
-    dets[3]["bbox"] = [1, 2, 30, 40]
-    path.write_text(json.dumps(dets))
-    with pytest.raises(PipelineError, match=r"entry 4: missing field 'score'"):
-        cm.load_detections(path)
-    with pytest.raises(PipelineError, match="missing.json"):
-        cm.load_detections(tmp_path / "missing.json")
-
-
 # ------------------------------------------------------------------------------------------------
 # MPII
 # ------------------------------------------------------------------------------------------------

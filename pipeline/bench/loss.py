@@ -37,7 +37,7 @@ What is measured, per heatmap size ``H x W`` at ``B = 32, K = 17`` (float32, all
 ``demo_training_step``: one training step (forward, backward, Adam) of the demo profile's
 HRNet-W48 model with HDM (``coco_hrnet_w48_hdm``) and with MSE (``coco_hrnet_w48_mse``) on the
 same demo batch, and their ratio; plus, when the demo runs have been trained, their recorded
-epoch times (``results/demo/runs/<run>/train_summary.json``).
+epoch times (``results/<profile>/runs/<run>/seed<k>/train_summary.json``, the first training seed).
 """
 from __future__ import annotations
 
@@ -95,7 +95,7 @@ def make_inputs(batch: int, joints: int, height: int, width: int, *, dtype: torc
 
 
 def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
+    if device.type == "cuda":  # pragma: no cover - CUDA only: synchronise the GPU before reading the clock
         torch.cuda.synchronize(device)
 
 
@@ -129,7 +129,7 @@ def peak_extra_bytes(fn: Callable[[], Any], device: torch.device) -> int:
     CPU: running sum of the allocator's alloc/free events recorded by the profiler. CUDA:
     ``max_memory_allocated`` minus the memory allocated before the call.
     """
-    if device.type == "cuda":
+    if device.type == "cuda":  # pragma: no cover - CUDA only: the CUDA allocator's peak
         torch.cuda.synchronize(device)
         base = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -387,7 +387,7 @@ def demo_training_step(params: Mapping[str, Any], *, profile: str = "demo", repe
             entry["hdm_iterations"] = cfg["hdm"]["iterations"]
             entry["iterations_run"] = int(getattr(crit, "last_iterations_run", 0))
         out["runs"][run] = entry
-        summary = Paths(profile).run_dir(run) / "train_summary.json"
+        summary = Paths(profile).run_dir(run, cfg["seed"]) / "train_summary.json"
         if summary.is_file():
             try:
                 hist = json.loads(summary.read_text())["history"]
@@ -423,7 +423,7 @@ def environment(device: torch.device) -> dict[str, Any]:
            "torch_threads": torch.get_num_threads(), "torch_version": torch.__version__,
            "python": sys.version.split()[0], "platform": platform.platform(),
            "cuda_available": torch.cuda.is_available()}
-    if device.type == "cuda":
+    if device.type == "cuda":  # pragma: no cover - CUDA only: the GPU's name and CUDA version
         env["device_name"] = torch.cuda.get_device_name(device)
         env["cuda_version"] = torch.version.cuda
     else:
@@ -523,7 +523,7 @@ def run_loss_benchmark(sizes: Sequence[str] | Mapping[str, tuple[int, int]] | No
                     "memory_iterations": list(memory_iterations), "marginal_iterations": list(marginal_iterations)}
         devices = [torch.device("cpu")]
         want_cuda = torch.cuda.is_available() if cuda is None else cuda
-        if want_cuda and torch.cuda.is_available():
+        if want_cuda and torch.cuda.is_available():  # pragma: no cover - CUDA only: a CUDA device is visible
             devices.append(torch.device("cuda"))
         reports: dict[str, dict[str, Any]] = {}
         for dev in devices:
@@ -547,7 +547,7 @@ def run_loss_benchmark(sizes: Sequence[str] | Mapping[str, tuple[int, int]] | No
         if demo is not None:
             report["demo_training_step"] = demo
         report["targets"] = _targets(report["sizes"], torch.device("cpu"), demo)
-        if "cuda" in reports:
+        if "cuda" in reports:  # pragma: no cover - CUDA only: measured on a CUDA device
             rc = reports["cuda"]
             rc["targets"] = _targets(rc["sizes"], torch.device("cuda"), None)
             report["cuda"] = rc
@@ -557,7 +557,7 @@ def run_loss_benchmark(sizes: Sequence[str] | Mapping[str, tuple[int, int]] | No
         io.write_json(out_dir / "loss_cpu.json", report)
         if verbose:
             print(_table(report))
-            if "cuda" in reports:
+            if "cuda" in reports:  # pragma: no cover - CUDA only: measured on a CUDA device
                 print(_table(reports["cuda"]))
             else:
                 print(f"CUDA: skipped ({report['cuda']['skipped']})")

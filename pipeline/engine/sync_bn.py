@@ -79,7 +79,7 @@ def _to_gloo_sync(module: nn.Module) -> nn.Module:
 def convert_sync_batchnorm(net: nn.Module, device: torch.device) -> tuple[nn.Module, int]:
     """``net`` with synchronised BatchNorm layers (torch's on CUDA, :class:`GlooSyncBatchNorm` on CPU),
     and how many layers are synchronised. Call before wrapping the model in DistributedDataParallel."""
-    if device.type == "cuda":
+    if device.type == "cuda":  # pragma: no cover - CUDA only: torch's SyncBatchNorm runs on CUDA only
         net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
         kind: type = nn.SyncBatchNorm
     else:

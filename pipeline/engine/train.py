@@ -115,7 +115,7 @@ def torchrun_command(nproc: int, pipeline_args: list[str]) -> list[str]:
 
 def _init_distributed(cfg: dict[str, Any], env: DistEnv) -> torch.device:
     dev = builders.device(cfg)
-    if dev.type == "cuda":
+    if dev.type == "cuda":  # pragma: no cover - CUDA only: NCCL process group on this process's GPU
         if torch.cuda.device_count() <= env.local_rank:
             raise PipelineError(f"profiles.{cfg['profile']}.train.gpus",
                                 f"process {env.local_rank} needs a GPU but only {torch.cuda.device_count()} "
@@ -245,7 +245,7 @@ def _rng_state(loader_gen: torch.Generator) -> dict[str, Any]:
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     state = {"python": random.getstate(), "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(gauss)],
              "torch": torch.get_rng_state(), "loader": loader_gen.get_state()}
-    if torch.cuda.is_available():
+    if torch.cuda.is_available():  # pragma: no cover - CUDA only: the GPUs' RNG states
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
@@ -257,7 +257,7 @@ def _set_rng_state(state: dict[str, Any], loader_gen: torch.Generator) -> None:
     torch.set_rng_state(state["torch"])
     loader_gen.set_state(state["loader"])
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all(state["cuda"])  # pragma: no cover - CUDA only: the GPUs' RNG states
 
 
 # --------------------------------------------------------------------------- mixed precision
@@ -557,7 +557,7 @@ def _train_epoch(run: _Run, epoch: int, progress: bool) -> _EpochStats:
     if data.sampler is not None:
         data.sampler.set_epoch(epoch)
     run.model.train()
-    if dev.type == "cuda":
+    if dev.type == "cuda":  # pragma: no cover - CUDA only: GPU memory statistics
         torch.cuda.reset_peak_memory_stats(dev)
     t0 = time.time()
     total, count, dead = 0.0, 0, 0
@@ -589,7 +589,7 @@ def _reduce_stats(run: _Run, stats: _EpochStats) -> _EpochStats:
     sums = torch.tensor([stats.total, stats.count, stats.dead], dtype=torch.float64, device=run.dev)
     dist.all_reduce(sums)
     stats.total, stats.count, stats.dead = sums[0].item(), int(sums[1].item()), int(sums[2].item())
-    if stats.peak_mb is not None:
+    if stats.peak_mb is not None:  # pragma: no cover - CUDA only: peak_mb is measured on CUDA only
         peak = torch.tensor([stats.peak_mb], dtype=torch.float64, device=run.dev)
         dist.all_reduce(peak, op=dist.ReduceOp.MAX)
         stats.peak_mb = peak.item()
@@ -624,7 +624,7 @@ def _metrics_row(run: _Run, stats: _EpochStats, val: dict[str, float]) -> dict[s
     the dead-heatmap count only for HDM (the losses that have neither would log a meaningless 0)."""
     row = {"train_loss": stats.total / max(stats.count, 1), "lr": stats.lr, "epoch_time_s": stats.train_time,
            "images_per_s": stats.count / max(stats.train_time, 1e-9), **{f"val_{k}": v for k, v in val.items()}}
-    if stats.peak_mb is not None:
+    if stats.peak_mb is not None:  # pragma: no cover - CUDA only: peak_mb is measured on CUDA only
         row["gpu_mem_peak_mb"] = stats.peak_mb
     if run.cfg["loss"] == "hdm":
         row["dead_heatmaps"] = stats.dead

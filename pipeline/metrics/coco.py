@@ -4,8 +4,8 @@ The numbers a top-down pose paper reports on COCO are not the raw network output
 pycocotools: every detected person is rescored (box score × mean of its confident joint scores)
 and near-duplicate poses of one image are suppressed by OKS-NMS before ``COCOeval`` runs.
 Reproducing those two steps exactly is what makes our AP comparable with the published
-tables, so they live here next to the scorer, together with the reader of the person
-detection files that feed the test.
+tables, so they live here next to the scorer (the person detection files that feed the test
+are read by :mod:`pipeline.data.coco`).
 
 Facts (HRNet's ``lib/dataset/coco.py`` and ``lib/nms/nms.py``):
 
@@ -367,74 +367,6 @@ def evaluate_keypoints(
 def evaluate_results_file(gt_json: str | Path, results_json: str | Path, **kwargs: Any) -> dict[str, float]:
     """Score a COCO keypoint results file (ours or anyone's) against a ground-truth file."""
     return evaluate_keypoints(gt_json, Path(results_json), **kwargs)
-
-
-# ----------------------------------------------------------------------------------------------
-# Person detections
-# ----------------------------------------------------------------------------------------------
-def load_detections(
-    path: str | Path,
-    image_ids: Iterable[int] | None = None,
-    image_thre: float = 0.0,
-    min_size: float = 1.0,
-) -> list[dict]:
-    """Read a person-detection results file (COCO bbox results) for the top-down COCO test.
-
-    The paper's COCO numbers use a fixed detector's boxes (``COCO_val2017_detections_AP_H_56_
-    person.json``), so the test reads them rather than ground-truth boxes. Kept: category 1
-    only; score not below ``image_thre`` (HRNet drops ``score < image_thre``, default 0.0);
-    width and height at least ``min_size`` px (degenerate boxes make no crop; 0 disables);
-    and, when ``image_ids`` is given, only those images.
-
-    Returns dicts ``{image_id, bbox: [x, y, w, h] floats, score}`` in file order.
-
-    Raises:
-        PipelineError: missing/corrupt file, or an entry with a missing or malformed field
-        (naming the file, the entry index and the field).
-    """
-    where = str(path)
-    data = read_json(path)
-    if not isinstance(data, list):
-        raise PipelineError(where, "not a COCO detection results file (top level is not a list)")
-    wanted = None if image_ids is None else set(image_ids)
-    out: list[dict] = []
-    for i, det in enumerate(data):
-        if not isinstance(det, dict):
-            raise PipelineError(where, f"entry {i}: not an object")
-        for field in ("image_id", "category_id", "bbox", "score"):
-            if field not in det:
-                raise PipelineError(where, f"entry {i}: missing field '{field}'")
-        try:
-            image_id = int(det["image_id"])
-        except (TypeError, ValueError):
-            raise PipelineError(where, f"entry {i}: field 'image_id' is not an integer") from None
-        try:
-            category_id = int(det["category_id"])
-        except (TypeError, ValueError):
-            raise PipelineError(where, f"entry {i}: field 'category_id' is not an integer") from None
-        bbox = det["bbox"]
-        try:
-            box = [float(v) for v in bbox]
-        except (TypeError, ValueError):
-            raise PipelineError(where, f"entry {i}: field 'bbox' is not a list of numbers") from None
-        if len(box) != 4 or not all(math.isfinite(v) for v in box):
-            raise PipelineError(where, f"entry {i}: field 'bbox' must be 4 finite numbers [x, y, w, h]")
-        try:
-            score = float(det["score"])
-        except (TypeError, ValueError):
-            raise PipelineError(where, f"entry {i}: field 'score' is not a number") from None
-        if not math.isfinite(score):
-            raise PipelineError(where, f"entry {i}: field 'score' is not finite")
-        if category_id != 1:
-            continue
-        if wanted is not None and image_id not in wanted:
-            continue
-        if score < image_thre:
-            continue
-        if box[2] < min_size or box[3] < min_size:
-            continue
-        out.append({"image_id": image_id, "bbox": box, "score": score})
-    return out
 
 
 # ----------------------------------------------------------------------------------------------

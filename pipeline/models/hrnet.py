@@ -46,7 +46,7 @@ class PoseHRNet(nn.Module):
                                                   f"(choose from {', '.join(sorted(cfg_cls))})")
         if width != 1.0:
             if pretrained:
-                raise ValueError("pretrained weights exist only for width 1.0")
+                raise PipelineError("model.width", "pretrained HRNet weights exist only for width 1.0")
             self.backbone = _narrow_hrnet(backbone, width)
         else:
             self.backbone = timm.create_model(backbone, pretrained=pretrained, features_only=True,

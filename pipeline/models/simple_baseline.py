@@ -23,6 +23,8 @@ class SimpleBaseline(nn.Module):
             known = ", ".join(m for m in timm.list_models("resnet*") if m.replace("resnet", "").isdigit())
             raise PipelineError("model.backbone", f"unknown SimpleBaseline backbone {backbone!r} "
                                                   f"(a timm ResNet: {known})")
+        if pretrained and width != 1.0:
+            raise PipelineError("model.width", "pretrained ResNet weights exist only for width 1.0")
         kwargs = {}
         if width != 1.0:
             # A narrower ResNet of the same depth (demo sizes): every stage's width scaled.

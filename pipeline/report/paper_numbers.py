@@ -28,7 +28,6 @@ Transcription notes
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator
 
 COCO_METRICS: tuple[str, ...] = ("AP", "AP50", "AP75", "APM", "APL", "AR")
 MPII_METRICS: tuple[str, ...] = ("Mean", "Head", "Shoulder", "Elbow", "Wrist", "Hip", "Knee", "Ankle")
@@ -53,11 +52,6 @@ class PaperRow:
     def is_benchmark(self) -> bool:
         """True for rows this benchmark reproduces (they have a run name)."""
         return self.run is not None
-
-    @property
-    def label(self) -> str:
-        """Method name with its citation, as the paper prints it ("HRNet [26]")."""
-        return f"{self.method} {self.citation}" if self.citation else self.method
 
 
 @dataclass(frozen=True)
@@ -93,9 +87,6 @@ class PaperTable:
     def runs(self) -> tuple[str, ...]:
         """The run names of this table's benchmark rows, in row order, without repeats."""
         return tuple(dict.fromkeys(r.run for r in self.rows if r.run is not None))
-
-    def __iter__(self) -> Iterator[PaperRow]:
-        return iter(self.rows)
 
 
 def _r(method, citation, venue, backbone, input_size, values, run=None, baseline_run=None, paper_delta=None):
@@ -279,11 +270,6 @@ TABLES_BY_KEY: dict[str, PaperTable] = {t.key: t for t in TABLES}
 
 #: Every run name this benchmark's tables refer to, in first-appearance order.
 BENCHMARK_RUNS: tuple[str, ...] = tuple(dict.fromkeys(run for t in TABLES for run in t.runs()))
-
-
-def table_numbers(run: str) -> str:
-    """"1,2": the tables whose rows ``run`` fills (an MLflow tag, so the UI can filter runs by table)."""
-    return ",".join(str(t.number) for t in TABLES if run in t.runs())
 
 
 def get_table(number_or_key: int | str) -> PaperTable:
