@@ -1,6 +1,7 @@
 """Training at scale on the tiny `smoke` profile: automatic resume (same MLflow run, exact continuation,
 restart on a config or code change, fallback past a corrupt checkpoint), AdamW's no-decay groups, the warm-up
-schedule, mixed-precision plumbing, and two DistributedDataParallel processes with Gloo on the CPU."""
+schedule, mixed precision (float16 autocast and a GradScaler on the CPU too), and two DistributedDataParallel
+processes with Gloo on the CPU."""
 from __future__ import annotations
 
 import copy
@@ -200,12 +201,90 @@ def test_without_warmup_equals_torch_multisteplr():
         ref.step()
 
 
-def test_amp_is_ignored_on_cpu_and_the_loss_sees_float32(caplog):
+class _Heads(nn.Module):
+    """Convolutions and a BatchNorm, as the pose nets: image -> (N, 2, H, W) heatmaps."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 2, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv2(torch.relu(self.bn(self.conv1(x))))
+
+
+def test_amp_float16_on_cpu_runs_the_gpu_code_path(caplog):
+    """train.amp with float16 on the CPU: the convolutions run in float16 under autocast, the loss in
+    float32 outside it, and the GradScaler scales the loss's gradient and unscales it before the step."""
     caplog.set_level(logging.INFO, logger="pipeline")
+    dev = torch.device("cpu")
+    dtype, scaler = train_mod.amp_settings({"amp": True, "amp_dtype": "float16"}, dev)
+    assert dtype is torch.float16 and scaler.is_enabled() and scaler.get_scale() == 2.0 ** 16
+    assert "mixed precision on cpu: autocast float16 with a GradScaler" in caplog.text
+    bf16, no_scaler = train_mod.amp_settings({"amp": True, "amp_dtype": "bfloat16"}, dev)
+    assert bf16 is torch.bfloat16 and not no_scaler.is_enabled()
+
+    net = _Heads().to(memory_format=torch.channels_last).train()
+    seen = {}
+
+    def record(module, inputs, output):
+        seen[module.name] = output.dtype
+
+    for name in ("conv1", "conv2"):
+        getattr(net, name).name = name
+        getattr(net, name).register_forward_hook(record)
+    out_grads, loss_seen = [], []
+
+    def crit(out, target, weight):
+        loss_seen.append((out.dtype, torch.is_autocast_enabled("cpu")))
+        out.register_hook(out_grads.append)  # the gradient backward sends into the model's output
+        return ((out - target) ** 2 * weight[..., None]).mean()
+
+    g = torch.Generator().manual_seed(1)
+    batch = {"image": torch.randn(2, 3, 8, 8, generator=g), "weight": torch.ones(2, 2, 1),
+             "target": torch.rand(2, 2, 8, 8, generator=g)}
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    stepped = []
+    opt.register_step_pre_hook(lambda o, a, k: stepped.append({n: p.grad.clone() for n, p in net.named_parameters()}))
+    before = {n: p.detach().clone() for n, p in net.named_parameters()}
+    loss = train_mod.train_step(net, crit, opt, scaler, batch, {"loss": "mse"}, dev, dtype)
+
+    assert seen == {"conv1": torch.float16, "conv2": torch.float16}
+    assert loss_seen == [(torch.float32, False)] and loss.dtype == torch.float32
+    # scaled: the gradient into the output is 2^16 × d(loss)/d(out) ...
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.float16):
+        out = _Heads().to(memory_format=torch.channels_last).train()(batch["image"])
+    expected = 2 * (out.float() - batch["target"]) / out.numel()
+    torch.testing.assert_close(out_grads[0], 2.0 ** 16 * expected, rtol=1e-6, atol=1e-3)
+    # ... and unscaled again before the optimiser step: finite float32 gradients of the loss itself
+    ref = _Heads().to(memory_format=torch.channels_last).train()
+    with torch.autocast("cpu", dtype=torch.float16):
+        ref_out = ref(batch["image"])
+    ((ref_out.float() - batch["target"]) ** 2).mean().backward()
+    for name, p in ref.named_parameters():
+        grad = stepped[0][name]
+        assert grad.dtype == torch.float32 and torch.isfinite(grad).all()
+        torch.testing.assert_close(grad, p.grad, rtol=2e-2, atol=1e-5)
+    assert all(not torch.equal(p, before[n]) for n, p in net.named_parameters())  # the step was taken
+    assert scaler.get_scale() == 2.0 ** 16 and scaler.state_dict()["_growth_tracker"] == 1  # no inf found
+
+
+def test_amp_falls_back_to_float32_where_autocast_is_unsupported(caplog, monkeypatch):
+    # the probe: a dtype CPU autocast does not run (it warns and stays in float32) or a device torch lacks
+    assert not train_mod.autocast_supported("cpu", torch.float64)
+    assert not train_mod.autocast_supported("no_such_device", torch.float16)
+    caplog.set_level(logging.INFO, logger="pipeline")
+    monkeypatch.setattr(train_mod, "autocast_supported", lambda device_type, dtype: False)
     dtype, scaler = train_mod.amp_settings({"amp": True, "amp_dtype": "float16"}, torch.device("cpu"))
     assert dtype is None and not scaler.is_enabled()
-    assert "training in float32" in caplog.text
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == ["train.amp is set but this torch has no float16 autocast on cpu: training in float32"]
+    assert train_mod.amp_settings({"amp": False, "amp_dtype": "float16"}, torch.device("cpu"))[0] is None
 
+
+def test_the_loss_sees_float32():
     class Half(nn.Module):
         def forward(self, x):
             return torch.zeros(x.shape[0], 2, 4, 4, dtype=torch.bfloat16)
@@ -273,3 +352,4 @@ def test_ddp_two_cpu_processes(workdir):
     logged = mlflow.tracking.MlflowClient().get_run(final["mlflow_run_id"]).data
     assert logged.params["train.sync_bn"] == "True"
     assert logged.tags["pretrained_weights"].startswith("pretrain:pretrained/smoke/hrnet_w48/backbone.pth sha256:")
+

@@ -8,10 +8,11 @@ At scale (all from the run's ``train`` section, see :data:`builders.TRAIN_DEFAUL
 
 - optimiser ``adam`` or ``adamw`` (betas, weight decay; AdamW spares only a model's
   ``no_weight_decay_keys()``), a linear warm-up per step before the step schedule per epoch;
-- ``amp``: mixed precision on CUDA, bfloat16 by default (no loss scaling needed), or float16 with a
+- ``amp``: mixed precision, bfloat16 by default (no loss scaling needed), or float16 with a
   GradScaler (``amp_dtype: float16``, also the fallback on GPUs without bfloat16). The model runs under
   autocast; its output is cast to float32 and the loss (HDM's Sinkhorn) runs outside autocast. On CPU
-  ``amp`` is ignored (logged);
+  the same code runs (CPU autocast and a CPU GradScaler; the rehearsal's HRFormer runs) where torch
+  supports the dtype there, else float32 (logged);
 - automatic resume: ``checkpoints/epoch_NNN.pth`` carry a hash of the run configuration
   (:func:`config_hash`); a new start continues from the newest readable checkpoint with the same hash
   (model, optimiser, schedule, loss scaler, RNG states, history, MLflow run), so a pre-empted job goes
@@ -246,17 +247,52 @@ def _set_rng_state(state: dict[str, Any], loader_gen: torch.Generator) -> None:
 
 
 # --------------------------------------------------------------------------- mixed precision
+@functools.lru_cache(maxsize=None)
+def autocast_supported(device_type: str, dtype: torch.dtype) -> bool:
+    """Whether this torch runs a convolution under ``torch.autocast(device_type, dtype)`` in ``dtype``
+    (forward and backward) and, for float16, has a GradScaler for the device: probed once with a tiny
+    convolution, so an unsupported combination falls back to float32 instead of failing mid-run."""
+    import warnings
+
+    try:
+        if not torch.amp.is_autocast_available(device_type):
+            return False
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # an unsupported dtype only warns and disables autocast
+            # constant tensors, no module: the probe draws nothing from the RNGs a run is seeded with
+            weight = torch.full((2, 2, 3, 3), 0.1, device=device_type, requires_grad=True)
+            x = torch.ones(1, 2, 4, 4, device=device_type)
+            with torch.autocast(device_type, dtype=dtype):
+                y = torch.nn.functional.conv2d(x, weight, padding=1)
+            if y.dtype != dtype:
+                return False
+            y.float().sum().backward()
+            if dtype is torch.float16:
+                torch.amp.GradScaler(device_type)
+        return weight.grad is not None and bool(torch.isfinite(weight.grad).all())
+    except Exception:  # noqa: BLE001 - any failure means: not usable here
+        return False
+
+
 def amp_settings(t: dict[str, Any], dev: torch.device) -> tuple[torch.dtype | None, torch.amp.GradScaler]:
-    """(autocast dtype or None for float32, loss scaler: enabled for float16 only)."""
+    """(autocast dtype or None for float32, loss scaler: enabled for float16 only).
+
+    The same on every device: on CPU ``train.amp`` runs the GPU's code path (autocast in the dtype,
+    a GradScaler for float16) wherever torch's CPU autocast supports the dtype
+    (:func:`autocast_supported`), else float32 with one log line."""
     dtype = None
-    if t["amp"] and dev.type != "cuda":
-        log.info("train.amp is set but the device is %s: training in float32 (mixed precision is CUDA-only)", dev)
-    elif t["amp"]:
+    if t["amp"]:
         dtype = torch.bfloat16 if t["amp_dtype"] == "bfloat16" else torch.float16
-        if dtype is torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        if dev.type == "cuda" and dtype is torch.bfloat16 and not torch.cuda.is_bf16_supported():
             log.info("this GPU has no bfloat16: mixed precision in float16 with loss scaling")
             dtype = torch.float16
-        log.info("mixed precision: autocast %s%s", dtype, " with a GradScaler" if dtype is torch.float16 else "")
+        if not autocast_supported(dev.type, dtype):
+            log.info("train.amp is set but this torch has no %s autocast on %s: training in float32",
+                     str(dtype).replace("torch.", ""), dev.type)
+            dtype = None
+        else:
+            log.info("mixed precision on %s: autocast %s%s", dev.type, str(dtype).replace("torch.", ""),
+                     " with a GradScaler" if dtype is torch.float16 else "")
     scaler = torch.amp.GradScaler(dev.type, enabled=dtype is torch.float16)
     return dtype, scaler
 
@@ -270,6 +306,18 @@ def _step(net, crit, batch, cfg, dev, amp_dtype: torch.dtype | None = None) -> t
     if cfg["loss"] == "mse":
         return crit(out, batch["target"].to(dev), weight)
     return crit(out, batch["keypoints"].to(dev), weight)
+
+
+def train_step(net, crit, opt, scaler: torch.amp.GradScaler, batch, cfg, dev,
+               amp_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """One optimiser step on one batch (the forward under autocast, the float32 loss scaled by the
+    GradScaler when it is enabled, unscaled again before the step); returns the loss."""
+    loss = _step(net, crit, batch, cfg, dev, amp_dtype)
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
+    return loss
 
 
 # --------------------------------------------------------------------------- MLflow
@@ -549,11 +597,7 @@ def _train_epoch(run: _Run, epoch: int, progress: bool) -> _EpochStats:
     bar = tqdm(data.loader, desc=f"{run.cfg['name']} epoch {epoch}/{t['epochs']}",
                disable=not (progress and run.env.is_main), mininterval=5.0, leave=False)
     for batch in bar:
-        loss = _step(run.model, run.crit, batch, run.cfg, dev, run.amp_dtype)
-        run.opt.zero_grad(set_to_none=True)
-        run.scaler.scale(loss).backward()
-        run.scaler.step(run.opt)
-        run.scaler.update()
+        loss = train_step(run.model, run.crit, run.opt, run.scaler, batch, run.cfg, dev, run.amp_dtype)
         run.sched.step_iter()
         total += loss.item() * len(batch["image"])
         count += len(batch["image"])
