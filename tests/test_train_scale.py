@@ -1,7 +1,7 @@
 """Training at scale on the tiny `smoke` profile: automatic resume (same MLflow run, exact continuation,
 restart on a config or code change, fallback past a corrupt checkpoint), AdamW's no-decay groups, the warm-up
-schedule, mixed precision (float16 autocast and a GradScaler on the CPU too), and two DistributedDataParallel
-processes with Gloo on the CPU."""
+schedule, mixed precision (float16 autocast and a GradScaler on the CPU too), two DistributedDataParallel
+processes with Gloo on the CPU, and SIGTERM stopping training cleanly wherever it lands."""
 from __future__ import annotations
 
 import copy
@@ -353,3 +353,155 @@ def test_ddp_two_cpu_processes(workdir):
     assert logged.params["train.sync_bn"] == "True"
     assert logged.tags["pretrained_weights"].startswith("pretrain:pretrained/smoke/hrnet_w48/backbone.pth sha256:")
 
+
+# ----------------------------------------------------------------------------- SIGTERM in training
+def _smoke_params(d, params, name, **train):
+    """A params file in ``d`` for the smoke profile with ``train`` overrides; returns its name."""
+    p = copy.deepcopy(params)
+    p["profile"] = "smoke"
+    p["profiles"]["smoke"]["train"].update(train)
+    (d / name).write_text(yaml.safe_dump(p, sort_keys=False))
+    return name
+
+
+def _cli_env(uri):
+    return {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+            "MLFLOW_TRACKING_URI": uri}
+
+
+def _mlflow_status(uri, run, seed=0):
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=[EXPERIMENT], filter_string=f"tags.mlflow.runName = '{run}-seed{seed}'")
+    return list(runs["status"])
+
+
+def test_loader_workers_leave_the_group_and_exit_quietly_on_sigterm(workdir, monkeypatch):
+    """torchrun stops a training process with SIGTERM to its process group, Ctrl-C reaches the whole
+    group: neither reaches the DataLoader's processes (their owner stops them as it unwinds). A SIGTERM
+    sent to a loader process itself (a scheduler signalling every process) ends it with status 0, and
+    the training loop, with a SIGTERM pending, ends the epoch there for the stop check instead of raising
+    "worker killed by signal". Training and evaluation loaders alike."""
+    import signal
+    import time
+
+    from pipeline.engine import inference
+
+    d, params, uri = workdir
+    cfg = builders.with_defaults(_cfg(params, 1, workers=1, batch_size=4))
+    data = train_mod._build_data(cfg, train_mod.DistEnv(), torch.device("cpu"))
+    it = iter(data.loader)
+    next(it)
+    worker = it._workers[0].pid
+    assert os.getpgid(worker) == worker != os.getpgid(0)  # a group of its own
+    os.kill(worker, signal.SIGTERM)
+    t0 = time.time()
+    while it._workers[0].exitcode is None and time.time() - t0 < 10:
+        time.sleep(0.05)
+    assert it._workers[0].exitcode == 0
+    with pytest.raises(RuntimeError, match="exited unexpectedly"):  # raised where the batch is asked for
+        list(it)
+    del it
+
+    class DiesAfterOne:  # a loader whose worker has gone after the first batch
+        def __iter__(self):
+            yield "batch 1"
+            raise RuntimeError("DataLoader worker (pid(s) 1) exited unexpectedly")
+
+    monkeypatch.setattr(train_mod, "sigterm_pending", lambda: True)
+    assert list(train_mod._batches(DiesAfterOne())) == ["batch 1"]
+    monkeypatch.setattr(train_mod, "sigterm_pending", lambda: False)  # no stop under way: the error stands
+    with pytest.raises(RuntimeError, match="exited unexpectedly"):
+        list(train_mod._batches(DiesAfterOne()))
+
+    made = []
+
+    class Recording(inference.DataLoader):
+        def __init__(self, *args, **kwargs):
+            made.append(kwargs.get("worker_init_fn"))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(inference, "DataLoader", Recording)
+    net = builders.model(cfg)
+    inference.predict(net, cfg, builders.records(cfg, "val")[:2], flip_test=False, dev=torch.device("cpu"),
+                      batch_size=2)
+    assert made == [data.loader.worker_init_fn] and made[0] is not None
+
+
+# A SIGTERM that lands while a DataLoader forks its worker: Python runs the handler inside its at-fork
+# hook, where an exception is printed and dropped ("Exception ignored"). This driver sends itself SIGTERM
+# from such a hook, at the first fork after epoch 1's checkpoint (epoch 2's loader starting).
+_FORK_SIGTERM = """
+import os, signal, sys
+from pathlib import Path
+ckpt, fired = Path(sys.argv[1]), []
+def hook():
+    if ckpt.exists() and not fired:
+        fired.append(1)
+        os.kill(os.getpid(), signal.SIGTERM)
+os.register_at_fork(after_in_parent=hook)
+from pipeline.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_sigterm_as_the_loader_forks_still_stops_training(workdir):
+    import shutil
+    import subprocess
+    import sys
+
+    d, params, uri = workdir
+    run = "coco_hrnet_w32_hdm"
+    out = d / "results/smoke/runs" / run / "seed0"
+    shutil.rmtree(out, ignore_errors=True)
+    name = _smoke_params(d, params, "params_fork.yaml", workers=1, epochs=2)
+    (d / "fork_sigterm.py").write_text(_FORK_SIGTERM)
+    res = subprocess.run([sys.executable, "fork_sigterm.py", str(out / "checkpoints/epoch_001.pth"),
+                          "--params", name, "--quiet", "train", "--run", run], cwd=d, env=_cli_env(uri),
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 143, res.stderr[-3000:]  # not trained to the end as if nothing had come
+    assert "Exception ignored" not in res.stderr and "Traceback" not in res.stderr, res.stderr[-3000:]
+    assert [ln for ln in res.stderr.splitlines() if ln.startswith("error:")] == [
+        f"error: train --run {run}: stopped by SIGTERM; rerun the stage to continue "
+        "(training resumes from its last epoch checkpoint)"]
+    assert not (out / "final.pth").exists() and not (out / "checkpoints/epoch_002.pth").exists()
+    assert _mlflow_status(uri, run) == ["KILLED"]
+
+
+def test_sigterm_to_one_ddp_process_stops_both_at_the_same_step(workdir):
+    """SIGTERM reaching one worker of a two-process job (before or apart from the other) stops both at
+    the same step boundary: the other is never left in a collective with a peer that has gone (a Gloo
+    "Connection closed by peer" error and a FAILED run instead of a clean stop)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import node_checks
+
+    d, params, uri = workdir
+    run = "coco_hrnet_w32_udp"
+    out = d / "results/smoke/runs" / run / "seed0"
+    name = _smoke_params(d, params, "params_ddp_stop.yaml", gpus=2, batch_size=2, epochs=3, sync_bn=True)
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "--params", name, "--quiet", "train", "--run", run],
+                            cwd=d, env=_cli_env(uri), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    workers: list[int] = []
+    try:
+        node_checks._wait_for((out / "checkpoints/epoch_001.pth").exists, 240, "epoch 1's checkpoint", proc)
+        workers = [pid for pid in node_checks.descendants(proc.pid)
+                   if b"\0RANK=" in Path(f"/proc/{pid}/environ").read_bytes()]
+        rank1 = [pid for pid in workers if b"\0RANK=1\0" in Path(f"/proc/{pid}/environ").read_bytes()]
+        assert len(workers) == 2 and len(rank1) == 1, workers
+        time.sleep(0.5)  # inside epoch 2
+        os.kill(rank1[0], signal.SIGTERM)
+        _, err = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        node_checks._kill_leftovers(workers)
+    assert "Connection closed by peer" not in err and "DistBackendError" not in err, err[-3000:]
+    stopped = [ln for ln in err.splitlines() if "stopped by SIGTERM" in ln and "error: train" in ln]
+    assert len(stopped) == 2, err[-3000:]  # each worker stopped by the one signal
+    assert _mlflow_status(uri, run) == ["KILLED"]
+    assert not (out / "final.pth").exists()

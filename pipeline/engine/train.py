@@ -19,10 +19,13 @@ At scale (all from the run's ``train`` section, see :data:`builders.TRAIN_DEFAUL
   on where it stopped. A corrupt checkpoint is skipped for the one before it; a checkpoint of another
   configuration, or written by other training code (:func:`code_hash`: a rerun after a fix retrains),
   is never resumed (warning naming it; the run starts over). To retrain an unchanged run from
-  scratch, delete its ``checkpoints/`` folder;
+  scratch, delete its ``checkpoints/`` folder. SIGTERM (a time limit, a pre-emption) stops a run at
+  the next step boundary, every process at the same one (:func:`_stop_requested`);
 - ``gpus > 1``: DistributedDataParallel, one process per GPU (``python -m pipeline train`` relaunches
   itself under torchrun, see :func:`torchrun_command`), ``batch_size`` per process, a DistributedSampler;
   rank 0 alone validates, logs to MLflow and writes checkpoints. Backend NCCL on CUDA, Gloo on CPU.
+  A SIGTERM or Ctrl-C of the launching process is passed on through torchrun to every process
+  (:func:`pipeline.termination.run_child`), which stop cleanly before it ends.
   ``sync_bn``: BatchNorm statistics over all processes (HRFormer's SyncBN, :func:`distributed_model`).
 """
 from __future__ import annotations
@@ -55,6 +58,7 @@ from ..checkpoint import UnsafeCheckpointError, load_weights
 from ..config import Paths, run_label
 from ..errors import PipelineError
 from ..models import pretrained_weights
+from ..termination import deferred_termination, loader_worker_init, sigterm_pending, stop_now
 from ..tracking import flatten, logged_steps, open_run
 from . import builders, sync_bn
 from .validate import validate
@@ -109,8 +113,9 @@ def dist_env() -> DistEnv:
 
 
 def torchrun_command(nproc: int, pipeline_args: list[str]) -> list[str]:
-    """The command that runs ``python -m pipeline <pipeline_args>`` as ``nproc`` processes on this node."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+    """The command that runs ``python -m pipeline <pipeline_args>`` as ``nproc`` processes on this node:
+    torchrun (:mod:`pipeline.torchrun`, which ends a stop by a signal with one line, not a traceback)."""
+    return [sys.executable, "-m", "pipeline.torchrun", "--standalone", f"--nproc_per_node={nproc}",
             "-m", "pipeline", *pipeline_args]
 
 
@@ -427,7 +432,15 @@ class _EpochStats:
 def _train(cfg: dict[str, Any], env: DistEnv, dev: torch.device, *, tracking_uri: str, experiment: str,
            progress: bool, extra_tags: dict[str, str] | None) -> Path:
     """The training run in stages, each its own function so that the order they run in (which fixes
-    every RNG draw, hence the weights) reads at a glance here."""
+    every RNG draw, hence the weights) reads at a glance here. A SIGTERM is held back for the whole run
+    and stops it at the next step boundary (:func:`_stop_requested`), or at the end."""
+    with deferred_termination():
+        return _train_stages(cfg, env, dev, tracking_uri=tracking_uri, experiment=experiment, progress=progress,
+                             extra_tags=extra_tags)
+
+
+def _train_stages(cfg: dict[str, Any], env: DistEnv, dev: torch.device, *, tracking_uri: str, experiment: str,
+                  progress: bool, extra_tags: dict[str, str] | None) -> Path:
     run = _setup(cfg, env, dev)
     _resume(run)
     run.net, run.model = distributed_model(run.net, run.t, env, dev)
@@ -488,7 +501,7 @@ def _build_data(cfg: dict[str, Any], env: DistEnv, dev: torch.device) -> _Data:
     per_process = len(sampler) if sampler is not None else len(train_ds)
     loader = DataLoader(train_ds, batch_size=t["batch_size"], shuffle=sampler is None, sampler=sampler,
                         drop_last=per_process > t["batch_size"], num_workers=t["workers"],
-                        pin_memory=dev.type == "cuda", generator=loader_gen)
+                        pin_memory=dev.type == "cuda", generator=loader_gen, worker_init_fn=loader_worker_init)
     return _Data(train_ds=train_ds, val_recs=val_recs, loader=loader, sampler=sampler, loader_gen=loader_gen)
 
 
@@ -594,20 +607,56 @@ def _train_epoch(run: _Run, epoch: int, progress: bool) -> _EpochStats:
         torch.cuda.reset_peak_memory_stats(dev)
     t0 = time.time()
     total, count, dead = 0.0, 0, 0
-    bar = tqdm(data.loader, desc=f"{run.cfg['name']} epoch {epoch}/{t['epochs']}",
+    bar = tqdm(_batches(data.loader), total=len(data.loader), desc=f"{run.cfg['name']} epoch {epoch}/{t['epochs']}",
                disable=not (progress and run.env.is_main), mininterval=5.0, leave=False)
     for batch in bar:
+        if _stop_requested(run):
+            stop_now()
         loss = train_step(run.model, run.crit, run.opt, run.scaler, batch, run.cfg, dev, run.amp_dtype)
         run.sched.step_iter()
         total += loss.item() * len(batch["image"])
         count += len(batch["image"])
         dead += int(getattr(run.crit, "last_dead_joints", 0))
         bar.set_postfix(loss=f"{total / count:.4g}")
+    if _stop_requested(run):  # before the epoch's end: a stop takes at most one step (then validation and
+        stop_now()            # the checkpoint go on, a SIGTERM during them stops at the next step)
     lr = run.opt.param_groups[0]["lr"]
     run.sched.step_epoch()
     train_time = time.time() - t0
     peak_mb = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None
     return _EpochStats(total=total, count=count, dead=dead, lr=lr, train_time=train_time, peak_mb=peak_mb)
+
+
+def _batches(loader: DataLoader):
+    """The loader's batches; when its worker process is gone while a SIGTERM is pending (a scheduler
+    signalled every process of the job, the worker among them: it exits at once, see
+    :func:`pipeline.termination.loader_worker_init`), the epoch's batches end there and the stop check
+    after the loop stops the run, in every process at the same boundary."""
+    it = iter(loader)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except RuntimeError:
+            if sigterm_pending():
+                log.info("a data-loading process has stopped after SIGTERM: stopping")
+                return
+            raise
+        yield batch
+
+
+def _stop_requested(run: _Run) -> bool:
+    """Whether SIGTERM has reached this process or, under DDP, any process (a collective: every
+    process calls it before each step and after an epoch's last one, so all stop at the same step
+    boundary and none is left waiting in a collective for one that has gone). The checkpoint of the
+    last finished epoch is where a rerun resumes."""
+    stop = sigterm_pending()
+    if run.env.distributed:
+        flag = torch.tensor([int(stop)], dtype=torch.int32, device=run.dev)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        stop = bool(flag.item())
+    return stop
 
 
 def _reduce_stats(run: _Run, stats: _EpochStats) -> _EpochStats:
