@@ -578,9 +578,10 @@ def _start_tracking(run: _Run, mlflow: Any) -> set[int]:
     replay the epochs the checkpoint holds but the run lacks; returns the epochs the run has metrics for,
     so none is ever logged twice."""
     run.run_id = mlflow.active_run().info.run_id
+    amp_used = str(run.amp_dtype).replace("torch.", "") if run.amp_dtype is not None else "float32"
     _log_params(mlflow, {**flatten(run.cfg), "num_parameters": run.n_params, "device_used": str(run.dev),
-                         "world_size": run.env.world_size, "config_hash": run.cfg_hash, "code_hash": run.code,
-                         **run.seeds},
+                         "amp_used": amp_used, "world_size": run.env.world_size, "config_hash": run.cfg_hash,
+                         "code_hash": run.code, **run.seeds},
                 resumed=True)
     logged = logged_steps(mlflow, run.run_id, "train_loss")
     if run.resumed_from is not None:
