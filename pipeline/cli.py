@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -29,9 +30,12 @@ from . import io
 from .config import (Paths, experiment_name, load_params, resolve_run, run_label, run_names, seeds,
                      tracking_uri)
 from .errors import PipelineError, Terminated
-from .termination import on_sigterm
+from .termination import on_sigterm, run_child
 
 log = logging.getLogger("pipeline")
+# Seconds torchrun gives its workers to stop after a SIGTERM before it kills them (torch's default: 30):
+# one training step, or the end of an epoch (validation, checkpoint), with room to spare on a CPU
+TORCHRUN_STOP_GRACE_S = 180
 
 
 def _setup_logging(log_file: Path | None, *, mode: str = "w", level: int = logging.INFO,
@@ -102,8 +106,6 @@ def cmd_pretrain(args, params) -> None:
 def cmd_train(args, params) -> None:
     """Train one run. With ``train.gpus`` > 1 it relaunches itself under torchrun (one process per GPU)
     unless already running under torchrun; a new start resumes from the run's checkpoints."""
-    import subprocess
-
     from .engine.train import dist_env, torchrun_command, train_run, under_torchrun
 
     cfg = resolve_run(params, args.run, seed=_seed(args, params))
@@ -116,7 +118,12 @@ def cmd_train(args, params) -> None:
                                       *(["--quiet"] if args.quiet else []), "train", "--run-name", args.run,
                                       "--seed", str(cfg["seed"])])
         log.info("train.gpus = %d: relaunching under torchrun: %s", gpus, " ".join(cmd))
-        rc = subprocess.run(cmd).returncode
+        # a SIGTERM or Ctrl-C here reaches every worker through torchrun; they stop at their next step
+        # boundary (an epoch's end goes on to its checkpoint first), given this long before torchrun kills them
+        child_env = {**os.environ}
+        grace = child_env.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", str(TORCHRUN_STOP_GRACE_S))
+        rc = run_child(cmd, env=child_env,
+                       stop_timeout=(int(grace) if grace.isdigit() else TORCHRUN_STOP_GRACE_S) + 60)
         if rc != 0:
             raise PipelineError(f"train --run {args.run} --seed {cfg['seed']}",
                                 f"torchrun exited with status {rc} (see {run_dir / 'train.log'})")
@@ -337,7 +344,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one stage; every failure the user can fix ends as one ``error:`` line and a non-zero status."""
     args = build_parser().parse_args(argv)
     # SIGTERM (SLURM's time limit, ``kill``) unwinds like Ctrl-C: temporary files are removed and the
-    # MLflow run is marked KILLED before the process exits (held back during a store write)
+    # MLflow run is marked KILLED before the process exits (held back during a store write; training
+    # stops at its next step boundary, every process of a torchrun job at the same one)
     previous = signal.signal(signal.SIGTERM, on_sigterm) if _main_thread() else None
     try:
         params = load_params(args.params, args.profile)

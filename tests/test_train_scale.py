@@ -1,6 +1,7 @@
 """Training at scale on the tiny `smoke` profile: automatic resume (same MLflow run, exact continuation,
 restart on a config or code change, fallback past a corrupt checkpoint), AdamW's no-decay groups, the warm-up
-schedule, mixed-precision plumbing, and two DistributedDataParallel processes with Gloo on the CPU."""
+schedule, mixed precision (float16 autocast and a GradScaler on the CPU too), two DistributedDataParallel
+processes with Gloo on the CPU, and SIGTERM stopping training cleanly wherever it lands."""
 from __future__ import annotations
 
 import copy
@@ -200,12 +201,90 @@ def test_without_warmup_equals_torch_multisteplr():
         ref.step()
 
 
-def test_amp_is_ignored_on_cpu_and_the_loss_sees_float32(caplog):
+class _Heads(nn.Module):
+    """Convolutions and a BatchNorm, as the pose nets: image -> (N, 2, H, W) heatmaps."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 2, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv2(torch.relu(self.bn(self.conv1(x))))
+
+
+def test_amp_float16_on_cpu_runs_the_gpu_code_path(caplog):
+    """train.amp with float16 on the CPU: the convolutions run in float16 under autocast, the loss in
+    float32 outside it, and the GradScaler scales the loss's gradient and unscales it before the step."""
     caplog.set_level(logging.INFO, logger="pipeline")
+    dev = torch.device("cpu")
+    dtype, scaler = train_mod.amp_settings({"amp": True, "amp_dtype": "float16"}, dev)
+    assert dtype is torch.float16 and scaler.is_enabled() and scaler.get_scale() == 2.0 ** 16
+    assert "mixed precision on cpu: autocast float16 with a GradScaler" in caplog.text
+    bf16, no_scaler = train_mod.amp_settings({"amp": True, "amp_dtype": "bfloat16"}, dev)
+    assert bf16 is torch.bfloat16 and not no_scaler.is_enabled()
+
+    net = _Heads().to(memory_format=torch.channels_last).train()
+    seen = {}
+
+    def record(module, inputs, output):
+        seen[module.name] = output.dtype
+
+    for name in ("conv1", "conv2"):
+        getattr(net, name).name = name
+        getattr(net, name).register_forward_hook(record)
+    out_grads, loss_seen = [], []
+
+    def crit(out, target, weight):
+        loss_seen.append((out.dtype, torch.is_autocast_enabled("cpu")))
+        out.register_hook(out_grads.append)  # the gradient backward sends into the model's output
+        return ((out - target) ** 2 * weight[..., None]).mean()
+
+    g = torch.Generator().manual_seed(1)
+    batch = {"image": torch.randn(2, 3, 8, 8, generator=g), "weight": torch.ones(2, 2, 1),
+             "target": torch.rand(2, 2, 8, 8, generator=g)}
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    stepped = []
+    opt.register_step_pre_hook(lambda o, a, k: stepped.append({n: p.grad.clone() for n, p in net.named_parameters()}))
+    before = {n: p.detach().clone() for n, p in net.named_parameters()}
+    loss = train_mod.train_step(net, crit, opt, scaler, batch, {"loss": "mse"}, dev, dtype)
+
+    assert seen == {"conv1": torch.float16, "conv2": torch.float16}
+    assert loss_seen == [(torch.float32, False)] and loss.dtype == torch.float32
+    # scaled: the gradient into the output is 2^16 × d(loss)/d(out) ...
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.float16):
+        out = _Heads().to(memory_format=torch.channels_last).train()(batch["image"])
+    expected = 2 * (out.float() - batch["target"]) / out.numel()
+    torch.testing.assert_close(out_grads[0], 2.0 ** 16 * expected, rtol=1e-6, atol=1e-3)
+    # ... and unscaled again before the optimiser step: finite float32 gradients of the loss itself
+    ref = _Heads().to(memory_format=torch.channels_last).train()
+    with torch.autocast("cpu", dtype=torch.float16):
+        ref_out = ref(batch["image"])
+    ((ref_out.float() - batch["target"]) ** 2).mean().backward()
+    for name, p in ref.named_parameters():
+        grad = stepped[0][name]
+        assert grad.dtype == torch.float32 and torch.isfinite(grad).all()
+        torch.testing.assert_close(grad, p.grad, rtol=2e-2, atol=1e-5)
+    assert all(not torch.equal(p, before[n]) for n, p in net.named_parameters())  # the step was taken
+    assert scaler.get_scale() == 2.0 ** 16 and scaler.state_dict()["_growth_tracker"] == 1  # no inf found
+
+
+def test_amp_falls_back_to_float32_where_autocast_is_unsupported(caplog, monkeypatch):
+    # the probe: a dtype CPU autocast does not run (it warns and stays in float32) or a device torch lacks
+    assert not train_mod.autocast_supported("cpu", torch.float64)
+    assert not train_mod.autocast_supported("no_such_device", torch.float16)
+    caplog.set_level(logging.INFO, logger="pipeline")
+    monkeypatch.setattr(train_mod, "autocast_supported", lambda device_type, dtype: False)
     dtype, scaler = train_mod.amp_settings({"amp": True, "amp_dtype": "float16"}, torch.device("cpu"))
     assert dtype is None and not scaler.is_enabled()
-    assert "training in float32" in caplog.text
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == ["train.amp is set but this torch has no float16 autocast on cpu: training in float32"]
+    assert train_mod.amp_settings({"amp": False, "amp_dtype": "float16"}, torch.device("cpu"))[0] is None
 
+
+def test_the_loss_sees_float32():
     class Half(nn.Module):
         def forward(self, x):
             return torch.zeros(x.shape[0], 2, 4, 4, dtype=torch.bfloat16)
@@ -273,3 +352,156 @@ def test_ddp_two_cpu_processes(workdir):
     logged = mlflow.tracking.MlflowClient().get_run(final["mlflow_run_id"]).data
     assert logged.params["train.sync_bn"] == "True"
     assert logged.tags["pretrained_weights"].startswith("pretrain:pretrained/smoke/hrnet_w48/backbone.pth sha256:")
+
+
+# ----------------------------------------------------------------------------- SIGTERM in training
+def _smoke_params(d, params, name, **train):
+    """A params file in ``d`` for the smoke profile with ``train`` overrides; returns its name."""
+    p = copy.deepcopy(params)
+    p["profile"] = "smoke"
+    p["profiles"]["smoke"]["train"].update(train)
+    (d / name).write_text(yaml.safe_dump(p, sort_keys=False))
+    return name
+
+
+def _cli_env(uri):
+    return {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+            "MLFLOW_TRACKING_URI": uri}
+
+
+def _mlflow_status(uri, run, seed=0):
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=[EXPERIMENT], filter_string=f"tags.mlflow.runName = '{run}-seed{seed}'")
+    return list(runs["status"])
+
+
+def test_loader_workers_leave_the_group_and_exit_quietly_on_sigterm(workdir, monkeypatch):
+    """torchrun stops a training process with SIGTERM to its process group, Ctrl-C reaches the whole
+    group: neither reaches the DataLoader's processes (their owner stops them as it unwinds). A SIGTERM
+    sent to a loader process itself (a scheduler signalling every process) ends it with status 0, and
+    the training loop, with a SIGTERM pending, ends the epoch there for the stop check instead of raising
+    "worker killed by signal". Training and evaluation loaders alike."""
+    import signal
+    import time
+
+    from pipeline.engine import inference
+
+    d, params, uri = workdir
+    cfg = builders.with_defaults(_cfg(params, 1, workers=1, batch_size=4))
+    data = train_mod._build_data(cfg, train_mod.DistEnv(), torch.device("cpu"))
+    it = iter(data.loader)
+    next(it)
+    worker = it._workers[0].pid
+    assert os.getpgid(worker) == worker != os.getpgid(0)  # a group of its own
+    os.kill(worker, signal.SIGTERM)
+    t0 = time.time()
+    while it._workers[0].exitcode is None and time.time() - t0 < 10:
+        time.sleep(0.05)
+    assert it._workers[0].exitcode == 0
+    with pytest.raises(RuntimeError, match="exited unexpectedly"):  # raised where the batch is asked for
+        list(it)
+    del it
+
+    class DiesAfterOne:  # a loader whose worker has gone after the first batch
+        def __iter__(self):
+            yield "batch 1"
+            raise RuntimeError("DataLoader worker (pid(s) 1) exited unexpectedly")
+
+    monkeypatch.setattr(train_mod, "sigterm_pending", lambda: True)
+    assert list(train_mod._batches(DiesAfterOne())) == ["batch 1"]
+    monkeypatch.setattr(train_mod, "sigterm_pending", lambda: False)  # no stop under way: the error stands
+    with pytest.raises(RuntimeError, match="exited unexpectedly"):
+        list(train_mod._batches(DiesAfterOne()))
+
+    made = []
+
+    class Recording(inference.DataLoader):
+        def __init__(self, *args, **kwargs):
+            made.append(kwargs.get("worker_init_fn"))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(inference, "DataLoader", Recording)
+    net = builders.model(cfg)
+    inference.predict(net, cfg, builders.records(cfg, "val")[:2], flip_test=False, dev=torch.device("cpu"),
+                      batch_size=2)
+    assert made == [data.loader.worker_init_fn] and made[0] is not None
+
+
+# A SIGTERM that lands while a DataLoader forks its worker: Python runs the handler inside its at-fork
+# hook, where an exception is printed and dropped ("Exception ignored"). This driver sends itself SIGTERM
+# from such a hook, at the first fork after epoch 1's checkpoint (epoch 2's loader starting).
+_FORK_SIGTERM = """
+import os, signal, sys
+from pathlib import Path
+ckpt, fired = Path(sys.argv[1]), []
+def hook():
+    if ckpt.exists() and not fired:
+        fired.append(1)
+        os.kill(os.getpid(), signal.SIGTERM)
+os.register_at_fork(after_in_parent=hook)
+from pipeline.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_sigterm_as_the_loader_forks_still_stops_training(workdir):
+    import shutil
+    import subprocess
+    import sys
+
+    d, params, uri = workdir
+    run = "coco_hrnet_w32_hdm"
+    out = d / "results/smoke/runs" / run / "seed0"
+    shutil.rmtree(out, ignore_errors=True)
+    name = _smoke_params(d, params, "params_fork.yaml", workers=1, epochs=2)
+    (d / "fork_sigterm.py").write_text(_FORK_SIGTERM)
+    res = subprocess.run([sys.executable, "fork_sigterm.py", str(out / "checkpoints/epoch_001.pth"),
+                          "--params", name, "--quiet", "train", "--run", run], cwd=d, env=_cli_env(uri),
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 143, res.stderr[-3000:]  # not trained to the end as if nothing had come
+    assert "Exception ignored" not in res.stderr and "Traceback" not in res.stderr, res.stderr[-3000:]
+    assert [ln for ln in res.stderr.splitlines() if ln.startswith("error:")] == [
+        f"error: train --run {run}: stopped by SIGTERM; rerun the stage to continue "
+        "(training resumes from its last epoch checkpoint)"]
+    assert not (out / "final.pth").exists() and not (out / "checkpoints/epoch_002.pth").exists()
+    assert _mlflow_status(uri, run) == ["KILLED"]
+
+
+def test_sigterm_to_one_ddp_process_stops_both_at_the_same_step(workdir):
+    """SIGTERM reaching one worker of a two-process job (before or apart from the other) stops both at
+    the same step boundary: the other is never left in a collective with a peer that has gone (a Gloo
+    "Connection closed by peer" error and a FAILED run instead of a clean stop)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import node_checks
+
+    d, params, uri = workdir
+    run = "coco_hrnet_w32_udp"
+    out = d / "results/smoke/runs" / run / "seed0"
+    name = _smoke_params(d, params, "params_ddp_stop.yaml", gpus=2, batch_size=2, epochs=3, sync_bn=True)
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "--params", name, "--quiet", "train", "--run", run],
+                            cwd=d, env=_cli_env(uri), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    workers: list[int] = []
+    try:
+        node_checks._wait_for((out / "checkpoints/epoch_001.pth").exists, 240, "epoch 1's checkpoint", proc)
+        workers = [pid for pid in node_checks.descendants(proc.pid)
+                   if b"\0RANK=" in Path(f"/proc/{pid}/environ").read_bytes()]
+        rank1 = [pid for pid in workers if b"\0RANK=1\0" in Path(f"/proc/{pid}/environ").read_bytes()]
+        assert len(workers) == 2 and len(rank1) == 1, workers
+        time.sleep(0.5)  # inside epoch 2
+        os.kill(rank1[0], signal.SIGTERM)
+        _, err = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        node_checks._kill_leftovers(workers)
+    assert "Connection closed by peer" not in err and "DistBackendError" not in err, err[-3000:]
+    stopped = [ln for ln in err.splitlines() if "stopped by SIGTERM" in ln and "error: train" in ln]
+    assert len(stopped) == 2, err[-3000:]  # each worker stopped by the one signal
+    assert _mlflow_status(uri, run) == ["KILLED"]
+    assert not (out / "final.pth").exists()

@@ -9,7 +9,7 @@ they come from a short run of each architecture at its paper input size and per-
 
 * the run's model (randomly initialised: ImageNet weights change no step's cost), loss, optimizer
   and mixed-precision setting, built by the training code itself (``engine.builders``,
-  ``engine.train._step``, ``amp_settings``), on the profile's device (or ``--device``);
+  ``engine.train.train_step``, ``amp_settings``), on the profile's device (or ``--device``);
 * one fixed batch of ``train.batch_size`` (per GPU) random images at the input size, with random
   keypoints inside the heatmap and their Gaussian targets (the codec of the MSE runs), so the step
   costs what a real step costs without reading data (the data path has its own benchmark,
@@ -77,7 +77,7 @@ def _batch(cfg: dict[str, Any], dev: torch.device) -> dict[str, torch.Tensor]:
 def bench_run(cfg: dict[str, Any], dev: torch.device, *, iters: int, warmup: int) -> dict[str, Any]:
     """Time ``iters`` training steps of one run after ``warmup`` untimed ones."""
     from ..engine import builders
-    from ..engine.train import _step, amp_settings
+    from ..engine.train import amp_settings, train_step
 
     torch.manual_seed(cfg["seed"])
     # ImageNet weights change no step's cost, and a GPU node may have no internet: random init
@@ -90,12 +90,7 @@ def bench_run(cfg: dict[str, Any], dev: torch.device, *, iters: int, warmup: int
     batch = _batch(cfg, dev)
 
     def step() -> torch.Tensor:
-        loss = _step(net, crit, batch, cfg, dev, amp_dtype)
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-        return loss
+        return train_step(net, crit, opt, scaler, batch, cfg, dev, amp_dtype)
 
     for _ in range(warmup):
         step()

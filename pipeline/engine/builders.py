@@ -237,7 +237,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "betas": [0.9, 0.999],     # Adam/AdamW (torch's defaults)
     "warmup_iters": 0,         # linear warm-up over this many optimiser steps (HRFormer: 500) ...
     "warmup_ratio": 0.001,     # ... starting from warmup_ratio × lr (HRFormer: 0.001)
-    "amp": False,              # mixed precision on CUDA (ignored on CPU)
+    "amp": False,              # mixed precision (on CPU too, where torch supports the dtype there)
     "amp_dtype": "bfloat16",   # bfloat16: no loss scaling needed | float16: with a GradScaler
     "sync_bn": False,          # under DDP: BatchNorm over each GPU's share (HRNet) | all processes (HRFormer)
 }

@@ -16,6 +16,7 @@ from tqdm import tqdm
 from ..codecs import flip as flip_codec
 from ..codecs import Codec
 from ..data.transforms import heatmap_to_image
+from ..termination import loader_worker_init
 from . import builders
 
 
@@ -41,7 +42,8 @@ def predict(net: nn.Module, cfg: dict[str, Any], recs: list[dict], *, flip_test:
     codec = builders.codec(cfg)
     convention = builders.convention(cfg)  # the heatmaps' frame: UDP runs map back with UDP's
     flip_index = builders.joint_set(cfg).flip_index()
-    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=cfg["train"]["workers"])
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=cfg["train"]["workers"],
+                        worker_init_fn=loader_worker_init)
     net.eval().to(memory_format=torch.channels_last)
     variants = dict(variants or {})
     coords, scores, centers, scales, peaks = [], [], [], [], []

@@ -8,20 +8,24 @@ At scale (all from the run's ``train`` section, see :data:`builders.TRAIN_DEFAUL
 
 - optimiser ``adam`` or ``adamw`` (betas, weight decay; AdamW spares only a model's
   ``no_weight_decay_keys()``), a linear warm-up per step before the step schedule per epoch;
-- ``amp``: mixed precision on CUDA, bfloat16 by default (no loss scaling needed), or float16 with a
+- ``amp``: mixed precision, bfloat16 by default (no loss scaling needed), or float16 with a
   GradScaler (``amp_dtype: float16``, also the fallback on GPUs without bfloat16). The model runs under
   autocast; its output is cast to float32 and the loss (HDM's Sinkhorn) runs outside autocast. On CPU
-  ``amp`` is ignored (logged);
+  the same code runs (CPU autocast and a CPU GradScaler; the rehearsal's HRFormer runs) where torch
+  supports the dtype there, else float32 (logged);
 - automatic resume: ``checkpoints/epoch_NNN.pth`` carry a hash of the run configuration
   (:func:`config_hash`); a new start continues from the newest readable checkpoint with the same hash
   (model, optimiser, schedule, loss scaler, RNG states, history, MLflow run), so a pre-empted job goes
   on where it stopped. A corrupt checkpoint is skipped for the one before it; a checkpoint of another
   configuration, or written by other training code (:func:`code_hash`: a rerun after a fix retrains),
   is never resumed (warning naming it; the run starts over). To retrain an unchanged run from
-  scratch, delete its ``checkpoints/`` folder;
+  scratch, delete its ``checkpoints/`` folder. SIGTERM (a time limit, a pre-emption) stops a run at
+  the next step boundary, every process at the same one (:func:`_stop_requested`);
 - ``gpus > 1``: DistributedDataParallel, one process per GPU (``python -m pipeline train`` relaunches
   itself under torchrun, see :func:`torchrun_command`), ``batch_size`` per process, a DistributedSampler;
   rank 0 alone validates, logs to MLflow and writes checkpoints. Backend NCCL on CUDA, Gloo on CPU.
+  A SIGTERM or Ctrl-C of the launching process is passed on through torchrun to every process
+  (:func:`pipeline.termination.run_child`), which stop cleanly before it ends.
   ``sync_bn``: BatchNorm statistics over all processes (HRFormer's SyncBN, :func:`distributed_model`).
 """
 from __future__ import annotations
@@ -54,6 +58,7 @@ from ..checkpoint import UnsafeCheckpointError, load_weights
 from ..config import Paths, run_label
 from ..errors import PipelineError
 from ..models import pretrained_weights
+from ..termination import deferred_termination, loader_worker_init, sigterm_pending, stop_now
 from ..tracking import flatten, logged_steps, open_run
 from . import builders, sync_bn
 from .validate import validate
@@ -108,8 +113,9 @@ def dist_env() -> DistEnv:
 
 
 def torchrun_command(nproc: int, pipeline_args: list[str]) -> list[str]:
-    """The command that runs ``python -m pipeline <pipeline_args>`` as ``nproc`` processes on this node."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+    """The command that runs ``python -m pipeline <pipeline_args>`` as ``nproc`` processes on this node:
+    torchrun (:mod:`pipeline.torchrun`, which ends a stop by a signal with one line, not a traceback)."""
+    return [sys.executable, "-m", "pipeline.torchrun", "--standalone", f"--nproc_per_node={nproc}",
             "-m", "pipeline", *pipeline_args]
 
 
@@ -261,17 +267,52 @@ def _set_rng_state(state: dict[str, Any], loader_gen: torch.Generator) -> None:
 
 
 # --------------------------------------------------------------------------- mixed precision
+@functools.lru_cache(maxsize=None)
+def autocast_supported(device_type: str, dtype: torch.dtype) -> bool:
+    """Whether this torch runs a convolution under ``torch.autocast(device_type, dtype)`` in ``dtype``
+    (forward and backward) and, for float16, has a GradScaler for the device: probed once with a tiny
+    convolution, so an unsupported combination falls back to float32 instead of failing mid-run."""
+    import warnings
+
+    try:
+        if not torch.amp.is_autocast_available(device_type):
+            return False
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # an unsupported dtype only warns and disables autocast
+            # constant tensors, no module: the probe draws nothing from the RNGs a run is seeded with
+            weight = torch.full((2, 2, 3, 3), 0.1, device=device_type, requires_grad=True)
+            x = torch.ones(1, 2, 4, 4, device=device_type)
+            with torch.autocast(device_type, dtype=dtype):
+                y = torch.nn.functional.conv2d(x, weight, padding=1)
+            if y.dtype != dtype:
+                return False
+            y.float().sum().backward()
+            if dtype is torch.float16:
+                torch.amp.GradScaler(device_type)
+        return weight.grad is not None and bool(torch.isfinite(weight.grad).all())
+    except Exception:  # noqa: BLE001 - any failure means: not usable here
+        return False
+
+
 def amp_settings(t: dict[str, Any], dev: torch.device) -> tuple[torch.dtype | None, torch.amp.GradScaler]:
-    """(autocast dtype or None for float32, loss scaler: enabled for float16 only)."""
+    """(autocast dtype or None for float32, loss scaler: enabled for float16 only).
+
+    The same on every device: on CPU ``train.amp`` runs the GPU's code path (autocast in the dtype,
+    a GradScaler for float16) wherever torch's CPU autocast supports the dtype
+    (:func:`autocast_supported`), else float32 with one log line."""
     dtype = None
-    if t["amp"] and dev.type != "cuda":
-        log.info("train.amp is set but the device is %s: training in float32 (mixed precision is CUDA-only)", dev)
-    elif t["amp"]:
+    if t["amp"]:
         dtype = torch.bfloat16 if t["amp_dtype"] == "bfloat16" else torch.float16
-        if dtype is torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        if dev.type == "cuda" and dtype is torch.bfloat16 and not torch.cuda.is_bf16_supported():
             log.info("this GPU has no bfloat16: mixed precision in float16 with loss scaling")
             dtype = torch.float16
-        log.info("mixed precision: autocast %s%s", dtype, " with a GradScaler" if dtype is torch.float16 else "")
+        if not autocast_supported(dev.type, dtype):
+            log.info("train.amp is set but this torch has no %s autocast on %s: training in float32",
+                     str(dtype).replace("torch.", ""), dev.type)
+            dtype = None
+        else:
+            log.info("mixed precision on %s: autocast %s%s", dev.type, str(dtype).replace("torch.", ""),
+                     " with a GradScaler" if dtype is torch.float16 else "")
     scaler = torch.amp.GradScaler(dev.type, enabled=dtype is torch.float16)
     return dtype, scaler
 
@@ -285,6 +326,18 @@ def _step(net, crit, batch, cfg, dev, amp_dtype: torch.dtype | None = None) -> t
     if cfg["loss"] == "mse":
         return crit(out, batch["target"].to(dev), weight)
     return crit(out, batch["keypoints"].to(dev), weight)
+
+
+def train_step(net, crit, opt, scaler: torch.amp.GradScaler, batch, cfg, dev,
+               amp_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """One optimiser step on one batch (the forward under autocast, the float32 loss scaled by the
+    GradScaler when it is enabled, unscaled again before the step); returns the loss."""
+    loss = _step(net, crit, batch, cfg, dev, amp_dtype)
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
+    return loss
 
 
 # --------------------------------------------------------------------------- MLflow
@@ -394,7 +447,15 @@ class _EpochStats:
 def _train(cfg: dict[str, Any], env: DistEnv, dev: torch.device, *, tracking_uri: str, experiment: str,
            progress: bool, extra_tags: dict[str, str] | None) -> Path:
     """The training run in stages, each its own function so that the order they run in (which fixes
-    every RNG draw, hence the weights) reads at a glance here."""
+    every RNG draw, hence the weights) reads at a glance here. A SIGTERM is held back for the whole run
+    and stops it at the next step boundary (:func:`_stop_requested`), or at the end."""
+    with deferred_termination():
+        return _train_stages(cfg, env, dev, tracking_uri=tracking_uri, experiment=experiment, progress=progress,
+                             extra_tags=extra_tags)
+
+
+def _train_stages(cfg: dict[str, Any], env: DistEnv, dev: torch.device, *, tracking_uri: str, experiment: str,
+                  progress: bool, extra_tags: dict[str, str] | None) -> Path:
     run = _setup(cfg, env, dev)
     _resume(run)
     run.net, run.model = distributed_model(run.net, run.t, env, dev)
@@ -455,7 +516,7 @@ def _build_data(cfg: dict[str, Any], env: DistEnv, dev: torch.device) -> _Data:
     per_process = len(sampler) if sampler is not None else len(train_ds)
     loader = DataLoader(train_ds, batch_size=t["batch_size"], shuffle=sampler is None, sampler=sampler,
                         drop_last=per_process > t["batch_size"], num_workers=t["workers"],
-                        pin_memory=dev.type == "cuda", generator=loader_gen)
+                        pin_memory=dev.type == "cuda", generator=loader_gen, worker_init_fn=loader_worker_init)
     return _Data(train_ds=train_ds, val_recs=val_recs, loader=loader, sampler=sampler, loader_gen=loader_gen)
 
 
@@ -532,9 +593,10 @@ def _start_tracking(run: _Run, mlflow: Any) -> set[int]:
     replay the epochs the checkpoint holds but the run lacks; returns the epochs the run has metrics for,
     so none is ever logged twice."""
     run.run_id = mlflow.active_run().info.run_id
+    amp_used = str(run.amp_dtype).replace("torch.", "") if run.amp_dtype is not None else "float32"
     _log_params(mlflow, {**flatten(run.cfg), "num_parameters": run.n_params, "device_used": str(run.dev),
-                         "world_size": run.env.world_size, "config_hash": run.cfg_hash, "code_hash": run.code,
-                         **run.seeds},
+                         "amp_used": amp_used, "world_size": run.env.world_size, "config_hash": run.cfg_hash,
+                         "code_hash": run.code, **run.seeds},
                 resumed=True)
     logged = logged_steps(mlflow, run.run_id, "train_loss")
     if run.resumed_from is not None:
@@ -561,24 +623,56 @@ def _train_epoch(run: _Run, epoch: int, progress: bool) -> _EpochStats:
         torch.cuda.reset_peak_memory_stats(dev)
     t0 = time.time()
     total, count, dead = 0.0, 0, 0
-    bar = tqdm(data.loader, desc=f"{run.cfg['name']} epoch {epoch}/{t['epochs']}",
+    bar = tqdm(_batches(data.loader), total=len(data.loader), desc=f"{run.cfg['name']} epoch {epoch}/{t['epochs']}",
                disable=not (progress and run.env.is_main), mininterval=5.0, leave=False)
     for batch in bar:
-        loss = _step(run.model, run.crit, batch, run.cfg, dev, run.amp_dtype)
-        run.opt.zero_grad(set_to_none=True)
-        run.scaler.scale(loss).backward()
-        run.scaler.step(run.opt)
-        run.scaler.update()
+        if _stop_requested(run):
+            stop_now()
+        loss = train_step(run.model, run.crit, run.opt, run.scaler, batch, run.cfg, dev, run.amp_dtype)
         run.sched.step_iter()
         total += loss.item() * len(batch["image"])
         count += len(batch["image"])
         dead += int(getattr(run.crit, "last_dead_joints", 0))
         bar.set_postfix(loss=f"{total / count:.4g}")
+    if _stop_requested(run):  # before the epoch's end: a stop takes at most one step (then validation and
+        stop_now()            # the checkpoint go on, a SIGTERM during them stops at the next step)
     lr = run.opt.param_groups[0]["lr"]
     run.sched.step_epoch()
     train_time = time.time() - t0
     peak_mb = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None
     return _EpochStats(total=total, count=count, dead=dead, lr=lr, train_time=train_time, peak_mb=peak_mb)
+
+
+def _batches(loader: DataLoader):
+    """The loader's batches; when its worker process is gone while a SIGTERM is pending (a scheduler
+    signalled every process of the job, the worker among them: it exits at once, see
+    :func:`pipeline.termination.loader_worker_init`), the epoch's batches end there and the stop check
+    after the loop stops the run, in every process at the same boundary."""
+    it = iter(loader)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except RuntimeError:
+            if sigterm_pending():
+                log.info("a data-loading process has stopped after SIGTERM: stopping")
+                return
+            raise
+        yield batch
+
+
+def _stop_requested(run: _Run) -> bool:
+    """Whether SIGTERM has reached this process or, under DDP, any process (a collective: every
+    process calls it before each step and after an epoch's last one, so all stop at the same step
+    boundary and none is left waiting in a collective for one that has gone). The checkpoint of the
+    last finished epoch is where a rerun resumes."""
+    stop = sigterm_pending()
+    if run.env.distributed:
+        flag = torch.tensor([int(stop)], dtype=torch.int32, device=run.dev)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        stop = bool(flag.item())
+    return stop
 
 
 def _reduce_stats(run: _Run, stats: _EpochStats) -> _EpochStats:
