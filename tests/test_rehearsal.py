@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -31,10 +32,27 @@ SNAKEMAKE = [str(BIN / "snakemake"), "--cores", "2", "--config", f"profile={PROF
 TIMEOUT = 2400
 
 
+def _driver(d: Path) -> list[str]:
+    """``python -m scripts.rehearsal --port <the copy's port> --``."""
+    return [sys.executable, "-m", "scripts.rehearsal", "--port", (d / "port").read_text(), "--"]
+
+
 def _rehearse(d: Path, env: dict, *cmd: str, timeout: int = TIMEOUT) -> subprocess.CompletedProcess:
     """``python -m scripts.rehearsal -- <cmd>`` in the project copy (inputs served, hub cache offline)."""
-    return subprocess.run([sys.executable, "-m", "scripts.rehearsal", "--", *cmd], cwd=d, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([*_driver(d), *cmd], cwd=d, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _use_free_port(d: Path) -> None:
+    """The copy's server on a free port (params.yaml's URLs name 8641: a rehearsal a user runs beside
+    the tests keeps it)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    params = d / "params.yaml"
+    text = params.read_text()
+    assert text.count("http://127.0.0.1:8641/") == 11
+    params.write_text(text.replace("http://127.0.0.1:8641/", f"http://127.0.0.1:{port}/"))
+    (d / "port").write_text(str(port))
 
 
 def _params(d: Path) -> dict:
@@ -81,7 +99,7 @@ def _interrupt_after_first_checkpoint(d: Path, env: dict) -> str:
     """Start the rehearsal; once some run has its first epoch checkpoint, send SIGTERM to every process
     of that training job at once (what SLURM does at a job's time limit) and let Snakemake stop;
     return the run's name."""
-    proc = subprocess.Popen([sys.executable, "-m", "scripts.rehearsal", "--", *SNAKEMAKE], cwd=d, env=env,
+    proc = subprocess.Popen([*_driver(d), *SNAKEMAKE], cwd=d, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     runs = d / "results" / PROFILE / "runs"
     deadline = time.time() + TIMEOUT
@@ -118,6 +136,7 @@ def rehearsal(tmp_path_factory):
             shutil.copytree(src, d / name, ignore=shutil.ignore_patterns("__pycache__", "tmp", "cache"))
         else:
             shutil.copy(src, d / name)
+    _use_free_port(d)
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
            "MLFLOW_TRACKING_URI": f"sqlite:///{d / 'mlflow.db'}", "DVC_NO_ANALYTICS": "1"}
     t0 = time.time()
