@@ -31,6 +31,8 @@ from typing import Any, Mapping
 
 import torch
 
+from pipeline.engine.train import KEEP_CHECKPOINTS
+
 PROFILE = "rehearsal"
 # what a clone of a project takes (copied; data is linked: the job only reads it)
 PROJECT_FILES = ("Snakefile", "params.yaml", "workflow", "pipeline", "pretrained")
@@ -167,9 +169,11 @@ def assert_node_job(project_dir: Path, run: str, env: Mapping[str, str], *, seed
         assert "autocast float16 with a GradScaler" in log_text
     assert "training in float32" not in log_text
 
-    # one checkpoint per epoch, each with what a resume restores in every process
+    # the newest epoch checkpoints (older ones are pruned), each with what a resume restores in every process
+    kept = sorted(p.name for p in (out / "checkpoints").glob("epoch_*.pth"))
+    assert kept == [f"epoch_{e:03d}.pth" for e in range(max(1, epochs - KEEP_CHECKPOINTS + 1), epochs + 1)]
     steps_per_epoch = None
-    for epoch in range(1, epochs + 1):
+    for epoch in range(max(1, epochs - KEEP_CHECKPOINTS + 1), epochs + 1):
         ckpt = _load(out / "checkpoints" / f"epoch_{epoch:03d}.pth")
         assert ckpt["epoch"] == epoch and ckpt["world_size"] == world_size
         assert len(ckpt["rng"]) == world_size and all(r["torch"] is not None for r in ckpt["rng"])
@@ -177,7 +181,7 @@ def assert_node_job(project_dir: Path, run: str, env: Mapping[str, str], *, seed
         if amp == "float16":
             assert ckpt["scaler"]["scale"] > 0
         iteration = ckpt["scheduler"]["iteration"]
-        steps_per_epoch = steps_per_epoch or iteration
+        steps_per_epoch = steps_per_epoch or iteration // epoch
         assert iteration == epoch * steps_per_epoch > 0  # the warm-up's position: every step counted
         assert len(ckpt["optimizer"]["param_groups"]) == 2  # AdamW: decayed and spared parameters
 
