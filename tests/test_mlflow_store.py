@@ -113,3 +113,17 @@ def test_a_run_missing_from_the_store(store, caplog):
     assert any(f"MLflow run {gone} not found" in m and "starting a new run" in m for m in caplog.messages)
     assert ms.finished_runs(store, "no-such-experiment").empty
 
+
+
+def test_server_scores_need_an_evaluated_run(store, tmp_path):
+    from pipeline.metrics.coco_server import log_server_scores
+
+    scores = tmp_path / "scores.json"
+    scores.write_text('{"AP": 0.75}')
+    for experiment in ("exp", "no-such-experiment"):  # runs without evaluated tags / no experiment at all
+        with pytest.raises(PipelineError) as exc:
+            log_server_scores(scores, run="coco_hrnet_w32_mse", seed=0, tracking_uri=store, experiment=experiment)
+        assert exc.value.where == "--run coco_hrnet_w32_mse --seed 0"
+        assert exc.value.what.startswith(f"no finished, evaluated MLflow run of that run and seed in experiment "
+                                         f"{experiment!r}")
+        assert exc.value.what.endswith("(python -m pipeline evaluate --run coco_hrnet_w32_mse --seed 0)")
