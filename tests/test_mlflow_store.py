@@ -93,12 +93,20 @@ def test_a_failing_store_is_an_error_not_a_missing_run(caplog):
         ms.require_run("sqlite:///mlflow.db", None, "coco_hrnet_w32_mse")
 
 
+@pytest.fixture(scope="module")
+def store_dir(tmp_path_factory):
+    """One store for the module (creating one migrates its schema: seconds); its folder is the project."""
+    d = tmp_path_factory.mktemp("store")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(d)
+        ms.init_store(f"sqlite:///{d / 'mlflow.db'}", "exp")
+    return d
+
+
 @pytest.fixture
-def store(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    ms.init_store(uri, "exp")
-    return uri
+def store(store_dir, monkeypatch):
+    monkeypatch.chdir(store_dir)
+    return f"sqlite:///{store_dir / 'mlflow.db'}"
 
 
 def test_a_run_missing_from_the_store(store, caplog):
@@ -113,3 +121,24 @@ def test_a_run_missing_from_the_store(store, caplog):
     assert any(f"MLflow run {gone} not found" in m and "starting a new run" in m for m in caplog.messages)
     assert ms.finished_runs(store, "no-such-experiment").empty
 
+
+
+def test_server_scores_need_an_evaluated_run(store, tmp_path):
+    from pipeline.metrics.coco_server import log_server_scores
+
+    scores = tmp_path / "scores.json"
+    scores.write_text('{"AP": 0.75}')
+    for experiment in ("exp", "no-such-experiment"):  # runs without evaluated tags / no experiment at all
+        with pytest.raises(PipelineError) as exc:
+            log_server_scores(scores, run="coco_hrnet_w32_mse", seed=0, tracking_uri=store, experiment=experiment)
+        assert exc.value.where == "--run coco_hrnet_w32_mse --seed 0"
+        assert exc.value.what.startswith(f"no finished, evaluated MLflow run of that run and seed in experiment "
+                                         f"{experiment!r}")
+        assert exc.value.what.endswith("(python -m pipeline evaluate --run coco_hrnet_w32_mse --seed 0)")
+
+
+def test_a_report_of_a_store_without_evaluated_runs_is_empty(store):
+    from pipeline.report.build import collect
+
+    records, info, rows = collect(store, "exp", ["coco_hrnet_w32_mse"], [0])
+    assert records == {} and info == {} and rows.empty

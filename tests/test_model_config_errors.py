@@ -108,3 +108,26 @@ def test_params_files_that_are_not_params(tmp_path):
     assert str(exc.value) == f"{bad}: profiles.smoke.data.synthetic: required when data.source is 'synthetic'"
     with pytest.raises(PipelineError, match="'../x' is not a valid profile name"):
         Paths("../x")
+
+
+def test_profiles_that_are_not_a_mapping_are_named_by_the_schema(tmp_path):
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["profiles"] = ["smoke"]
+    bad = tmp_path / "params.yaml"
+    bad.write_text(yaml.safe_dump(raw))
+    with pytest.raises(PipelineError) as exc:
+        load_params(bad)
+    assert "profiles" in exc.value.where and "Traceback" not in str(exc.value)
+
+
+def test_an_existing_copy_without_its_image_folder(tmp_path):
+    """``data.source: files`` verifies a copy in place: a missing image folder is named."""
+    from pipeline.data.prepare import REQUIRED, verify
+
+    for rel in REQUIRED["coco"]:
+        if rel != "images/val2017/":
+            (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / rel).mkdir() if rel.endswith("/") else (tmp_path / rel).write_text("{}")
+    with pytest.raises(PipelineError) as exc:
+        verify(tmp_path, "coco")
+    assert str(exc.value) == f"{tmp_path / 'images/val2017'}: image folder not found"
