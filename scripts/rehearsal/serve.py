@@ -79,13 +79,14 @@ class Handler(SimpleHTTPRequestHandler):
         self._status = int(code)
         super().send_response(code, message)
 
-    def _record(self) -> None:
+    def end_headers(self) -> None:
+        # recorded before the headers leave: a client that has its answer finds the request in the log
         self.server.requests.append(Request(self.command, self.path, self.headers.get("Range"),
                                             getattr(self, "_status", 0)))
+        super().end_headers()
 
     def do_GET(self) -> None:  # noqa: N802
         body = self.send_head()
-        self._record()
         if body is not None:
             try:
                 shutil.copyfileobj(body, self.wfile)
@@ -96,7 +97,6 @@ class Handler(SimpleHTTPRequestHandler):
 
     def do_HEAD(self) -> None:  # noqa: N802
         body = self.send_head()
-        self._record()
         if body is not None:
             body.close()
 
