@@ -204,7 +204,7 @@ def test_train_benchmark_errors_and_cli(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------
-# optimum of the HDM loss over a free heatmap (issue 13: epsilon units)
+# optimum of the HDM loss over a free heatmap (epsilon units)
 
 
 def test_hdm_optimum_sharpens_at_one_heatmap_pixel_and_matches_demanders_at_a_quarter():

@@ -1,4 +1,4 @@
-"""The report's lines beyond the paper (issue 13): "+ DARK" lines, measured UDP rows, Table 6 and their findings."""
+"""The report's lines beyond the paper: "+ DARK" lines, measured UDP rows, Table 6 and their findings."""
 from __future__ import annotations
 
 import math
@@ -165,7 +165,7 @@ def test_findings_answer_the_beyond_questions():
     recs = {r: _rec(r, {s: v + d + 0.003 * s * (i % 3) for s, d in seeds.items()})
             for i, (r, v) in enumerate(base.items())}
     text = build_findings(profile="demo", records=recs, intervals=all_intervals(recs), curves={}, seeds=[0, 1, 2])
-    assert "## Beyond the paper (issue 13)" in text
+    assert "## Beyond the paper" in text
     assert "- coco_hrnet_w32_hdm − coco_hrnet_w32_mse+dark (HDM against the better decoder): ΔAP -11.7 [-12.4, -11.0]" in text
     assert "- stride 4: coco_hrnet_w32_hdm_epsin − coco_hrnet_w32_hdm: ΔAP +2.4 [+0.9, +3.9]" in text
     assert "(t over 3 seeds)" in text

@@ -1,4 +1,4 @@
-"""Fault injection on the smoke profile (issue 11): payload checkpoints, a held SQLite lock, a corrupt
+"""Fault injection on the smoke profile: payload checkpoints, a held SQLite lock, a corrupt
 store, unwritable folders, truncated images, invalid boxes, SIGTERM and SIGKILL at chosen points, late
 evaluation failures, odd profile names.
 

@@ -1,6 +1,6 @@
 """Where the HDM loss puts a free heatmap's mass: ``python -m pipeline bench hdm-optimum``.
 
-Issue 13 (HDM's epsilon units): with eps = 1 heatmap pixel the minimiser of the loss over a free
+HDM's epsilon units: with eps = 1 heatmap pixel the minimiser of the loss over a free
 heatmap is not the dot's four demanders but a distribution sharpened towards the nearest pixel
 centre, so the paper's 2x2 decoder is biased even for a perfect network; with eps = 1/stride (eps = 1
 input pixel) it should be the demanders, which decode to the dot exactly. This benchmark measures

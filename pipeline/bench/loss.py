@@ -1,4 +1,4 @@
-"""Benchmark of the HDM loss engine (issue 3): time, memory and accuracy, against a naive reference.
+"""Benchmark of the HDM loss engine: time, memory and accuracy, against a naive reference.
 
 ``python -m pipeline bench loss [--threads N] [--sizes 24x16 64x48 96x72]`` writes
 ``reports/benchmarks/loss_cpu.json`` (and ``loss_cuda.json`` when a CUDA device is visible).
@@ -61,7 +61,7 @@ SIZES: dict[str, tuple[int, int]] = {"demo": (24, 16), "64x48": (64, 48), "96x72
 DEFAULT_SIZES = ("demo", "64x48", "96x72")
 # randn + 0.2533 is <= 0 with probability 0.40: about 40 % relu zeros, like a trained network's heatmaps.
 _ZERO_SHIFT = 0.2533
-# Targets of issue 3 (CPU, 2 cores, 96x72, B = 32, 1000 iterations).
+# Targets of the loss engine (CPU, 2 cores, 96x72, B = 32, 1000 iterations).
 TARGETS = {"size": "96x72", "cpu_fwd_bwd_s": 0.5, "speedup_vs_naive": 400.0, "peak_extra_memory_ratio": 8.0,
            "cuda_fwd_bwd_s": 1e-3, "hdm_over_mse_training_step": 1.2}
 

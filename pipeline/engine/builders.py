@@ -70,7 +70,7 @@ def convention(cfg: dict[str, Any]) -> str:
 def eval_variants(cfg: dict[str, Any]) -> dict[str, Codec]:
     """Decoding variants evaluated beside the run's codec, from the same heatmaps (name → codec).
 
-    MSE runs also decode with DARK at the training sigma (the paper's "+ DARK" rows, issue 13);
+    MSE runs also decode with DARK at the training sigma (the paper's "+ DARK" rows);
     HDM heatmaps are not Gaussians, so DARK's assumption does not hold there and they get none.
     UDP runs get none either: their own decoding already is DARK.
     """

@@ -1,8 +1,8 @@
 """The report's tables: the paper's Tables 1–5 with this benchmark's lines beyond the paper, and Table 6.
 
 The paper compares HDM only with the plain argmax-plus-quarter-offset decoding, although DARK and UDP,
-the standard fixes for the same quantisation error, sit in its own Table 1 as other papers' numbers
-(issue 13). The report therefore prints, from the same runs:
+the standard fixes for the same quantisation error, sit in its own Table 1 as other papers' numbers.
+The report therefore prints, from the same runs:
 
 * "+ DARK" lines in Tables 1–3: every MSE run's heatmaps decoded again with DARK
   (:mod:`pipeline.codecs.dark`) at evaluation, Δ against the same run's plain decoding;
@@ -136,7 +136,7 @@ TABLE6 = PaperTable(
         _t6("HDM, ε = 1 input px", stride, w32_run(stride, "hdm_epsin"), w32_run(stride, "hdm")),
     )),
     notes=(
-        "Not a paper table (issue 13). Stride: input pixels per heatmap pixel; stride 8 halves the heatmap "
+        "Not a paper table. Stride: input pixels per heatmap pixel; stride 8 halves the heatmap "
         "size at the same input (HRNet's stride-4 branch averaged over 2×2 before the same 1×1 head), the "
         "Gaussian σ staying the profile's in heatmap pixels. Δ: MSE + DARK against MSE (the decoder's gain); HDM (ε = 1 heatmap px, "
         "the paper's λ = 1) against MSE + DARK (HDM against the better decoder on the same model); HDM with "

@@ -261,7 +261,7 @@ def _stride_section(records: Mapping[str, RunRecord], bootstrap: BootFn | None) 
 
 
 def _beyond_sections(records: Mapping[str, RunRecord], bootstrap: BootFn | None) -> list[str]:
-    return (["## Beyond the paper (issue 13)", ""] + _decoder_section(records, bootstrap)
+    return (["## Beyond the paper", ""] + _decoder_section(records, bootstrap)
             + _udp_section(records, bootstrap) + _epsilon_section(records, bootstrap)
             + _stride_section(records, bootstrap))
 
