@@ -1,4 +1,4 @@
-# Benchmark of the HDM loss engine (issue 3): time, peak memory and accuracy against a naive
+# Benchmark of the HDM loss engine: time, peak memory and accuracy against a naive
 # autograd Sinkhorn measured in the same run. Not part of the default target; run it with
 #   snakemake --cores 2 bench_loss
 rule bench_loss:
