@@ -322,6 +322,13 @@ def _step(net, crit, batch, cfg, dev, amp_dtype: torch.dtype | None = None) -> t
     with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
         out = net(images)
     out = out.float()  # the loss (HDM's Sinkhorn iterations above all) runs in float32, outside autocast
+    return compute_loss(crit, out, batch, cfg, dev)
+
+
+def compute_loss(crit, out: torch.Tensor, batch: dict[str, Any], cfg: dict[str, Any], dev: torch.device
+                 ) -> torch.Tensor:
+    """The criterion on a batch's network output: the one place that says which part of the batch each
+    loss reads (MSE: the Gaussian target heatmaps; the others: the dots), for training and evaluation."""
     weight = batch["weight"].to(dev)
     if cfg["loss"] == "mse":
         return crit(out, batch["target"].to(dev), weight)
