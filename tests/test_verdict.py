@@ -1,0 +1,71 @@
+"""The generated verdict: paired Δs per objection, their wording, the headline range and the mechanism."""
+from __future__ import annotations
+
+import pytest
+
+from pipeline.report.aggregate import RunRecord
+from pipeline.report.verdict import describe, objections, verdict_section
+from pipeline.metrics.uncertainty import t_interval
+
+
+def _rec(name: str, aps: dict[int, float], **extra: dict[int, float]) -> RunRecord:
+    rec = RunRecord(name)
+    for seed, ap in aps.items():
+        rec.metrics[seed] = {"coco_val.AP": ap, **{k: v[seed] for k, v in extra.items()}}
+        rec.run_ids[seed] = f"{name}-{seed}"
+    return rec
+
+
+def test_pair_delta_is_paired_by_seed_and_worded_by_its_interval():
+    mse = _rec("coco_hrnet_w32_mse", {0: 0.30, 1: 0.32, 2: 0.31})
+    hdm = _rec("coco_hrnet_w32_hdm", {0: 0.10, 1: 0.13, 2: 0.11})
+    text = "\n".join(verdict_section({r.run: r for r in (mse, hdm)}))
+    # paired differences -0.20, -0.19, -0.20: mean -19.7 AP, t over 3 seeds, resolved below 0
+    diffs = [-0.20, -0.19, -0.20]
+    iv = t_interval(diffs)
+    want = f"{iv.mean * 100:+.1f} [{iv.low * 100:+.1f}, {iv.high * 100:+.1f}] (t over 3 seeds; lower)"
+    assert f"coco hrnet_w32 (`coco_hrnet_w32_hdm` − `coco_hrnet_w32_mse`): {want}" in text
+    assert "of the 1 with ≥ 2 seeds, 0 resolved above 0 and 1 below 0" in text
+    assert "(`coco_hrnet_w32_hdmsoft` − `coco_hrnet_w32_hdm`): not run" in text
+
+
+def test_one_seed_without_bootstrap_has_no_interval_and_no_verdict_word():
+    mse = _rec("coco_hrnet_w32_mse", {0: 0.30})
+    hdm = _rec("coco_hrnet_w32_hdm", {0: 0.10})
+    text = "\n".join(verdict_section({r.run: r for r in (mse, hdm)}))
+    assert "-20.0 (n=1, no interval)" in text
+    assert "resolved above 0" in text and "of the 0 with ≥ 2 seeds" in text
+
+
+def test_bootstrap_interval_is_labelled_evaluation_noise():
+    from pipeline.metrics.uncertainty import Interval
+
+    iv = Interval(mean=-0.05, low=-0.08, high=-0.02, n=1000, method="bootstrap")
+    assert describe(iv, 100.0) == "-5.0 [-8.0, -2.0] (one seed, image bootstrap: evaluation noise only)"
+
+
+def test_unresolved_interval_says_so():
+    iv = t_interval([0.01, -0.02, 0.015])
+    assert describe(iv, 100.0).endswith("not resolved)")
+
+
+def test_mechanism_correlates_the_diagnostics_with_ap():
+    recs = {}
+    for i, v in enumerate(("mse", "hdm", "hdmexact", "hdmsoft", "integral")):
+        share = {s: 0.1 * i + 0.01 * s for s in range(2)}
+        recs[f"coco_hrnet_w32_{v}"] = _rec(f"coco_hrnet_w32_{v}", {s: 0.5 - 0.1 * i - 0.01 * s for s in range(2)},
+                                           val_gt_nonpos_share=share)
+    text = "\n".join(verdict_section(recs))
+    # AP falls exactly as the share rises: ρ = -1 over the 10 run-seeds
+    assert "(`val_gt_nonpos_share`): Spearman ρ with val AP over 10 COCO run-seeds = -1.00" in text
+    assert "(`val_pos_share`): not measured on enough runs (0)" in text
+
+
+def test_every_pair_is_one_factor_apart_by_name():
+    seen = set()
+    for _, _, pairs in objections():
+        for p in pairs:
+            assert p.run != p.baseline
+            assert p.run.startswith(p.dataset + "_") and p.baseline.startswith(p.dataset + "_")
+            seen.add((p.run, p.baseline))
+    assert len(seen) >= 60
