@@ -20,7 +20,8 @@ except PipelineError as exc:
 PROFILE = config["profile"]
 RUNS = run_names(config)                     # the main target's runs (Tables 1-5, Table 6's stride-4 lines)
 STUDY_RUNS = run_names(config, study=True)  # the study target's: RUNS + study.runs (beyond the paper)
-RUN_SPECS = run_specs(config, study=True)   # every run a rule may be asked for
+VERDICT_RUNS = run_names(config, verdict=True)  # the verdict target's: STUDY_RUNS + verdict.runs
+RUN_SPECS = run_specs(config, verdict=True)   # every run a rule may be asked for
 SEEDS = seeds(config)                   # the main target's training seeds
 STUDY_SEEDS = seeds(config, study=True) # the study target's
 PY = sys.executable  # the interpreter running Snakemake (the project's virtualenv)
@@ -57,3 +58,10 @@ rule all:
 rule study:
     input:
         [str(Paths(PROFILE).study_reports / f) for f in TABLE_FILES],
+
+
+# The study plus verdict.runs (the objections that do not fit the study's time budget), with study.seeds:
+# `snakemake --cores all verdict`; tables and findings.md (its verdict on top) in reports/<profile>/verdict/.
+rule verdict:
+    input:
+        [str(Paths(PROFILE).verdict_reports / f) for f in TABLE_FILES],

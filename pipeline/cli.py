@@ -66,12 +66,15 @@ def _tags(run: str) -> dict[str, str]:
 
 def cmd_validate(args, params) -> None:
     study = len(run_names(params, study=True)) - len(run_names(params))
-    print(f"{args.params}: valid (profile {params['profile']}, {len(params['runs'])} runs, {study} study-only)")
+    verdict = len(run_names(params, verdict=True)) - len(run_names(params, study=True))
+    print(f"{args.params}: valid (profile {params['profile']}, {len(params['runs'])} runs, {study} study-only, "
+          f"{verdict} verdict-only)")
 
 
 def cmd_runs(args, params) -> None:
-    """The main target's runs, or with ``--study`` the study target's (main + study.runs)."""
-    print("\n".join(run_names(params, study=args.study)))
+    """The main target's runs, or with ``--study`` the study target's (main + study.runs), or with
+    ``--verdict`` the verdict target's (main + study.runs + verdict.runs)."""
+    print("\n".join(run_names(params, study=args.study, verdict=args.verdict)))
 
 
 def cmd_data(args, params) -> None:
@@ -159,11 +162,12 @@ def cmd_report(args, params) -> None:
 
     profile = params["profile"]
     paths = Paths(profile)
-    _setup_logging(paths.logs("report_study" if args.study else "report"))
-    out_dir = paths.study_reports if args.study else paths.reports
-    written = build_report(profile=profile, tracking_uri=tracking_uri(params),
-                           experiment=experiment_name(params), run_names=run_names(params, study=args.study),
-                           seeds=seeds(params, study=args.study), out_dir=out_dir)
+    target = "verdict" if args.verdict else "study" if args.study else None
+    _setup_logging(paths.logs(f"report_{target}" if target else "report"))
+    out_dir = {"verdict": paths.verdict_reports, "study": paths.study_reports}.get(target, paths.reports)
+    written = build_report(profile=profile, tracking_uri=tracking_uri(params), experiment=experiment_name(params),
+                           run_names=run_names(params, study=args.study, verdict=args.verdict),
+                           seeds=seeds(params, study=args.study or args.verdict), out_dir=out_dir)
     print(f"wrote {len(written)} files to {out_dir}/")
 
 
@@ -259,6 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("validate", help="check params.yaml").set_defaults(func=cmd_validate)
     rn = sub.add_parser("runs", help="list the run names")
     rn.add_argument("--study", action="store_true", help="the study target's runs: runs and study.runs")
+    rn.add_argument("--verdict", action="store_true",
+                    help="the verdict target's runs: runs, study.runs and verdict.runs")
     rn.set_defaults(func=cmd_runs)
     d = sub.add_parser("data", help="synthesise, or download and verify, one dataset")
     d.add_argument("--dataset", required=True, choices=["coco", "mpii"])
@@ -273,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
         # train also takes --run-name: torchrun's own argument parser rejects "--run" in the relaunch
         # command (an ambiguous abbreviation of its --run-path)
         s.add_argument("--run", *(["--run-name"] if name == "train" else []), dest="run", required=True,
-                       help="a key of params.yaml's runs or study.runs")
+                       help="a key of params.yaml's runs, study.runs or verdict.runs")
         s.add_argument("--seed", type=_nonneg_int, default=None,
                        help="training seed (default: the first of params.yaml's seeds)")
         s.set_defaults(func=func)
@@ -281,6 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--study", action="store_true",
                    help="the study target: every run and study.runs with study.seeds, into "
                         "reports/<profile>/study/")
+    r.add_argument("--verdict", action="store_true",
+                   help="the verdict target: every run, study.runs and verdict.runs with study.seeds, into "
+                        "reports/<profile>/verdict/")
     r.set_defaults(func=cmd_report)
     b = sub.add_parser("bench", help="benchmarks: speed and memory against a reference, JSON in reports/benchmarks/")
     b.add_argument("what", choices=["loss", "data", "train", "hdm-optimum"], help="loss: the HDM loss engine against "

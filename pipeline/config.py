@@ -65,11 +65,8 @@ def validate_params(params: Any, source: str = DEFAULT_PARAMS) -> dict[str, Any]
     if profile not in params["profiles"]:
         raise PipelineError(f"{source}: profile",
                             f"{profile!r} is not a key of profiles ({', '.join(params['profiles'])})")
-    for name in (params["study"].get("runs") or {}):
-        if name in params["runs"]:  # one name, one results folder and one MLflow run per seed
-            raise PipelineError(f"{source}: study.runs.{name}",
-                                "also a key of runs: a study-only run needs a name of its own")
-    for name, run in run_specs(params, study=True).items():
+    _check_unique_run_names(params, source)
+    for name, run in run_specs(params, verdict=True).items():
         key = run_key(params, name)
         if run.get("codec") is not None and run["loss"] != "mse":
             raise PipelineError(f"{source}: {key}.codec",
@@ -164,6 +161,21 @@ def strided_heatmap_size(input_size: list[int], stride: int, where: str) -> list
         raise PipelineError(where, f"{stride} does not divide input_size {list(input_size)}: "
                                    f"no whole heatmap size at stride {stride}")
     return [int(v) // stride for v in input_size]
+
+
+def _check_unique_run_names(params: dict[str, Any], source: str) -> None:
+    """One name, one results folder and one MLflow run per seed: a study-only or verdict-only run may
+    not reuse the name of a run of an earlier set."""
+    seen, earlier = set(params["runs"]), "runs"
+    for where, runs in (("study.runs", params["study"].get("runs")),
+                        ("verdict.runs", (params.get("verdict") or {}).get("runs"))):
+        for name in (runs or {}):
+            if name in seen:
+                raise PipelineError(f"{source}: {where}.{name}",
+                                    f"also a key of {earlier}: a {where.split('.')[0]}-only run needs a name of "
+                                    "its own")
+        seen |= set(runs or {})
+        earlier = "runs or study.runs"
 
 
 def _check_heatmap_stride(run: dict[str, Any], prof: dict[str, Any], pname: str, where: str) -> None:
@@ -309,6 +321,11 @@ class Paths:
         """The study target's tables (every run with ``study.seeds``)."""
         return self.reports / "study"
 
+    @property
+    def verdict_reports(self) -> Path:
+        """The verdict target's tables (every run, study.runs and verdict.runs with ``study.seeds``)."""
+        return self.reports / "verdict"
+
     def pretrained_dir(self, arch: str) -> Path:
         """Output of the ``pretrain`` stage of one architecture (committed for demo and smoke)."""
         return Path("pretrained") / self.profile / arch
@@ -339,23 +356,30 @@ def seeds(params: dict[str, Any], *, study: bool = False) -> list[int]:
     return [int(s) for s in (params["study"]["seeds"] if study else params["seeds"])]
 
 
-def run_specs(params: dict[str, Any], *, study: bool = False) -> dict[str, dict[str, Any]]:
-    """Run name -> its params.yaml entry: the main target's ``runs``, or with ``study`` also the
-    study-only ``study.runs`` (after them). The one place that says which runs a target trains."""
+def run_specs(params: dict[str, Any], *, study: bool = False, verdict: bool = False) -> dict[str, dict[str, Any]]:
+    """Run name -> its params.yaml entry: the main target's ``runs``; with ``study`` also the study-only
+    ``study.runs``; with ``verdict`` also the verdict-only ``verdict.runs`` (each after the former).
+    The one place that says which runs a target trains."""
     specs = dict(params["runs"])
-    if study:
+    if study or verdict:
         specs.update(params["study"].get("runs") or {})
+    if verdict:
+        specs.update((params.get("verdict") or {}).get("runs") or {})
     return specs
 
 
-def run_names(params: dict[str, Any], *, study: bool = False) -> list[str]:
-    """The runs of the main target, or with ``study`` those of the study target (main + study-only)."""
-    return list(run_specs(params, study=study))
+def run_names(params: dict[str, Any], *, study: bool = False, verdict: bool = False) -> list[str]:
+    """The runs of the main target, of the study target (main + study-only) or of the verdict target
+    (main + study-only + verdict-only)."""
+    return list(run_specs(params, study=study, verdict=verdict))
 
 
 def run_key(params: dict[str, Any], run: str) -> str:
-    """Where a run is defined in params.yaml (``runs.<name>`` or ``study.runs.<name>``), for errors."""
-    return f"runs.{run}" if run in params["runs"] else f"study.runs.{run}"
+    """Where a run is defined in params.yaml (``runs.<name>``, ``study.runs.<name>`` or
+    ``verdict.runs.<name>``), for errors."""
+    if run in params["runs"]:
+        return f"runs.{run}"
+    return f"study.runs.{run}" if run in (params["study"].get("runs") or {}) else f"verdict.runs.{run}"
 
 
 def resolve_run(params: dict[str, Any], run: str, profile: str | None = None,
@@ -367,7 +391,7 @@ def resolve_run(params: dict[str, Any], run: str, profile: str | None = None,
     ``output_stride``; runs without it resolve exactly as before the key existed (same dict, same
     JSON), so their Snakemake ``run_config`` and MLflow params do not change."""
     profile = profile or params["profile"]
-    specs = run_specs(params, study=True)
+    specs = run_specs(params, verdict=True)
     if run not in specs:
         raise PipelineError("params.yaml: runs", f"no run named {run!r} (known: {', '.join(specs)})")
     seed = seeds(params)[0] if seed is None else int(seed)

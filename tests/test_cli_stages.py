@@ -34,7 +34,10 @@ def test_validate_counts_the_runs(capsys):
     study_only = len(run_names(params, study=True)) - len(run_names(params))
     assert study_only == len(params["study"]["runs"]) > 0
     assert (rc, err) == (0, "")
-    assert out == f"{PARAMS}: valid (profile smoke, {len(params['runs'])} runs, {study_only} study-only)\n"
+    verdict_only = len(run_names(params, verdict=True)) - len(run_names(params, study=True))
+    assert verdict_only == len((params.get("verdict") or {}).get("runs") or {})
+    assert out == (f"{PARAMS}: valid (profile smoke, {len(params['runs'])} runs, {study_only} study-only, "
+                   f"{verdict_only} verdict-only)\n")
 
 
 @pytest.mark.parametrize("seed, message", [("-1", "must be >= 0, got -1"), ("one", "not an integer: 'one'")])

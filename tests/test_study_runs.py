@@ -56,6 +56,22 @@ def test_a_study_run_named_like_a_main_run_is_refused(params):
     assert msg.startswith("params.yaml: study.runs.coco_hrnet_w32_mse: also a key of runs"), msg
 
 
+def test_a_verdict_run_named_like_a_study_run_is_refused(params):
+    def clash(p):
+        p["verdict"] = {"runs": {TABLE6[0]: {"dataset": "coco", "arch": "hrnet_w32", "loss": "mse"}}}
+    msg = _invalid(params, clash)
+    assert msg.startswith(f"params.yaml: verdict.runs.{TABLE6[0]}: also a key of runs or study.runs"), msg
+
+
+def test_verdict_runs_follow_the_study_runs_and_resolve(params):
+    params["verdict"] = {"runs": {"coco_hrnet_w32_ft_mse": {"dataset": "coco", "arch": "hrnet_w32", "loss": "mse"}}}
+    validate_params(params, "params.yaml")
+    assert run_names(params, verdict=True) == run_names(params, study=True) + ["coco_hrnet_w32_ft_mse"]
+    assert "coco_hrnet_w32_ft_mse" not in run_names(params, study=True)
+    assert run_key(params, "coco_hrnet_w32_ft_mse") == "verdict.runs.coco_hrnet_w32_ft_mse"
+    assert resolve_run(params, "coco_hrnet_w32_ft_mse", "demo", 1)["seed"] == 1
+
+
 @pytest.mark.parametrize("mutate, where", [
     (lambda p: p["study"]["runs"]["coco_hrnet_w32_s8_mse"].__setitem__("heatmap_stride", 6),
      "study.runs.coco_hrnet_w32_s8_mse.heatmap_stride"),

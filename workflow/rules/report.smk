@@ -31,3 +31,18 @@ rule report_study:
         mem_mb=2000,
     shell:
         CLI + " report --study 2> {log}"
+
+
+# The verdict target: the study's runs and verdict.runs over study.seeds (not a DVC stage either).
+rule report_verdict:
+    input:
+        lambda w: _evaluated(w.profile, VERDICT_RUNS, STUDY_SEEDS),
+    output:
+        [f"reports/{{profile}}/verdict/{f}" for f in TABLE_FILES],
+    log:
+        "logs/{profile}/report_verdict.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+    shell:
+        CLI + " report --verdict 2> {log}"
