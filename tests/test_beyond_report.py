@@ -169,7 +169,9 @@ def test_findings_answer_the_beyond_questions():
     assert "- coco_hrnet_w32_hdm − coco_hrnet_w32_mse+dark (HDM against the better decoder): ΔAP -11.7 [-12.4, -11.0]" in text
     assert "- stride 4: coco_hrnet_w32_hdm_epsin − coco_hrnet_w32_hdm: ΔAP +2.4 [+0.9, +3.9]" in text
     assert "(t over 3 seeds)" in text
-    assert "- Interaction (HDM − MSE at stride 8) − (HDM − MSE at stride 4): +4.1 [+1.9, +6.3] (t over 3 seeds), resolved." in text
+    assert "- Interaction (HDM − MSE at stride 8) − (HDM − MSE at stride 4): +4.1 [+1.9, +6.3] (t over 3 seeds), resolved: the interval excludes 0; " \
+        "not resolved after Holm over 10 comparisons." in text
+    assert "Comparisons in this file: 10 with ≥ 2 training seeds (t over seeds)" in text
     assert "coco_hrnet_w48_udp − coco_hrnet_w48_mse+dark (HRNet-W48: UDP's data processing): not run" in text
     assert "- coco_hrnet_w32_udp − coco_hrnet_w32_mse+dark (HRNet-W32: UDP's data processing): ΔAP +0." in text
 

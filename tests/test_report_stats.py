@@ -70,3 +70,22 @@ def test_holm_by_hand():
     assert holm([]) == []
     with pytest.raises(ValueError):
         holm([1.5])
+
+
+def test_findings_family_marks_holm_survivors():
+    from pipeline.report.findings import Family, _verdict
+
+    diffs = {"a": [0.50, 0.52, 0.51], "b": [0.05, 0.30, 0.10], "c": [0.02, -0.01, 0.03]}
+    pvals = {k: stats.ttest_1samp(v, 0.0).pvalue for k, v in diffs.items()}
+    # by hand: p_a ≈ 1.3e-4 ≤ .05/3, p_b ≈ 0.14 > .05/2: only a survives (b already fails at 95 %)
+    assert pvals["a"] < 0.05 / 3 and pvals["b"] > 0.05 / 2
+    family = Family()
+    text = "\n".join(f"{k}: {_verdict(t_interval(v), family, (k,))}" for k, v in diffs.items())
+    bootstrap = _verdict(Interval(0.1, 0.05, 0.2, 1000, "bootstrap"), family, ("d",))
+    assert "resolved" not in bootstrap.replace("no verdict", "")
+    out = family.resolve(text).splitlines()
+    assert out[0] == "a: resolved: the interval excludes 0; † resolved after Holm over 3 comparisons"
+    assert out[1] == "b: not resolved: the interval includes 0; not resolved after Holm over 3 comparisons"
+    assert family.summary().startswith("Comparisons in this file: 3 with ≥ 2 training seeds (t over seeds), 1 of "
+                                       "them resolved at 95 %, 1 after Holm")
+    assert "1 more rest on one seed" in family.summary()

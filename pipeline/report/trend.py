@@ -50,10 +50,15 @@ class Trend:
             return "falling"
         return f"flat within ±{_ceil2(max(abs(self.low), abs(self.high)))}"
 
+    @property
+    def bounds(self) -> str:
+        """"[-0.05, +0.30]": rounded outwards, so the printed interval contains the computed one."""
+        return f"[{_floor2(self.low, True)}, {_ceil2(self.high, True)}]"
+
     def format(self, unit: str) -> str:
         """"slope +0.12 [-0.05, +0.30] AP/epoch over the last 3 points (t over 3 seeds): flat within ±0.30"."""
-        return (f"slope {self.slope:+.2f} [{_floor2(self.low, True)}, {_ceil2(self.high, True)}] {unit}/epoch over "
-                f"the last {self.points} validation points ({self.method}): {self.verdict}")
+        return (f"slope {self.slope:+.2f} {self.bounds} {unit}/epoch over the last {self.points} validation "
+                f"points ({self.method}): {self.verdict}")
 
 
 def _floor2(x: float, signed: bool = False) -> str:
