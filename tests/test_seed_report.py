@@ -100,7 +100,7 @@ def test_one_seed_delta_is_never_resolved_in_tables_or_findings():
     assert line["delta_resolved"] is None and line["delta_ci_high"] == pytest.approx(-5.0)
     text = build_findings(profile="demo", records=recs, intervals=ivs, curves={}, seeds=[0], bootstrap=boot)
     hdm = next(l for l in text.splitlines() if l.startswith(f"- **{HDM}**"))
-    assert "evaluation noise only (one training seed; the image-bootstrap interval excludes 0), no verdict" in hdm
+    assert "(image bootstrap, one training seed), evaluation noise only: the interval excludes 0, no verdict" in hdm
     assert "resolved" not in hdm
     assert "Comparisons in this file: 0 with ≥ 2 training seeds" in text
 

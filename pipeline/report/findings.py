@@ -92,7 +92,7 @@ def _iv(iv: Interval | None, scale: float) -> str:
     core = f"{iv.mean * scale:+.1f}"
     if iv.method == "none" or lo != lo:
         return f"{core} (n={iv.n}, no interval)"
-    kind = f"t over {iv.n} seeds" if iv.method == "t" else "image bootstrap, one seed: evaluation noise only"
+    kind = f"t over {iv.n} seeds" if iv.method == "t" else "image bootstrap, one training seed"
     return f"{core} [{lo:+.1f}, {hi:+.1f}] ({kind})"
 
 
@@ -276,7 +276,7 @@ def _verdict(delta: Interval | None, family: Family | None = None, key: tuple[st
         if family is not None:
             family.token(key, delta)
         side = "excludes 0" if delta.excludes_zero else "includes 0"
-        return f"evaluation noise only (one training seed; the image-bootstrap interval {side}), no verdict"
+        return f"evaluation noise only: the interval {side}, no verdict"
     words = ("resolved: the interval excludes 0" if delta.excludes_zero
              else "not resolved: the interval includes 0")
     return words + (family.token(key, delta) if family is not None else "")
