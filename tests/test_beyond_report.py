@@ -96,8 +96,8 @@ def test_dark_and_udp_lines_in_the_built_tables(tmp_path):
 
 
 def _mpii_file(path: Path, correct: np.ndarray) -> None:
-    save_correct(MpiiCorrect(correct=correct, visible=np.ones_like(correct), in_mean=np.ones(correct.shape[1], bool)),
-                 path)
+    save_correct(MpiiCorrect(correct=correct, visible=np.ones_like(correct), in_mean=np.ones(correct.shape[1], bool),
+                             image_ids=np.arange(correct.shape[0]) // 2), path)
 
 
 class _Paths:
@@ -169,7 +169,9 @@ def test_findings_answer_the_beyond_questions():
     assert "- coco_hrnet_w32_hdm − coco_hrnet_w32_mse+dark (HDM against the better decoder): ΔAP -11.7 [-12.4, -11.0]" in text
     assert "- stride 4: coco_hrnet_w32_hdm_epsin − coco_hrnet_w32_hdm: ΔAP +2.4 [+0.9, +3.9]" in text
     assert "(t over 3 seeds)" in text
-    assert "- Interaction (HDM − MSE at stride 8) − (HDM − MSE at stride 4): +4.1 [+1.9, +6.3] (t over 3 seeds), resolved." in text
+    assert "- Interaction (HDM − MSE at stride 8) − (HDM − MSE at stride 4): +4.1 [+1.9, +6.3] (t over 3 seeds), resolved: the interval excludes 0; " \
+        "not resolved after Holm over 10 comparisons." in text
+    assert "Comparisons in this file: 10 with ≥ 2 training seeds (t over seeds)" in text
     assert "coco_hrnet_w48_udp − coco_hrnet_w48_mse+dark (HRNet-W48: UDP's data processing): not run" in text
     assert "- coco_hrnet_w32_udp − coco_hrnet_w32_mse+dark (HRNet-W32: UDP's data processing): ΔAP +0." in text
 
@@ -181,3 +183,24 @@ def test_table6_figure_is_drawn_from_its_intervals(tmp_path):
     recs = {r: _rec(r, {0: 0.4, 1: 0.42, 2: 0.41}) for r in ("coco_hrnet_w32_mse", "coco_hrnet_w32_s8_mse")}
     paths = write_table6_figure(all_intervals(recs)["table6"], tmp_path)
     assert [p.name for p in paths] == ["table6.png"] and paths[0].stat().st_size > 1000
+
+
+def test_mpii_files_without_image_ids_take_them_from_the_annotation(tmp_path):
+    correct = np.repeat(np.repeat(np.random.default_rng(3).random(30) < 0.5, 2)[:, None], 16, axis=1)
+    d = tmp_path / "mpii_hrnet_w32_mse" / "seed0"
+    d.mkdir(parents=True)
+    save_correct(MpiiCorrect(correct=correct, visible=np.ones_like(correct), in_mean=np.ones(16, bool)),
+                 bootstrap_file(d, "mpii_val"))
+
+    class WithData(_Paths):
+        def dataset(self, name: str) -> Path:
+            return self.root / "data" / name
+
+    boot = image_bootstrap(WithData(tmp_path), resamples=50)
+    assert boot("mpii_val", "mpii_hrnet_w32_mse", None, 0) is None  # no annotation: no interval, no people-resampling
+    annot = tmp_path / "data" / "mpii" / "annot"
+    annot.mkdir(parents=True)
+    import json
+    (annot / "valid.json").write_text(json.dumps([{"image": f"{100 + i // 2:09d}.jpg"} for i in range(60)]))
+    res = boot("mpii_val", "mpii_hrnet_w32_mse", None, 0)
+    assert res["value"].mean == pytest.approx(correct.mean() * 100) and res["value"].method == "bootstrap"

@@ -12,7 +12,7 @@ from scipy import stats
 from pipeline.metrics import diagnostics
 from pipeline.metrics.uncertainty import Interval
 from pipeline.report.aggregate import RunRecord, mean_metrics, seed_noise, table_intervals
-from pipeline.report.findings import build_findings, plateaued
+from pipeline.report.findings import build_findings
 from pipeline.report.paper_numbers import get_table
 from pipeline.report.tables import build_tables, format_delta
 
@@ -85,6 +85,24 @@ def test_table_cells_show_interval_n_and_resolved_delta():
     assert line["delta_ci_low"] == pytest.approx(100 * d.low) and line["ci_low"] < line["AP"] < line["ci_high"]
     assert format_delta(5.3, "t", 4.1, 6.5, True) == "(↑5.3 ±1.2)*"
     assert format_delta(-0.3, "bootstrap", -0.9, 0.2, False) == "(↓0.3 [-0.9, 0.2])"
+    assert format_delta(-0.5, "bootstrap", -0.9, -0.2, True) == "(↓0.5 [-0.9, -0.2])"  # one seed: never a star
+
+
+def test_one_seed_delta_is_never_resolved_in_tables_or_findings():
+    def boot(split, run, baseline, seed):
+        return {"value": Interval(0.5, 0.45, 0.55, 1000, "bootstrap"),
+                "delta": Interval(-0.1, -0.15, -0.05, 1000, "bootstrap")}
+
+    recs = {MSE: _rec(MSE, {0: 0.4}), HDM: _rec(HDM, {0: 0.3})}
+    ivs = {"table1": table_intervals(get_table(1), recs, boot)}
+    df = build_tables({r: mean_metrics(rec) for r, rec in recs.items()}, profile="demo", intervals=ivs)["table1"]
+    line = df[(df["run"] == HDM) & (df["source"] == "measured")].iloc[0]
+    assert line["delta_resolved"] is None and line["delta_ci_high"] == pytest.approx(-5.0)
+    text = build_findings(profile="demo", records=recs, intervals=ivs, curves={}, seeds=[0], bootstrap=boot)
+    hdm = next(l for l in text.splitlines() if l.startswith(f"- **{HDM}**"))
+    assert "(image bootstrap, one training seed), evaluation noise only: the interval excludes 0, no verdict" in hdm
+    assert "resolved" not in hdm
+    assert "Comparisons in this file: 0 with ≥ 2 training seeds" in text
 
 
 # ----------------------------------------------------------------------------- diagnostics
@@ -118,12 +136,6 @@ def test_dead_heatmaps_and_loss_metric_consistency():
     assert math.isnan(diagnostics.loss_metric_consistency([1, 2], [3, 4])[0])
 
 
-def test_plateau():
-    assert plateaued([0.1, 0.3, 0.31], noise=0.02) is True
-    assert plateaued([0.1, 0.3, 0.4], noise=0.02) is False
-    assert plateaued([0.1, 0.3], noise=float("nan")) is None
-
-
 def test_findings_name_the_runs_and_the_collapse():
     recs = {MSE: _rec(MSE, {0: 0.40, 1: 0.42}, **{"diag.sep.eye": 0.9, "diag.median_err": 1.0}),
             HDM: _rec(HDM, {0: 0.30, 1: 0.31}, **{"diag.sep.eye": 0.1, "diag.median_err": 2.0})}
@@ -137,7 +149,10 @@ def test_findings_name_the_runs_and_the_collapse():
     hdm_line = next(l for l in text.splitlines() if l.strip().startswith(f"- {HDM}:"))
     assert "collapsed pairs: eye (0.10)" in hdm_line and f"{HDM}-id0" in hdm_line
     assert "collapsed pairs: none" in next(l for l in text.splitlines() if l.strip().startswith(f"- {MSE}:"))
-    assert "MSE: ρ = 0.95" in text  # drops 1, 1, .5, .1 vs gains .1, .1, .05, .001: one tie
+    assert f"- {MSE} vs {HDM}: not run (no consistency_val.npz for {MSE}, {HDM}; rerun the evaluation)." in text
+    # the last 3 points 30, 35, 35.1 AP: slope 2.55 AP/epoch; the two seeds agree, so the interval is a point
+    assert "slope +2.55 [+2.55, +2.55] AP/epoch over the last 3 validation points (t over 2 seeds): still rising" \
+        in hdm_line
 
 
 def test_diagnostic_figures(tmp_path):

@@ -366,11 +366,12 @@ def test_mpii_weighted_pckh_equals_pckh_on_duplicated_people():
 
 def test_mpii_paired_bootstrap():
     gt, preds = _mpii_case()
-    m_a = mb.mpii_person_correct(preds, gt)
+    ids = np.arange(preds.shape[0]) // 2  # two people per image
+    m_a = mb.mpii_person_correct(preds, gt, image_ids=ids)
     same = mb.paired_bootstrap_pckh(m_a, m_a, resamples=300, seed=2)
     assert (same["delta"].low, same["delta"].high, same["delta"].mean) == (0.0, 0.0, 0.0)
     worse = preds + np.random.default_rng(1).normal(0, 4.0, preds.shape)
-    m_b = mb.mpii_person_correct(worse, gt)
+    m_b = mb.mpii_person_correct(worse, gt, image_ids=ids)
     out = mb.paired_bootstrap_pckh(m_a, m_b, resamples=300, seed=2)
     assert out["delta"].mean == pytest.approx(mm.pckh(preds, gt)["Mean"] - mm.pckh(worse, gt)["Mean"], abs=1e-12)
     assert out["a"].n == 300 and out["a"].low < out["a"].mean < out["a"].high
@@ -380,3 +381,37 @@ def test_mpii_paired_bootstrap():
     other_gt = dict(gt, jnt_missing=1 - gt["jnt_missing"])
     with pytest.raises(PipelineError, match="different ground truth"):
         mb.paired_bootstrap_pckh(m_a, mb.mpii_person_correct(preds, other_gt), resamples=10)
+
+
+def _correlated_pairs(n_images: int = 200, seed: int = 0) -> np.ndarray:
+    """(2 × n_images, 16) correctness: the two people of an image are both right or both wrong."""
+    per_image = np.random.default_rng(seed).random(n_images) < 0.5
+    return np.repeat(np.repeat(per_image, 2)[:, None], 16, axis=1)
+
+
+def test_mpii_bootstrap_resamples_images_not_people():
+    correct = _correlated_pairs()
+    n = correct.shape[0]
+    full = dict(correct=correct, visible=np.ones_like(correct), in_mean=np.ones(16, bool))
+    by_image = mb.MpiiCorrect(**full, image_ids=np.arange(n) // 2)
+    by_person = mb.MpiiCorrect(**full, image_ids=np.arange(n))  # one image per person: people resampled
+    w_image = mb.paired_bootstrap_pckh(by_image, by_image, resamples=2000, seed=1)["a"]
+    w_person = mb.paired_bootstrap_pckh(by_person, by_person, resamples=2000, seed=1)["a"]
+    width_image, width_person = w_image.high - w_image.low, w_person.high - w_person.low
+    # 200 independent images, not 400 independent people: the width grows by about sqrt(2)
+    assert width_image / width_person == pytest.approx(math.sqrt(2), rel=0.15)
+    # by hand: the image counts of a resample expand to its people
+    counts = np.array([[2, 0] + [1] * 198])
+    expanded = np.repeat(counts, 2, axis=1)
+    assert mb.weighted_pckh_by_image(by_image, counts)[0] == mb.weighted_pckh(by_image, expanded)[0]
+
+
+def test_mpii_bootstrap_needs_image_ids_and_keeps_them_in_the_file(tmp_path):
+    correct = _correlated_pairs(10)
+    m = mb.MpiiCorrect(correct=correct, visible=np.ones_like(correct), in_mean=np.ones(16, bool))
+    with pytest.raises(PipelineError, match="no image id per person"):
+        mb.paired_bootstrap_pckh(m, m, resamples=10)
+    mb.save_correct(mb.with_image_ids(m, np.arange(20) // 2 + 7), tmp_path / "m.npz")
+    assert mb.load_correct(tmp_path / "m.npz").image_ids.tolist() == (np.arange(20) // 2 + 7).tolist()
+    mb.save_correct(m, tmp_path / "old.npz")
+    assert mb.load_correct(tmp_path / "old.npz").image_ids is None

@@ -169,3 +169,40 @@ def percentile_interval(samples: Iterable[float], point: float, level: float = 0
         return Interval(float(point), math.nan, math.nan, 0, "none")
     low, high = np.quantile(s, [0.5 - level / 2.0, 0.5 + level / 2.0])
     return Interval(float(point), float(low), float(high), int(s.size), "bootstrap")
+
+
+def t_interval_pvalue(iv: Interval, level: float = 0.95) -> float:
+    """Two-sided p-value of "mean = 0" for a t-interval over seeds (the paired t-test of its differences).
+
+    The interval already holds what the test needs: its half-width is ``t_{n-1} · SE``, so SE and the
+    t statistic follow without the per-seed values. NaN for a bootstrap or undefined interval (one
+    seed: no test over training seeds); 0 when the seeds agree exactly on a nonzero mean (SE = 0).
+    """
+    _check_level(level)
+    if iv.method != "t" or iv.n < 2 or not iv.defined:
+        return math.nan
+    from scipy.stats import t as student_t
+
+    se = iv.half_width / float(student_t.ppf(0.5 + level / 2.0, iv.n - 1))
+    if se == 0.0:
+        return 0.0 if iv.mean != 0.0 else 1.0
+    return float(2.0 * student_t.sf(abs(iv.mean) / se, iv.n - 1))
+
+
+def holm(pvalues: Iterable[float], alpha: float = 0.05) -> list[bool]:
+    """Holm's step-down: which hypotheses of a family are rejected with family-wise error ≤ ``alpha``.
+
+    Sort the p-values ascending; reject the i-th smallest (i = 1 … m) while p_(i) ≤ α / (m − i + 1), and
+    stop at the first that is not. Unlike Bonferroni it loses little power, and it needs no assumption
+    about how the comparisons depend on each other (they share runs here). Returned in input order.
+    """
+    p = [float(x) for x in pvalues]
+    if any(not (0.0 <= x <= 1.0) for x in p):
+        raise ValueError(f"holm: p-values must lie in [0, 1], got {p}")
+    m = len(p)
+    out = [False] * m
+    for rank, i in enumerate(sorted(range(m), key=lambda k: p[k])):
+        if p[i] > alpha / (m - rank):
+            break
+        out[i] = True
+    return out

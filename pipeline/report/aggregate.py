@@ -11,7 +11,8 @@ A run of params.yaml is trained once per training seed. For each table row this 
   interval (the same resampled images for both runs).
 
 The bootstrap inputs are the per-image match files the evaluation stage writes next to each run's
-metrics (``<split>.boot.npz``, see :func:`bootstrap_file`).
+metrics (``<split>.boot.npz``, see :func:`bootstrap_file`). Both datasets resample images: on MPII every
+person of a drawn image comes along (people of one image are not independent draws).
 """
 from __future__ import annotations
 
@@ -162,11 +163,44 @@ def image_bootstrap(paths: Any, resamples: int = BOOTSTRAP_RESAMPLES, seed: int 
             log.info("%s seed %d: no bootstrap data for %s (%s); no interval", run, run_seed, split,
                      ", ".join(str(f) for f in files if not f.is_file()))
             return None
-        a, b = (load_bootstrap_data(f) for f in files)
+        a, b = (_with_images(paths, load_bootstrap_data(f)) for f in files)
+        if a is None or b is None:
+            log.info("%s seed %d: no image id per MPII person (rerun the evaluation); no interval", run, run_seed)
+            return None
         res = paired_bootstrap_any(a, b, resamples=resamples, seed=seed)
         return {"value": res["a"], "delta": res["delta"] if baseline else None}
 
     return boot
+
+
+def _with_images(paths: Any, data: Any) -> Any:
+    """MPII data with the image of each person: from the file, else from the profile's validation
+    annotation (the evaluation scores its people in that file's order); None when neither has them.
+    COCO data passes through (its unit is the image already)."""
+    from ..metrics import mpii_bootstrap
+
+    if not isinstance(data, mpii_bootstrap.MpiiCorrect) or data.image_ids is not None:
+        return data
+    ids = mpii_val_image_ids(paths)
+    if ids is None or len(ids) != data.n_people:
+        return None
+    return mpii_bootstrap.with_image_ids(data, ids)
+
+
+def mpii_val_image_ids(paths: Any) -> list[int] | None:
+    """The image id of each person of the profile's MPII validation annotation, in file order (the
+    numeric stem of the image name, as :func:`pipeline.data.mpii.load_mpii_people` sets it; the entry
+    index when the stem is not a number). None when the profile has no such file."""
+    from ..io import read_json
+
+    if not hasattr(paths, "dataset"):
+        return None
+    path = Path(paths.dataset("mpii")) / "annot" / "valid.json"
+    if not path.is_file():
+        return None
+    entries = read_json(path)
+    stems = [Path(str(e.get("image", ""))).stem if isinstance(e, dict) else "" for e in entries]
+    return [int(s) if s.isdigit() else i for i, s in enumerate(stems)]
 
 
 def _boot_file(paths: Any, name: str, split: str, seed: int) -> Path:

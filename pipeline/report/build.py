@@ -20,6 +20,7 @@ from .aggregate import RunRecord, all_intervals, image_bootstrap, mean_metrics
 from .beyond import DARK, split_variant, variant_records
 from .figures import write_diagnostic_figures, write_figures, write_table6_figure
 from .findings import build_findings, table5_note
+from .summary import build_summary
 from .tables import build_tables, write_tables
 
 log = logging.getLogger(__name__)
@@ -117,19 +118,21 @@ def build_report(*, profile: str, tracking_uri: str, experiment: str, run_names:
         records[name] = rec
         info[name] = dict(info[split_variant(name)[0]])
     measured = {run: mean_metrics(rec) for run, rec in records.items()}
-    bootstrap = image_bootstrap(Paths(profile))
+    paths = Paths(profile)
+    bootstrap = image_bootstrap(paths)
     intervals = all_intervals(records, bootstrap=bootstrap)
-    notes = {"table5": [table5_note(records, intervals["table5"])]} if records else {}
+    notes = {"table5": [table5_note(records, intervals["table5"], paths.run_dir)]} if records else {}
     tables = build_tables(measured, profile=profile, run_info=info, intervals=intervals, notes=notes)
     run_curves = curves(tracking_uri, selected) if not selected.empty else {}
     # every file is made in a temporary folder first and moved into out_dir only when all are complete
     with io.temporary_dir(Path(out_dir) / "report") as stage:
         staged = write_tables(tables, stage, profile=profile)
-        findings = stage / "findings.md"
-        io.write_text(findings, build_findings(profile=profile, records=records, intervals=intervals,
-                                               curves=run_curves, seeds=seeds,
-                                                               bootstrap=bootstrap))
-        staged.insert(-1, findings)
+        findings, summary = stage / "findings.md", stage / "summary.md"
+        text = build_findings(profile=profile, records=records, intervals=intervals, curves=run_curves, seeds=seeds,
+                              bootstrap=bootstrap, run_dir=paths.run_dir)
+        io.write_text(findings, text)
+        io.write_text(summary, build_summary(profile, text))
+        staged[-1:-1] = [findings, summary]
         if run_curves:
             staged += write_figures(run_curves, stage)
             staged += write_diagnostic_figures(records, run_curves, stage)

@@ -1,6 +1,7 @@
-"""Figures of the report: validation curves per MSE/HDM pair (with the plateau marked), the per-joint
-error of MSE vs HDM per architecture, training loss vs validation metric per loss (Sec. 4), and
-Table 6's AP against the heatmap stride per method."""
+"""Figures of the report: validation curves per MSE/HDM pair (each run annotated with the trend of its
+last validation points), the per-joint error of MSE vs HDM per architecture, training loss vs validation
+metric per epoch (the per-epoch view of Sec. 4, a picture without a claim), and Table 6's AP against the
+heatmap stride per method."""
 from __future__ import annotations
 
 import math
@@ -16,7 +17,7 @@ from ..errors import PipelineError
 from ..io import atomic_path
 from .aggregate import RowIntervals, RunRecord, mean_metrics
 from .beyond import T6_STRIDES, TABLE6
-from .findings import dataset_noise, plateaued
+from .trend import TREND_POINTS, curve_trend
 
 _RUN_RE = re.compile(r"^(?P<ds>[A-Za-z0-9]+)_(?P<stem>.+?)_(?P<var>mse|udp|hdm(?:_.+)?)$")
 Curves = Mapping[str, Mapping[int, pd.DataFrame]]
@@ -63,42 +64,51 @@ def _grid(n: int, w: float = 4.5, h: float = 3.2):
 
 def write_figures(curves: Curves, out_dir: Path) -> list[Path]:
     """Validation metric per epoch, one panel per system, one colour per variant, one line per seed, to
-    ``out_dir/figures/curves_<dataset>.png``. A filled marker on the last point: that seed plateaued (its
-    last two points differ by less than the dataset's seed noise of the final point,
-    :func:`~pipeline.report.findings.dataset_noise`); hollow: it did not; none: undecidable (one seed)."""
+    ``out_dir/figures/curves_<dataset>.png``. Each panel lists, per run, the slope of its last validation
+    points with the 95 % interval and the verdict (:mod:`pipeline.report.trend`); the points the slope is
+    fitted to are marked."""
     _check_curves(curves)
     groups: dict[str, dict[str, list[str]]] = {}
     for run in curves:
         ds, stem, _ = _split_run(run)
         groups.setdefault(ds, {}).setdefault(stem, []).append(run)
     paths = []
-    noise_by_ds = dataset_noise(curves)
     for ds, systems in sorted(groups.items()):
         fig, axes = _grid(len(systems))
-        noise = noise_by_ds.get(ds, math.nan)
         for ax, (stem, runs) in zip(axes.flat, sorted(systems.items())):
+            notes = []
             for i, run in enumerate(sorted(runs, key=lambda r: (_split_run(r)[2] != "mse", r))):
-                _plot_run(ax, curves[run], _split_run(run)[2], f"C{i}", noise)
+                _plot_run(ax, curves[run], _split_run(run)[2], f"C{i}")
+                notes.append(_trend_note(ds, _split_run(run)[2], curves[run]))
+            ax.text(0.02, 0.02, "\n".join(notes), transform=ax.transAxes, fontsize=6, va="bottom",
+                    bbox={"facecolor": "white", "alpha": 0.7, "linewidth": 0})
             ax.set_title(stem)
             ax.set_xlabel("epoch")
             ax.set_ylabel("val metric")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
-        fig.suptitle(f"{ds}: validation metric, MSE vs HDM (● plateaued, ○ not)")
+        fig.suptitle(f"{ds}: validation metric, MSE vs HDM (● the last {TREND_POINTS} points: slope per epoch, "
+                     "95 % interval)")
         fig.tight_layout()
         paths.append(_save(fig, Path(out_dir) / "figures" / f"curves_{ds}.png"))
     return paths
 
 
-def _plot_run(ax, per_seed: Mapping[int, pd.DataFrame], label: str, colour: str, noise: float) -> None:
+def _trend_note(ds: str, label: str, per_seed: Mapping[int, pd.DataFrame]) -> str:
+    """"hdm: slope +0.12 [-0.05, +0.30]/ep, flat within ±0.30" in the tables' units (AP ×100, PCKh)."""
+    tr = curve_trend(per_seed, TREND_POINTS, 100.0 if ds == "coco" else 1.0)
+    if tr is None:
+        return f"{label}: trend undecidable (< {TREND_POINTS} points)"
+    return f"{label}: slope {tr.slope:+.2f} {tr.bounds}/ep, {tr.verdict}"
+
+
+def _plot_run(ax, per_seed: Mapping[int, pd.DataFrame], label: str, colour: str) -> None:
     for j, (seed, df) in enumerate(sorted(per_seed.items())):
         d = df.sort_values("epoch")
         ax.plot(d["epoch"], d["val_metric"], color=colour, alpha=0.8, linewidth=1,
                 linestyle="--" if label == "mse" else "-", label=label if j == 0 else None)
-        flat = plateaued(list(d["val_metric"]), noise)
-        if flat is not None and len(d):
-            ax.plot(d["epoch"].iloc[-1], d["val_metric"].iloc[-1], "o", color=colour,
-                    markerfacecolor=colour if flat else "white", markersize=6)
+        tail = d[["epoch", "val_metric"]].dropna().tail(TREND_POINTS)
+        ax.plot(tail["epoch"], tail["val_metric"], "o", color=colour, markersize=3)
 
 
 def write_diagnostic_figures(records: Mapping[str, RunRecord], curves: Curves, out_dir: Path) -> list[Path]:

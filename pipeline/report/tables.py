@@ -36,8 +36,9 @@ from .paper_numbers import PaperRow, PaperTable
 __all__ = ["build_tables", "write_tables", "table_title", "format_delta"]
 
 NOT_RUN = "not run"
-_BOOT_TEXT = ("1,000 resamples of the images with replacement, the same resamples for both runs of a pair, "
-              "the metric recomputed per resample; 2.5 and 97.5 percentiles")
+_BOOT_TEXT = ("1,000 resamples of the images with replacement (on MPII every person of a drawn image comes "
+              "along), the same resamples for both runs of a pair, the metric recomputed per resample; 2.5 and "
+              "97.5 percentiles")
 NOT_EVALUATED = "not evaluated"
 SUBMITTED = "submitted, no scores yet"  # test-dev zip written, the server's scores not loaded yet
 NA = "n/a"  # a run exists but this metric is missing / undefined
@@ -80,13 +81,15 @@ def _fmt(x: float) -> str:
 def format_delta(delta: float, method: str | None = None, low: float | None = None, high: float | None = None,
                  resolved: bool | None = None) -> str:
     """"(↑1.4)", "(↓0.3)" or "(±0.0)" — the paper's notation for a gain over the baseline; with an
-    interval, "(↑1.4 ±0.6)*" (t over seeds) or "(↓0.3 [−0.9, 0.2])" (bootstrap), "*" when it excludes 0."""
+    interval, "(↑1.4 ±0.6)*" (t over seeds) or "(↓0.3 [−0.9, 0.2])" (bootstrap). "*" marks a resolved Δ,
+    which needs ≥ 2 training seeds: a bootstrap interval (one seed) holds evaluation noise only and never
+    carries it, whatever ``resolved`` says."""
     d = _round1(delta)
     text = f"↑{_fmt(d)}" if d > 0 else f"↓{_fmt(-d)}" if d < 0 else "±0.0"
     if low is not None and high is not None and low == low and high == high:
         text += f" ±{_fmt(_round1((high - low) / 2))}" if method == "t" else \
             f" [{_fmt(_round1(low))}, {_fmt(_round1(high))}]"
-    return f"({text})" + ("*" if resolved else "")
+    return f"({text})" + ("*" if resolved and method == "t" else "")
 
 
 def _check_profile(profile: Any) -> str:
@@ -210,8 +213,9 @@ def _interval_cells(table: PaperTable, iv: Any) -> dict[str, Any]:
            "ci_low": sc(value.low), "ci_high": sc(value.high), "delta_ci_low": None, "delta_ci_high": None,
            "delta_resolved": None}
     if delta is not None:
+        # resolved needs training noise in the interval (≥ 2 seeds); a one-seed bootstrap cannot say
         out.update({"delta_ci_low": sc(delta.low), "delta_ci_high": sc(delta.high),
-                    "delta_resolved": bool(delta.excludes_zero) if delta.method != "none" else None})
+                    "delta_resolved": bool(delta.excludes_zero) if delta.method == "t" else None})
     return out
 
 
@@ -411,7 +415,9 @@ def _footnotes(df: pd.DataFrame) -> list[str]:
             "Student-t interval over seeds; after Δ, of the 95 % t-interval of the per-seed differences (the "
             "two runs paired by seed: same initial weights, data order and augmentation). \"[a, b]\" with "
             "\"n = 1 (boot)\": one seed only, so the interval is a paired bootstrap over the evaluation images "
-            f"({_BOOT_TEXT}): evaluation noise only, not training noise. \"*\": the Δ interval excludes 0.")
+            f"({_BOOT_TEXT}): evaluation noise only, not training noise, so such a Δ is never marked resolved. "
+            "\"*\": resolved, the Δ's t-interval over ≥ 2 seeds excludes 0 (findings.md adds Holm's correction "
+            "for the number of comparisons).")
     if num == 2 and (df["status"] == SUBMITTED).any():
         notes.append(f"\"{SUBMITTED}\": test-dev has no public ground truth; the run's submission zip "
                      "(results/PROFILE/eval/RUN/submission/) awaits the COCO server's scores, loaded with "
