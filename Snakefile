@@ -7,7 +7,8 @@ import json
 import sys
 
 sys.path.insert(0, workflow.basedir)
-from pipeline.config import TABLE_FILES, Paths, resolve_run, run_names, run_specs, seeds, validate_params
+from pipeline.config import (TABLE_FILES, Paths, is_tuning_run, report_run_names, resolve_run, run_names, run_specs,
+                             seeds, validate_params)
 from pipeline.errors import PipelineError
 
 configfile: "params.yaml"
@@ -21,6 +22,11 @@ PROFILE = config["profile"]
 RUNS = run_names(config)                     # the main target's runs (Tables 1-5, Table 6's stride-4 lines)
 STUDY_RUNS = run_names(config, study=True)  # the study target's: RUNS + study.runs (beyond the paper)
 RUN_SPECS = run_specs(config, study=True)   # every run a rule may be asked for
+# split: tune runs choose hyperparameters on the tune split of the training data: never in a table,
+# trained and evaluated (on tune only) by the `tune` target
+REPORT_RUNS = report_run_names(config)
+STUDY_REPORT_RUNS = report_run_names(config, study=True)
+TUNE_RUNS = [r for r in STUDY_RUNS if is_tuning_run(config, r)]
 SEEDS = seeds(config)                   # the main target's training seeds
 STUDY_SEEDS = seeds(config, study=True) # the study target's
 PY = sys.executable  # the interpreter running Snakemake (the project's virtualenv)
@@ -57,3 +63,11 @@ rule all:
 rule study:
     input:
         [str(Paths(PROFILE).study_reports / f) for f in TABLE_FILES],
+
+
+# Every split: tune run (runs or study.runs) with seeds, evaluated on the tune split:
+# `snakemake --cores all tune`; compare their coco_tune.* / mpii_tune.* in MLflow or in
+# results/<profile>/eval/<run>/seed<k>/metrics.json.
+rule tune:
+    input:
+        [str(Paths(PROFILE).eval_metrics(run, seed)) for run in TUNE_RUNS for seed in SEEDS],

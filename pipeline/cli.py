@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Sequence
 
 from . import io
-from .config import (Paths, experiment_name, load_params, resolve_run, run_label, run_names, seeds,
-                     tracking_uri)
+from .config import (Paths, experiment_name, load_params, report_run_names, resolve_run, run_label, run_names,
+                     seeds, tracking_uri)
 from .errors import PipelineError, Terminated
 from .termination import on_sigterm, run_child
 
@@ -162,7 +162,8 @@ def cmd_report(args, params) -> None:
     _setup_logging(paths.logs("report_study" if args.study else "report"))
     out_dir = paths.study_reports if args.study else paths.reports
     written = build_report(profile=profile, tracking_uri=tracking_uri(params),
-                           experiment=experiment_name(params), run_names=run_names(params, study=args.study),
+                           experiment=experiment_name(params),
+                           run_names=report_run_names(params, study=args.study),  # never a split: tune run
                            seeds=seeds(params, study=args.study), out_dir=out_dir)
     print(f"wrote {len(written)} files to {out_dir}/")
 
@@ -175,6 +176,9 @@ def cmd_testdev_scores(args, params) -> None:
     cfg = resolve_run(params, args.run, seed=_seed(args, params))
     if cfg["dataset"] != "coco":
         raise PipelineError(f"--run {args.run}", f"a {cfg['dataset']} run has no COCO test-dev scores")
+    if builders.holdout_split(cfg) == builders.TUNE:
+        raise PipelineError(f"--run {args.run}", "a split: tune run is evaluated on the tune split only: "
+                                                 "it has no test-dev submission")
     _setup_logging(None)
     if args.variant and args.variant not in builders.eval_variants(cfg):
         raise PipelineError(f"--variant {args.variant}", f"run {args.run} is not decoded with {args.variant} "

@@ -5,7 +5,7 @@ def _evaluated(profile, runs, seed_list):
 
 rule report:
     input:
-        lambda w: _evaluated(w.profile, RUNS, SEEDS),
+        lambda w: _evaluated(w.profile, REPORT_RUNS, SEEDS),
     output:
         [f"reports/{{profile}}/{f}" for f in TABLE_FILES],
     log:
@@ -21,7 +21,7 @@ rule report:
 # there, dvc exp run -S 'seeds=[0,1,2]' for the main runs).
 rule report_study:
     input:
-        lambda w: _evaluated(w.profile, STUDY_RUNS, STUDY_SEEDS),
+        lambda w: _evaluated(w.profile, STUDY_REPORT_RUNS, STUDY_SEEDS),
     output:
         [f"reports/{{profile}}/study/{f}" for f in TABLE_FILES],
     log:
