@@ -229,7 +229,7 @@ def test_smoke_tune_run_trains_and_evaluates_on_tune_only(smoke):
     metrics = result["metrics"]
     assert 0.0 <= metrics["coco_tune.AP"] <= 1.0 and "coco_tune_dark.AP" in metrics
     assert not [k for k in metrics if k.startswith(("coco_val", "coco_testdev", "mpii_val"))]
-    out = Paths("smoke").eval_dir(TUNE_RUN, cfg["seed"]) / "outputs"
+    out = Paths("smoke").eval_dir(TUNE_RUN, cfg["seed"])
     assert not (out / "submission").exists()
 
     # pycocotools on the independently built subset scores the run's results file the same
@@ -258,3 +258,16 @@ def test_the_report_ignores_a_tuning_run_in_mlflow(smoke, tmp_path):
     measured = json.loads((tmp_path / "report" / "measured.json").read_text())
     assert written and TUNE_RUN not in measured["runs"]
     assert TUNE_RUN not in "".join(f.read_text() for f in written if f.suffix in (".md", ".csv"))
+
+
+def test_smoke_mpii_tune_run_scores_mpii_tune_only(smoke):
+    from pipeline.engine.evaluate import evaluate_run
+    from pipeline.engine.train import train_run
+
+    _, p, uri = smoke
+    cfg = resolve_run(p, "mpii_hrnet_w32_tune", "smoke")
+    cfg["train"]["epochs"] = 1
+    train_run(cfg, tracking_uri=uri, experiment=EXPERIMENT, progress=False)
+    metrics = evaluate_run(cfg, tracking_uri=uri, experiment=EXPERIMENT, progress=False)["metrics"]
+    assert 0.0 <= metrics["mpii_tune.Mean"] <= 100.0 and "mpii_tune_dark.Mean" in metrics
+    assert not [k for k in metrics if k.startswith("mpii_val")]
