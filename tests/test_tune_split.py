@@ -271,3 +271,30 @@ def test_smoke_mpii_tune_run_scores_mpii_tune_only(smoke):
     metrics = evaluate_run(cfg, tracking_uri=uri, experiment=EXPERIMENT, progress=False)["metrics"]
     assert 0.0 <= metrics["mpii_tune.Mean"] <= 100.0 and "mpii_tune_dark.Mean" in metrics
     assert not [k for k in metrics if k.startswith("mpii_val")]
+
+
+def _snakemake_jobs(cwd: Path, *args: str) -> dict[str, set[str]]:
+    """Rule → runs that a dry run of ``args`` schedules (train and evaluate jobs)."""
+    import re
+    import subprocess
+    import sys
+
+    out = subprocess.run([str(Path(sys.executable).parent / "snakemake"), "-n", "--forceall", *args], cwd=cwd,
+                         capture_output=True, text=True, check=True, timeout=300).stdout
+    return {rule: set(re.findall(rf"^rule {rule}:\n(?:    .*\n)*?    wildcards: .*run=(\w+)", out, re.M))
+            for rule in ("train", "evaluate")}
+
+
+def test_snakemake_tune_target_runs_tuning_runs_and_the_study_leaves_them_out(tmp_path):
+    import yaml
+
+    from project_copy import copy_project
+
+    copy_project(tmp_path)
+    p = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    p["study"]["runs"][TUNE_RUN] = {"dataset": "coco", "arch": "hrnet_w32", "loss": "mse", "split": "tune"}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    tuning = _snakemake_jobs(tmp_path, "tune")
+    assert tuning == {"train": {TUNE_RUN}, "evaluate": {TUNE_RUN}}
+    study = _snakemake_jobs(tmp_path, "study")
+    assert TUNE_RUN not in study["train"] | study["evaluate"] and study["train"]
