@@ -5,6 +5,7 @@ image folder and detection file each split uses.
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +15,10 @@ from torch import nn
 
 from ..codecs import Codec, get_codec
 from ..codecs import convention as codec_convention
+from ..data import tune as tune_split
 from ..data.coco import load_coco_people
 from ..data.dataset import TopDownDataset
 from ..data.mpii import load_mpii_people
-from ..data import tune as tune_split
 from ..data.skeleton import COCO, MPII, JointSet
 from ..data.transforms import HALF_BODY_UPPER_PROB, shift_box_centers
 from ..errors import PipelineError
@@ -111,6 +112,13 @@ def holdout_split(cfg: dict[str, Any]) -> str:
     return TUNE if cfg.get("split") == TUNE else "val"
 
 
+@functools.lru_cache(maxsize=8)
+def _train_digest(path: str, size: int, mtime_ns: int) -> str:
+    """sha256 of a train annotation file, hashed once per process and file version (validation asks
+    every epoch; COCO's train file is ~450 MB)."""
+    return tune_split.file_digest(Path(path))
+
+
 def tune_dir(cfg: dict[str, Any]) -> Path:
     """Where the tune split's derived files live: ``data/<profile>/_tune/<dataset>/
     fraction<f>-seed<s>-<sha256[:12] of the train annotations>/``, beside (never inside) the dataset
@@ -124,7 +132,9 @@ def tune_dir(cfg: dict[str, Any]) -> Path:
     if not t:
         raise PipelineError(f"params.yaml: run {cfg['name']}", "reads the tune split but its config has no "
                                                                "tune section (set split: tune on the run)")
-    name = f"fraction{float(t['fraction']):g}-seed{int(t['seed'])}-{tune_split.file_digest(train)[:12]}"
+    stat = train.stat()
+    digest = _train_digest(str(train.resolve()), stat.st_size, stat.st_mtime_ns)
+    name = f"fraction{float(t['fraction']):g}-seed{int(t['seed'])}-{digest[:12]}"
     return root.parent / "_tune" / root.name / name
 
 
