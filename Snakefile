@@ -7,7 +7,8 @@ import json
 import sys
 
 sys.path.insert(0, workflow.basedir)
-from pipeline.config import TABLE_FILES, Paths, resolve_run, run_names, run_specs, seeds, validate_params
+from pipeline.config import (TABLE_FILES, Paths, is_tuning_run, report_run_names, resolve_run, run_names, run_specs,
+                             seeds, validate_params)
 from pipeline.errors import PipelineError
 
 configfile: "params.yaml"
@@ -22,6 +23,13 @@ RUNS = run_names(config)                     # the main target's runs (Tables 1-
 STUDY_RUNS = run_names(config, study=True)  # the study target's: RUNS + study.runs (beyond the paper)
 VERDICT_RUNS = run_names(config, verdict=True)  # the verdict target's: STUDY_RUNS + verdict.runs
 RUN_SPECS = run_specs(config, verdict=True)   # every run a rule may be asked for
+# split: tune runs choose hyperparameters on the tune split of the training data: never in a table,
+# trained and evaluated (on tune only) by the `tune` target (with seeds) and read by the verdict's
+# tuning table
+REPORT_RUNS = report_run_names(config)
+STUDY_REPORT_RUNS = report_run_names(config, study=True)
+VERDICT_REPORT_RUNS = report_run_names(config, verdict=True)
+TUNE_RUNS = [r for r in VERDICT_RUNS if is_tuning_run(config, r)]
 SEEDS = seeds(config)                   # the main target's training seeds
 STUDY_SEEDS = seeds(config, study=True) # the study target's
 PY = sys.executable  # the interpreter running Snakemake (the project's virtualenv)
@@ -65,3 +73,11 @@ rule study:
 rule verdict:
     input:
         [str(Paths(PROFILE).verdict_reports / f) for f in TABLE_FILES],
+
+
+# Every split: tune run (of any run set) with seeds, evaluated on the tune split:
+# `snakemake --cores all tune`; compare their coco_tune.* / mpii_tune.* in MLflow or in
+# results/<profile>/eval/<run>/seed<k>/metrics.json (the verdict's tuning table lists them).
+rule tune:
+    input:
+        [str(Paths(PROFILE).eval_metrics(run, seed)) for run in TUNE_RUNS for seed in SEEDS],

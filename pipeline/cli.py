@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Sequence
 
 from . import io
-from .config import (Paths, experiment_name, load_params, resolve_run, run_label, run_names, seeds,
-                     tracking_uri)
+from .config import (Paths, experiment_name, load_params, report_run_names, resolve_run, run_label, run_names,
+                     seeds, tracking_uri)
 from .errors import PipelineError, Terminated
 from .termination import on_sigterm, run_child
 
@@ -165,9 +165,10 @@ def cmd_report(args, params) -> None:
     target = "verdict" if args.verdict else "study" if args.study else None
     _setup_logging(paths.logs(f"report_{target}" if target else "report"))
     out_dir = {"verdict": paths.verdict_reports, "study": paths.study_reports}.get(target, paths.reports)
+    # never a split: tune run in the tables; the verdict's tuning table reads them (with seeds)
+    names = (run_names(params, verdict=True) if args.verdict else report_run_names(params, study=args.study))
     written = build_report(profile=profile, tracking_uri=tracking_uri(params), experiment=experiment_name(params),
-                           run_names=run_names(params, study=args.study, verdict=args.verdict),
-                           seeds=seeds(params, study=args.study or args.verdict), out_dir=out_dir)
+                           run_names=names, seeds=seeds(params, study=args.study or args.verdict), out_dir=out_dir)
     print(f"wrote {len(written)} files to {out_dir}/")
 
 
@@ -179,6 +180,9 @@ def cmd_testdev_scores(args, params) -> None:
     cfg = resolve_run(params, args.run, seed=_seed(args, params))
     if cfg["dataset"] != "coco":
         raise PipelineError(f"--run {args.run}", f"a {cfg['dataset']} run has no COCO test-dev scores")
+    if builders.holdout_split(cfg) == builders.TUNE:
+        raise PipelineError(f"--run {args.run}", "a split: tune run is evaluated on the tune split only: "
+                                                 "it has no test-dev submission")
     _setup_logging(None)
     if args.variant and args.variant not in builders.eval_variants(cfg):
         raise PipelineError(f"--variant {args.variant}", f"run {args.run} is not decoded with {args.variant} "

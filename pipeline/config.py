@@ -73,6 +73,9 @@ def validate_params(params: Any, source: str = DEFAULT_PARAMS) -> dict[str, Any]
                                 f"{run['codec']!r} needs loss: mse (it replaces the Gaussian targets of an MSE run; "
                                 f"{run['loss']} runs have their own)")
         for pname, prof in params["profiles"].items():
+            if run.get("split") == "tune" and "tune" not in prof:
+                raise PipelineError(f"{source}: profiles.{pname}.tune",
+                                    f"required by {key} (split: tune): the tune split's fraction and seed")
             if run["arch"] not in prof["archs"]:
                 raise PipelineError(f"{source}: {key}.arch",
                                     f"{run['arch']!r} is not defined in profiles.{pname}.archs")
@@ -420,6 +423,7 @@ def resolve_run(params: dict[str, Any], run: str, profile: str | None = None,
         "loss": spec["loss"],
         # only when the run sets it, so the configs (and MLflow params) of the other runs stay as they were
         **({"codec": spec["codec"]} if spec.get("codec") is not None else {}),
+        **_tune_keys(spec, prof),
         "model": model,
         "data": data,
         # profile ← architecture ← architecture on this dataset (MPII HRNet-W48's batch) ← run
@@ -428,6 +432,26 @@ def resolve_run(params: dict[str, Any], run: str, profile: str | None = None,
         "hdm": _merge(prof["hdm"], spec.get("hdm")),
         "test": copy.deepcopy(prof["test"]),
     }
+
+
+def _tune_keys(spec: dict[str, Any], prof: dict[str, Any]) -> dict[str, Any]:
+    """``split`` and ``tune`` of a run with ``split: tune`` (trained on train ∖ tune, validated and
+    evaluated on tune: pipeline/data/tune.py); nothing for any other run, so their resolved configs,
+    config hashes and MLflow params stay exactly as before the keys existed."""
+    if spec.get("split") != "tune":
+        return {}
+    return {"split": "tune", "tune": copy.deepcopy(prof["tune"])}
+
+
+def is_tuning_run(params: dict[str, Any], run: str) -> bool:
+    """A ``split: tune`` run: it chooses hyperparameters and has no place in the paper's tables."""
+    return run_specs(params, verdict=True)[run].get("split") == "tune"
+
+
+def report_run_names(params: dict[str, Any], *, study: bool = False, verdict: bool = False) -> list[str]:
+    """The runs a report's tables (and its workflow target) cover: :func:`run_names` without tuning runs,
+    whose tune scores must never stand beside val and test-dev results."""
+    return [r for r in run_names(params, study=study, verdict=verdict) if not is_tuning_run(params, r)]
 
 
 def tracking_uri(params: dict[str, Any]) -> str:

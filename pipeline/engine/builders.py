@@ -5,6 +5,7 @@ image folder and detection file each split uses.
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +15,14 @@ from torch import nn
 
 from ..codecs import Codec, get_codec
 from ..codecs import convention as codec_convention
+from ..data import tune as tune_split
 from ..data.coco import load_coco_people
 from ..data.dataset import TopDownDataset
 from ..data.mpii import load_mpii_people
 from ..data.skeleton import COCO, MPII, JointSet
 from ..data.transforms import HALF_BODY_UPPER_PROB, shift_box_centers
 from ..errors import PipelineError
+from ..io import read_json
 from ..losses import HDMLoss, JointsMSELoss
 from ..models import CenteredHeatmaps, build_model
 
@@ -97,21 +100,106 @@ def with_data_defaults(data: dict[str, Any]) -> dict[str, Any]:
     return {**DATA_DEFAULTS, **data}
 
 
+# --------------------------------------------------------------------------- the tune split
+TUNE = "tune"
+COCO_TUNE_ANN = "person_keypoints_tune.json"
+MPII_TUNE_ANN, MPII_GT_TUNE = "tune.json", "gt_tune.mat"
+
+
+def holdout_split(cfg: dict[str, Any]) -> str:
+    """The split a run is validated per epoch and evaluated on: ``tune`` for a run with ``split:
+    tune`` (hyperparameter search: val must never choose), else ``val``."""
+    return TUNE if cfg.get("split") == TUNE else "val"
+
+
+@functools.lru_cache(maxsize=8)
+def _train_digest(path: str, size: int, mtime_ns: int) -> str:
+    """sha256 of a train annotation file, hashed once per process and file version (validation asks
+    every epoch; COCO's train file is ~450 MB)."""
+    return tune_split.file_digest(Path(path))
+
+
+def tune_dir(cfg: dict[str, Any]) -> Path:
+    """Where the tune split's derived files live: ``data/<profile>/_tune/<dataset>/
+    fraction<f>-seed<s>-<sha256[:12] of the train annotations>/``, beside (never inside) the dataset
+    folder, which may be the user's own copy. Named by everything its content depends on, so a
+    changed fraction, seed or train file gets new files instead of stale ones."""
+    root = Path(cfg["data"]["root"])
+    train = root / (COCO_SPLITS["train"][0] if cfg["dataset"] == "coco" else MPII_SPLITS["train"])
+    if not train.is_file():
+        raise PipelineError(str(train), "file not found (the tune split is drawn from the train annotations)")
+    t = cfg.get("tune")
+    if not t:
+        raise PipelineError(f"params.yaml: run {cfg['name']}", "reads the tune split but its config has no "
+                                                               "tune section (set split: tune on the run)")
+    stat = train.stat()
+    digest = _train_digest(str(train.resolve()), stat.st_size, stat.st_mtime_ns)
+    name = f"fraction{float(t['fraction']):g}-seed{int(t['seed'])}-{digest[:12]}"
+    return root.parent / "_tune" / root.name / name
+
+
+def tune_files(cfg: dict[str, Any]) -> dict[str, Path]:
+    """The tune split's annotation and ground-truth files, written on first use (atomically; the
+    content is a pure function of the train annotations, ``tune.fraction`` and ``tune.seed``).
+    ``ann``: what :func:`records` reads; ``gt``: what the metric scores against."""
+    root, out = Path(cfg["data"]["root"]), tune_dir(cfg)
+    frac, seed = float(cfg["tune"]["fraction"]), int(cfg["tune"]["seed"])
+    if cfg["dataset"] == "mpii":
+        tune_split.write_mpii_tune(root / MPII_SPLITS["train"], out / MPII_TUNE_ANN, out / MPII_GT_TUNE, frac, seed)
+        return {"ann": out / MPII_TUNE_ANN, "gt": out / MPII_GT_TUNE}
+    ann = tune_split.write_coco_tune(root / COCO_SPLITS["train"][0], out / COCO_TUNE_ANN, frac, seed)
+    return {"ann": ann, "gt": ann}
+
+
+def ground_truth(cfg: dict[str, Any], split: str) -> Path:
+    """The file a split is scored against: COCO's keypoint annotations, MPII's ``gt_valid.mat`` form."""
+    if split == TUNE:
+        return tune_files(cfg)["gt"]
+    root = Path(cfg["data"]["root"])
+    return root / (MPII_GT_VALID if cfg["dataset"] == "mpii" else COCO_SPLITS[split][3])
+
+
+def _tune_records(cfg: dict[str, Any]) -> list[dict]:
+    """People of the tune images (ground-truth boxes: train images have no person detections)."""
+    root, ann = Path(cfg["data"]["root"]), tune_files(cfg)["ann"]
+    if cfg["dataset"] == "mpii":
+        return load_mpii_people(ann, root / "images", aspect_ratio=aspect_ratio(cfg))
+    return load_coco_people(ann, root / COCO_SPLITS["train"][1], aspect_ratio=aspect_ratio(cfg), use_gt_boxes=True)
+
+
+def _without_tune(cfg: dict[str, Any], recs: list[dict]) -> list[dict]:
+    """Training people of a ``split: tune`` run: those whose image is not in the tune split."""
+    ann = read_json(tune_files(cfg)["ann"])
+    if cfg["dataset"] == "mpii":
+        held = {e["image"] for e in ann}
+        return [r for r in recs if Path(r["image_path"]).name not in held]
+    held_ids = {int(img["id"]) for img in ann["images"]}
+    return [r for r in recs if r["image_id"] not in held_ids]
+
+
 def records(cfg: dict[str, Any], split: str, *, boxes: str = "gt") -> list[dict]:
     """Person records of one split; ``boxes`` is "gt" or "det" (COCO's person detections).
 
     The training split gets the run's load-time box shift (``data.load_shift_prob``), seeded by the
-    run's seed, so every process of a DDP job and every resume sees the same boxes.
+    run's seed, so every process of a DDP job and every resume sees the same boxes. ``tune`` is the
+    people of the tune images (:mod:`pipeline.data.tune`); for a run with ``split: tune`` the training
+    split leaves them out. Other runs read the training split as it is.
     """
+    if split == TUNE:
+        return _tune_records(cfg)
     root = Path(cfg["data"]["root"])
     d = with_data_defaults(cfg["data"])
+    held_out = split == "train" and holdout_split(cfg) == TUNE
     if cfg["dataset"] == "mpii":  # no person box to shift (pipeline/config.py refuses load_shift_prob > 0)
-        return load_mpii_people(root / MPII_SPLITS[split], root / "images", aspect_ratio=aspect_ratio(cfg))
+        recs = load_mpii_people(root / MPII_SPLITS[split], root / "images", aspect_ratio=aspect_ratio(cfg))
+        return _without_tune(cfg, recs) if held_out else recs
     ann, images, det, _ = COCO_SPLITS[split]
     if boxes != "gt":
         return load_coco_people(root / ann, root / images, aspect_ratio=aspect_ratio(cfg), use_gt_boxes=False,
                                 det_file=root / det, image_thre=cfg["test"]["image_thre"])
     recs = load_coco_people(root / ann, root / images, aspect_ratio=aspect_ratio(cfg), use_gt_boxes=True)
+    if held_out:
+        recs = _without_tune(cfg, recs)
     if split == "train" and d["load_shift_prob"] > 0:
         rng = np.random.default_rng([cfg["seed"], LOAD_SHIFT_STREAM])
         recs = shift_box_centers(recs, rng, d["load_shift_prob"], d["load_shift_factor"])

@@ -11,6 +11,12 @@ MSE runs are also scored with DARK decoding (:mod:`pipeline.codecs.dark`, the pa
 rows): the same flip-averaged heatmaps of val2017 with the person detections and of MPII val,
 decoded a second way, give ``coco_val_dark.*`` (results file ``..._<run>_dark_results.json``) and
 ``mpii_val_dark.*``, with no second pass of the network and no extra training.
+
+A run with ``split: tune`` (hyperparameter search) is evaluated on the tune split of the training
+images instead, and on nothing else: ``coco_tune.*`` with ground-truth boxes (there are no person
+detections for training images) or ``mpii_tune.*`` (head size from the neck → head-top segment, see
+:mod:`pipeline.data.tune`), with the same flip test and decoding variants; no val, no test-dev, no
+submission, so val never takes part in choosing a setting.
 """
 from __future__ import annotations
 
@@ -98,8 +104,24 @@ def run_diagnostics(cfg: dict[str, Any], pred: dict[str, np.ndarray], recs: list
     return out
 
 
+def _tune_inputs(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The inputs of a ``split: tune`` run: the tune people (ground-truth boxes) and their ground
+    truth, in the shapes of the val inputs (COCO key ``coco_tune``; MPII key ``mpii``)."""
+    recs, gt = builders.records(cfg, builders.TUNE), builders.ground_truth(cfg, builders.TUNE)
+    if cfg["dataset"] == "mpii":
+        return {"mpii": (recs, gt)}
+    return {"coco_tune": (recs, gt, f"person_keypoints_tune_{cfg['name']}_results.json")}
+
+
+def _mpii_prefix(cfg: dict[str, Any]) -> str:
+    """``mpii_val``, or ``mpii_tune`` for a ``split: tune`` run."""
+    return f"mpii_{builders.holdout_split(cfg)}"
+
+
 def _inputs(cfg: dict[str, Any]) -> dict[str, Any]:
     """Read and check every input of the evaluation before any prediction or output is made."""
+    if builders.holdout_split(cfg) == builders.TUNE:
+        return _tune_inputs(cfg)
     root = Path(cfg["data"]["root"])
     if cfg["dataset"] == "mpii":
         gt_path = root / builders.MPII_GT_VALID
@@ -115,6 +137,18 @@ def _inputs(cfg: dict[str, Any]) -> dict[str, Any]:
         gt = root / builders.COCO_SPLITS[split][3]
         splits[key] = (builders.records(cfg, split, boxes=boxes), gt if gt.is_file() else None, fname)
     return splits
+
+
+# COCO splits decoded with every variant (DARK) and scored per image for the bootstrap; splits
+# predicted on ground-truth boxes, whose predictions the diagnostics compare with the ground truth.
+_VARIANT_KEYS = ("coco_val", "coco_testdev", "coco_tune")
+_GT_BOX_KEYS = ("coco_val_gtbox", "coco_tune")
+
+
+def _split_tags(cfg: dict[str, Any]) -> dict[str, str]:
+    """``split: tune`` on a tuning run's MLflow record (the UI can filter them out); none otherwise,
+    so the tags of other runs stay as they were."""
+    return {"split": builders.TUNE} if builders.holdout_split(cfg) == builders.TUNE else {}
 
 
 def _coco_outputs(run: str) -> list[tuple[str, str, str, str]]:
@@ -220,14 +254,14 @@ def evaluate_run(cfg: dict[str, Any], *, tracking_uri: str, experiment: str, pro
         if cfg["dataset"] == "coco":
             for key, (recs, gt, fname) in inputs.items():
                 stats, pred = _coco_split(net, cfg, dev, recs, gt, stage / fname, f"{cfg['name']} {key}", progress,
-                                          variants=variants if key in ("coco_val", "coco_testdev") else None)
+                                          variants=variants if key in _VARIANT_KEYS else None)
                 if stats is not None:
                     metrics.update({f"{key}.{k}": v for k, v in stats.items()})
-                    if key in ("coco_val", "coco_testdev"):  # per-image matches for the report's bootstrap
+                    if key in _VARIANT_KEYS:  # per-image matches for the report's bootstrap
                         coco_bootstrap.save_matches(coco_bootstrap.coco_image_matches(gt, stage / fname),
                                                     bootstrap_file(stage, key))
                 metrics.update(_coco_variant_metrics(cfg, pred, key, gt, stage, fname))
-                if key == "coco_val_gtbox":
+                if key in _GT_BOX_KEYS:
                     metrics.update(run_diagnostics(cfg, pred, recs))
                 if key == "coco_testdev":
                     tags.update(_package_testdev(stage, out_dir, cfg["name"], [None, *variants], stats is not None))
@@ -239,19 +273,20 @@ def evaluate_run(cfg: dict[str, Any], *, tracking_uri: str, experiment: str, pro
             recs, gt_valid = inputs["mpii"]
             t = cfg["test"]
             pred = predict(net, cfg, recs, flip_test=t["flip_test"], dev=dev, batch_size=t["batch_size"],
-                           progress=progress, desc=f"{cfg['name']} val", variants=variants)
+                           progress=progress, desc=f"{cfg['name']} {builders.holdout_split(cfg)}", variants=variants)
             mpii_metrics.write_predictions(pred["coords"], stage / "pred.mat")
+            prefix = _mpii_prefix(cfg)
             mpii_bootstrap.save_correct(mpii_bootstrap.mpii_person_correct(pred["coords"], gt_valid),
-                                        bootstrap_file(stage, "mpii_val"))
-            metrics.update(_mpii_metrics("mpii_val", pred["coords"], gt_valid))
+                                        bootstrap_file(stage, prefix))
+            metrics.update(_mpii_metrics(prefix, pred["coords"], gt_valid))
             for variant, vp in pred["variants"].items():
-                metrics.update(_mpii_metrics(f"mpii_val_{variant}", vp["coords"], gt_valid))
+                metrics.update(_mpii_metrics(f"{prefix}_{variant}", vp["coords"], gt_valid))
                 mpii_bootstrap.save_correct(mpii_bootstrap.mpii_person_correct(vp["coords"], gt_valid),
-                                            bootstrap_file(stage, f"mpii_val_{variant}"))
+                                            bootstrap_file(stage, f"{prefix}_{variant}"))
             metrics.update(run_diagnostics(cfg, pred, recs))
 
         tags.update({**(extra_tags or {}), "row": cfg["name"], "seed": str(seed), "profile": cfg["profile"],
-                     "evaluated": "true"})
+                     "evaluated": "true", **_split_tags(cfg)})
         with open_run(tracking_uri, experiment, run_name=label, run_id=run_id, missing="error") as mlflow:
             log_new_metrics(mlflow, {k: float(v) for k, v in metrics.items() if v == v})  # MLflow rejects NaN
             mlflow.set_tags(tags)

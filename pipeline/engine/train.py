@@ -467,8 +467,8 @@ def _train_stages(cfg: dict[str, Any], env: DistEnv, dev: torch.device, *, track
     _resume(run)
     run.net, run.model = distributed_model(run.net, run.t, env, dev)
     if env.is_main:
-        log.info("run %s: %d train / %d val people, %.2fM parameters, device %s%s, optimizer %s", cfg["name"],
-                 len(run.data.train_ds), len(run.data.val_recs), run.n_params / 1e6, dev,
+        log.info("run %s: %d train / %d %s people, %.2fM parameters, device %s%s, optimizer %s", cfg["name"],
+                 len(run.data.train_ds), len(run.data.val_recs), builders.holdout_split(cfg), run.n_params / 1e6, dev,
                  f" × {env.world_size} processes" if env.distributed else "", run.t["optimizer"])
         # outputs of an earlier attempt must not outlive an interrupted retrain
         _remove_stale_outputs(run.run_dir / "train_summary.json", run.paths.checkpoint(cfg["name"], run.seed))
@@ -514,7 +514,7 @@ def _build_data(cfg: dict[str, Any], env: DistEnv, dev: torch.device) -> _Data:
     the validation records: only rank 0 validates, so the others load none."""
     t, seed = cfg["train"], cfg["seed"]
     train_recs = builders.records(cfg, "train")
-    val_recs = builders.records(cfg, "val") if env.is_main else []
+    val_recs = builders.records(cfg, builders.holdout_split(cfg)) if env.is_main else []
     train_ds = builders.dataset(cfg, train_recs, train=True)
     loader_gen = torch.Generator().manual_seed(seed)
     sampler = None
@@ -723,8 +723,9 @@ def _end_epoch(run: _Run, mlflow: Any, epoch: int, stats: _EpochStats, logged: s
 def _metrics_row(run: _Run, stats: _EpochStats, val: dict[str, float]) -> dict[str, float]:
     """The epoch's metrics, in the order the log line and MLflow show them; GPU memory only on CUDA and
     the dead-heatmap count only for HDM (the losses that have neither would log a meaningless 0)."""
+    held_out = builders.holdout_split(run.cfg)  # val_AP, or tune_AP for a split: tune run
     row = {"train_loss": stats.total / max(stats.count, 1), "lr": stats.lr, "epoch_time_s": stats.train_time,
-           "images_per_s": stats.count / max(stats.train_time, 1e-9), **{f"val_{k}": v for k, v in val.items()}}
+           "images_per_s": stats.count / max(stats.train_time, 1e-9), **{f"{held_out}_{k}": v for k, v in val.items()}}
     if stats.peak_mb is not None:  # pragma: no cover - CUDA only: peak_mb is measured on CUDA only
         row["gpu_mem_peak_mb"] = stats.peak_mb
     if run.cfg["loss"] == "hdm":

@@ -19,15 +19,16 @@ from .inference import coco_predictions, predict
 
 
 def validate(net: nn.Module, cfg: dict[str, Any], val_recs: list[dict], dev: torch.device) -> dict[str, float]:
-    """Returns {"AP": …} for COCO (fractions) or {"PCKh": …} for MPII (percent)."""
+    """Returns {"AP": …} for COCO (fractions) or {"PCKh": …} for MPII (percent), scored against the
+    run's held-out split (:func:`builders.holdout_split`: val, or tune for a ``split: tune`` run)."""
     pred = predict(net, cfg, val_recs, flip_test=False, dev=dev, batch_size=cfg["test"]["batch_size"])
-    root = Path(cfg["data"]["root"])
+    gt = builders.ground_truth(cfg, builders.holdout_split(cfg))
     if cfg["dataset"] == "mpii":
-        return {"PCKh": mpii_metrics.pckh(pred["coords"], root / builders.MPII_GT_VALID)["Mean"]}
+        return {"PCKh": mpii_metrics.pckh(pred["coords"], gt)["Mean"]}
     kept = coco_metrics.rescore_and_nms(coco_predictions(pred), in_vis_thre=cfg["test"]["in_vis_thre"],
                                         oks_thre=cfg["test"]["oks_thre"])
     with tempfile.TemporaryDirectory() as tmp:
         res = Path(tmp) / "results.json"
         coco_metrics.write_results(kept, res)
-        stats = coco_metrics.evaluate_keypoints(root / builders.COCO_SPLITS["val"][3], res)
+        stats = coco_metrics.evaluate_keypoints(gt, res)
     return {"AP": stats["AP"]}

@@ -1,4 +1,6 @@
-# Evaluation: the paper's test protocol on the final checkpoint, logged to the same MLflow run.
+# Evaluation: the paper's test protocol on the final checkpoint, logged to the same MLflow run. A split: tune
+# run is evaluated on the tune split only (no val, test-dev or submission files): its one declared output,
+# metrics.json, is the same file, so the rule serves both.
 rule evaluate:
     input:
         "results/{profile}/runs/{run}/seed{seed}/final.pth",

@@ -5,7 +5,7 @@ def _evaluated(profile, runs, seed_list):
 
 rule report:
     input:
-        lambda w: _evaluated(w.profile, RUNS, SEEDS),
+        lambda w: _evaluated(w.profile, REPORT_RUNS, SEEDS),
     output:
         [f"reports/{{profile}}/{f}" for f in TABLE_FILES],
     log:
@@ -21,7 +21,7 @@ rule report:
 # there, dvc exp run -S 'seeds=[0,1,2]' for the main runs).
 rule report_study:
     input:
-        lambda w: _evaluated(w.profile, STUDY_RUNS, STUDY_SEEDS),
+        lambda w: _evaluated(w.profile, STUDY_REPORT_RUNS, STUDY_SEEDS),
     output:
         [f"reports/{{profile}}/study/{f}" for f in TABLE_FILES],
     log:
@@ -36,7 +36,7 @@ rule report_study:
 # The verdict target: the study's runs and verdict.runs over study.seeds (not a DVC stage either).
 rule report_verdict:
     input:
-        lambda w: _evaluated(w.profile, VERDICT_RUNS, STUDY_SEEDS),
+        lambda w: _evaluated(w.profile, VERDICT_REPORT_RUNS, STUDY_SEEDS) + _evaluated(w.profile, TUNE_RUNS, SEEDS),
     output:
         [f"reports/{{profile}}/verdict/{f}" for f in TABLE_FILES],
     log:
