@@ -345,8 +345,8 @@ class Paths:
         return Path("logs") / self.profile / f"{name}.log"
 
 
-TABLE_FILES = [f"table{i}.{ext}" for i in range(1, 7) for ext in ("md", "tex", "csv")] + ["findings.md",
-                                                                                           "README.md"]
+TABLE_FILES = ([f"table{i}.{ext}" for i in range(1, 7) for ext in ("md", "tex", "csv")]
+               + ["findings.md", "summary.md", "README.md"])
 
 
 def run_label(run: str, seed: int) -> str:
