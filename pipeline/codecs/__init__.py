@@ -60,6 +60,8 @@ CODECS: dict[str, Codec] = {
 
 #: Codecs whose training targets are the dots themselves (the dataset builds no Gaussian target).
 DOT_CODECS: tuple[str, ...] = ("hdm", "hdm_softmax", "integral")
+#: Codecs that decode ``softmax(h)``: a heatmap always has positive mass for them (never "dead").
+SOFTMAX_CODECS: tuple[str, ...] = ("hdm_softmax", "integral")
 
 
 #: Codecs whose decoding needs the training sigma: name -> builder taking it.
@@ -93,6 +95,6 @@ def get_codec(name: str, sigma: float | None = None) -> Codec:
 
 
 __all__ = [
-    "Codec", "CODECS", "DOT_CODECS", "SIGMA_CODECS", "CONVENTION_OF", "convention", "get_codec", "gaussian", "hdm", "integral", "dark",
+    "Codec", "CODECS", "DOT_CODECS", "SOFTMAX_CODECS", "SIGMA_CODECS", "CONVENTION_OF", "convention", "get_codec", "gaussian", "hdm", "integral", "dark",
     "flip", "flip_back", "flip_image_batch", "render_demanders", "subpixel_demanders",
 ]
