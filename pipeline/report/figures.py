@@ -18,7 +18,8 @@ from .aggregate import RowIntervals, RunRecord, mean_metrics
 from .beyond import TABLE6
 from .findings import dataset_noise, plateaued
 
-_RUN_RE = re.compile(r"^(?P<ds>[A-Za-z0-9]+)_(?P<stem>.+?)_(?P<var>mse|udp|hdm(?:_.+)?)$")
+# mse_hdm before mse and hdm: MSE + alpha × HDM is neither, and is in neither loss panel (as UDP)
+_RUN_RE = re.compile(r"^(?P<ds>[A-Za-z0-9]+)_(?P<stem>.+?)_(?P<var>mse_hdm(?:_.+)?|mse|udp|integral(?:_.+)?|hdm(?:_.+)?)$")
 Curves = Mapping[str, Mapping[int, pd.DataFrame]]
 
 

@@ -150,7 +150,9 @@ def _sec4_section(records: Mapping[str, RunRecord], curves: Curves) -> list[str]
 
 
 def _is_loss(run: str, loss: str) -> bool:
-    return run.endswith("_mse") if loss == "mse" else "_hdm" in run
+    if loss == "mse":
+        return run.endswith("_mse")
+    return "_hdm" in run and "_mse_hdm" not in run  # MSE + alpha × HDM is neither loss
 
 
 def table5_note(records: Mapping[str, RunRecord], intervals: Mapping[str, RowIntervals]) -> str:
