@@ -62,7 +62,7 @@ def codec_name(cfg: dict[str, Any]) -> str:
         return "gaussian"
     if cfg["loss"] == "integral":
         return "integral"
-    return "hdm_softmax" if with_hdm_defaults(cfg["hdm"])["suppliers"] == "softmax" else "hdm"
+    return "hdm_softmax" if with_hdm_defaults(cfg.get("hdm") or {})["suppliers"] == "softmax" else "hdm"
 
 
 def codec(cfg: dict[str, Any]) -> Codec:
