@@ -72,6 +72,9 @@ def validate_params(params: Any, source: str = DEFAULT_PARAMS) -> dict[str, Any]
             raise PipelineError(f"{source}: {key}.codec",
                                 f"{run['codec']!r} needs loss: mse (it replaces the Gaussian targets of an MSE run; "
                                 f"{run['loss']} runs have their own)")
+        _check_alpha(run, f"{source}: {key}.alpha")
+        if "init_from" in run:
+            _check_init_from(params, name, f"{source}: {key}.init_from")
         for pname, prof in params["profiles"].items():
             if run.get("split") == "tune" and "tune" not in prof:
                 raise PipelineError(f"{source}: profiles.{pname}.tune",
@@ -154,7 +157,36 @@ def expand_profiles(params: Any, source: str = DEFAULT_PARAMS) -> None:
 # Heatmap strides each model family can output (``model.output_stride``, set by a run's
 # ``heatmap_stride``). Kept here rather than in pipeline/models so that params.yaml is checked before
 # any job starts without importing torch; build_model refuses the same values.
-OUTPUT_STRIDES: dict[str, tuple[int, ...]] = {"simplebaseline": (4,), "hrnet": (4, 8), "hrformer": (4,)}
+OUTPUT_STRIDES: dict[str, tuple[int, ...]] = {"simplebaseline": (4,), "hrnet": (1, 2, 4, 8), "hrformer": (4,)}
+
+
+def _check_alpha(run: dict[str, Any], where: str) -> None:
+    """``alpha`` weighs the HDM term of ``loss: mse_hdm``: required there, meaningless elsewhere."""
+    if run["loss"] == "mse_hdm" and "alpha" not in run:
+        raise PipelineError(where, "required for loss mse_hdm (the weight of the HDM term: MSE + alpha × HDM)")
+    if run["loss"] != "mse_hdm" and "alpha" in run:
+        raise PipelineError(where, f"only for loss mse_hdm (the weight of its HDM term); this run's loss is {run['loss']}")
+
+
+def _check_init_from(params: dict[str, Any], name: str, where: str) -> None:
+    """A run's ``init_from`` names another run of params.yaml with the same dataset and architecture
+    (its trained weights must fit this run's model), and a chain of them never returns to a run."""
+    specs = run_specs(params, study=True)
+    run, seen = specs[name], [name]
+    other = run["init_from"]
+    if other not in specs:
+        raise PipelineError(where, f"{other!r} is not a run of params.yaml (runs or study.runs)")
+    if name in params["runs"] and other not in params["runs"]:  # the main target (and DVC) trains main runs only
+        raise PipelineError(where, f"{other!r} is a study-only run (study.runs): a main run starts from a main run")
+    for key in ("dataset", "arch"):
+        if specs[other][key] != run[key]:
+            raise PipelineError(where, f"{other!r} has {key} {specs[other][key]}, this run {run[key]}: "
+                                       "its weights would not fit this run's model")
+    while other is not None:
+        if other in seen:
+            raise PipelineError(where, f"runs start from each other in a cycle ({' -> '.join([*seen, other])})")
+        seen.append(other)
+        other = specs[other].get("init_from")
 
 
 def strided_heatmap_size(input_size: list[int], stride: int, where: str) -> list[int]:
@@ -392,7 +424,10 @@ def resolve_run(params: dict[str, Any], run: str, profile: str | None = None,
 
     A run's ``heatmap_stride`` sets ``data.heatmap_size`` to ``input_size / stride`` and the model's
     ``output_stride``; runs without it resolve exactly as before the key existed (same dict, same
-    JSON), so their Snakemake ``run_config`` and MLflow params do not change."""
+    JSON), so their Snakemake ``run_config`` and MLflow params do not change. The same holds for the
+    other optional run keys: ``sigma`` (replaces ``data.sigma``), ``alpha`` (loss mse_hdm) and
+    ``init_from`` (the run whose trained weights of the same seed this run starts from) appear only in
+    the configs of runs that set them."""
     profile = profile or params["profile"]
     specs = run_specs(params, verdict=True)
     if run not in specs:
@@ -413,6 +448,8 @@ def resolve_run(params: dict[str, Any], run: str, profile: str | None = None,
         data["heatmap_size"] = strided_heatmap_size(data["input_size"], stride,
                                                     f"params.yaml: {run_key(params, run)}.heatmap_stride")
         model["output_stride"] = stride
+    if "sigma" in spec:  # heatmap pixels, as data.sigma: stride-2/1 runs scale it with the heatmap
+        data["sigma"] = spec["sigma"]
     return {
         "name": run,
         "profile": profile,
@@ -424,6 +461,8 @@ def resolve_run(params: dict[str, Any], run: str, profile: str | None = None,
         # only when the run sets it, so the configs (and MLflow params) of the other runs stay as they were
         **({"codec": spec["codec"]} if spec.get("codec") is not None else {}),
         **_tune_keys(spec, prof),
+        **({"alpha": spec["alpha"]} if "alpha" in spec else {}),
+        **({"init_from": spec["init_from"]} if "init_from" in spec else {}),
         "model": model,
         "data": data,
         # profile ← architecture ← architecture on this dataset (MPII HRNet-W48's batch) ← run

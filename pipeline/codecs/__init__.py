@@ -8,6 +8,11 @@
 For ``gaussian`` the target is the (K,h,w) heatmap; for ``hdm`` it is the (K,2) dots
 (the loss builds the demanders itself).
 
+``hdm_softmax`` (HDM with ``suppliers: softmax``) and ``integral`` (integral regression, :mod:`.integral`)
+encode the dots like ``hdm`` and decode the per-map ``softmax(h)`` the loss trained on: the 2x2-window
+decoding of ``hdm`` on it, or its expected coordinate; both score with the window's probability mass.
+:data:`DOT_CODECS` names the codecs whose targets are the dots (no Gaussian target).
+
 ``gaussian_dark`` encodes like ``gaussian`` and decodes with DARK (:mod:`.dark`); its decoding
 needs the training sigma, so it is built with it bound in, as MMPose binds a codec's
 configuration: ``get_codec("gaussian_dark", sigma=2.0)``. A decoding variant is thus a name
@@ -27,7 +32,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..errors import PipelineError
-from . import dark, flip, gaussian, hdm
+from . import dark, flip, gaussian, hdm, integral
 from .flip import flip_back, flip_image_batch
 from .hdm import render_demanders, subpixel_demanders
 
@@ -48,7 +53,15 @@ class Codec:
 CODECS: dict[str, Codec] = {
     "gaussian": Codec("gaussian", gaussian.encode, gaussian.decode),
     "hdm": Codec("hdm", lambda kp, w, size, sigma=None: hdm.encode_dots(kp, w, size), hdm.decode),
+    "hdm_softmax": Codec("hdm_softmax", lambda kp, w, size, sigma=None: hdm.encode_dots(kp, w, size),
+                         hdm.decode_softmax),
+    "integral": Codec("integral", lambda kp, w, size, sigma=None: hdm.encode_dots(kp, w, size), integral.decode),
 }
+
+#: Codecs whose training targets are the dots themselves (the dataset builds no Gaussian target).
+DOT_CODECS: tuple[str, ...] = ("hdm", "hdm_softmax", "integral")
+#: Codecs that decode ``softmax(h)``: a heatmap always has positive mass for them (never "dead").
+SOFTMAX_CODECS: tuple[str, ...] = ("hdm_softmax", "integral")
 
 
 #: Codecs whose decoding needs the training sigma: name -> builder taking it.
@@ -68,7 +81,7 @@ def convention(codec_name: str) -> str:
 
 
 def get_codec(name: str, sigma: float | None = None) -> Codec:
-    """The codec called ``name`` ("gaussian", "hdm", or "gaussian_dark" / "udp", which need ``sigma``;
+    """The codec called ``name`` ("gaussian", "hdm", "hdm_softmax", "integral", or "gaussian_dark" / "udp", which need ``sigma``;
     the others ignore it)."""
     if name in SIGMA_CODECS:
         if sigma is None:
@@ -82,6 +95,6 @@ def get_codec(name: str, sigma: float | None = None) -> Codec:
 
 
 __all__ = [
-    "Codec", "CODECS", "SIGMA_CODECS", "CONVENTION_OF", "convention", "get_codec", "gaussian", "hdm", "dark",
+    "Codec", "CODECS", "DOT_CODECS", "SOFTMAX_CODECS", "SIGMA_CODECS", "CONVENTION_OF", "convention", "get_codec", "gaussian", "hdm", "integral", "dark",
     "flip", "flip_back", "flip_image_batch", "render_demanders", "subpixel_demanders",
 ]

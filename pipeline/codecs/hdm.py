@@ -167,3 +167,32 @@ def decode(heatmaps):
     if hm.ndim != 4:
         raise ValueError(f"heatmaps must be (B,K,h,w), got {hm.shape}")
     return _decode_numpy(hm)
+
+
+def softmax_heatmaps(heatmaps):
+    """``softmax`` over each ``(h, w)`` map of ``(B,K,h,w)`` heatmaps, in float64 (numpy or torch).
+
+    The distribution that HDM's ``suppliers: softmax`` and integral regression train on; decoders
+    of those runs read it rather than the raw logits, so the decoder sees what the loss saw.
+    """
+    if isinstance(heatmaps, torch.Tensor):
+        if heatmaps.dim() != 4:
+            raise ValueError(f"heatmaps must be (B,K,h,w), got {tuple(heatmaps.shape)}")
+        hm = heatmaps.detach().double()
+        b, k, h, w = hm.shape
+        return torch.softmax(hm.reshape(b, k, h * w), dim=-1).reshape(b, k, h, w)
+    hm = np.asarray(heatmaps, dtype=np.float64)
+    if hm.ndim != 4:
+        raise ValueError(f"heatmaps must be (B,K,h,w), got {hm.shape}")
+    flat = hm.reshape(*hm.shape[:2], -1)
+    e = np.exp(flat - flat.max(-1, keepdims=True))
+    return (e / e.sum(-1, keepdims=True)).reshape(hm.shape)
+
+
+def decode_softmax(heatmaps):
+    """The 2x2-window decoding of :func:`decode` on ``softmax(h)`` (codec ``hdm_softmax``).
+
+    Softmax is positive and sums to 1, so the score (window sum / total mass) is the probability
+    mass of the best 2x2 window, in ``[0, 1]``, and no heatmap is ever without positive mass.
+    """
+    return decode(softmax_heatmaps(heatmaps))

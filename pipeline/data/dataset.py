@@ -7,7 +7,8 @@ key           shape / dtype        meaning
 ============  ===================  =====================================================
 image         (3,H,W) float32      crop, RGB (or BGR), ImageNet mean/std normalised
 target        (K,hh,hw) float32    Gaussian heatmaps (codecs "gaussian", "udp");
-              (K,1,1) float32      zeros for codec "hdm" (the loss uses ``keypoints``)
+              (K,1,1) float32      zeros for the dot codecs "hdm", "hdm_softmax", "integral"
+                                   (their losses use ``keypoints``)
 keypoints     (K,2) float32        joints in HEATMAP pixel coordinates (both codecs)
 weight        (K,) float32         1 if labelled and inside the input crop (below)
 center        (2,) float64         crop centre in the original image (after augmentation)
@@ -46,7 +47,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from ..codecs import convention, gaussian, hdm
+from ..codecs import DOT_CODECS, convention, gaussian, hdm
 from ..errors import PipelineError
 from .skeleton import JointSet
 from .transforms import (
@@ -111,8 +112,9 @@ class TopDownDataset(Dataset):
         color_rgb: bool = True,
         seed: int = 0,
     ) -> None:
-        if codec not in ("gaussian", "hdm", "udp"):
-            raise PipelineError("codec", f"unknown codec {codec!r}; choose 'gaussian', 'hdm' or 'udp'")
+        if codec not in ("gaussian", "udp", *DOT_CODECS):
+            raise PipelineError("codec", f"unknown codec {codec!r}; choose one of "
+                                         f"{', '.join(repr(c) for c in ('gaussian', 'udp', *DOT_CODECS))}")
         self.records = list(records)
         self.joint_set = joint_set
         self.num_joints = joint_set.num_joints

@@ -22,8 +22,10 @@ from ..data.mpii import load_mpii_people
 from ..data.skeleton import COCO, MPII, JointSet
 from ..data.transforms import HALF_BODY_UPPER_PROB, shift_box_centers
 from ..errors import PipelineError
+from ..checkpoint import load_weights
+from ..config import Paths
 from ..io import read_json
-from ..losses import HDMLoss, JointsMSELoss
+from ..losses import HDMLoss, IntegralL1Loss, JointsMSELoss, MSEHDMLoss
 from ..models import CenteredHeatmaps, build_model
 
 COCO_SPLITS = {
@@ -53,11 +55,17 @@ def aspect_ratio(cfg: dict[str, Any]) -> float:
 
 
 def codec_name(cfg: dict[str, Any]) -> str:
-    """MSE runs learn Gaussian targets; HDM runs learn from the dots directly. A run's ``codec``
-    (params.yaml, MSE runs only: ``udp``) replaces the default Gaussian one."""
+    """MSE runs (and MSE + alpha × HDM) learn Gaussian targets; HDM and integral runs learn from the
+    dots directly, and their decoders read what their loss trained: HDM with ``suppliers: softmax`` and
+    integral regression read ``softmax(h)``. A run's ``codec`` (params.yaml, MSE runs only: ``udp``)
+    replaces the default Gaussian one."""
     if cfg.get("codec") is not None:
         return cfg["codec"]
-    return "gaussian" if cfg["loss"] == "mse" else "hdm"
+    if cfg["loss"] in ("mse", "mse_hdm"):
+        return "gaussian"
+    if cfg["loss"] == "integral":
+        return "integral"
+    return "hdm_softmax" if with_hdm_defaults(cfg.get("hdm") or {})["suppliers"] == "softmax" else "hdm"
 
 
 def codec(cfg: dict[str, Any]) -> Codec:
@@ -73,8 +81,9 @@ def convention(cfg: dict[str, Any]) -> str:
 def eval_variants(cfg: dict[str, Any]) -> dict[str, Codec]:
     """Decoding variants evaluated beside the run's codec, from the same heatmaps (name → codec).
 
-    MSE runs also decode with DARK at the training sigma (the paper's "+ DARK" rows);
-    HDM heatmaps are not Gaussians, so DARK's assumption does not hold there and they get none.
+    MSE runs (and MSE + alpha × HDM, whose MSE term keeps the heatmaps Gaussian) also decode with
+    DARK at the training sigma (the paper's "+ DARK" rows); HDM and integral heatmaps are not
+    Gaussians, so DARK's assumption does not hold there and they get none.
     UDP runs get none either: their own decoding already is DARK.
     """
     if codec_name(cfg) != "gaussian":
@@ -221,6 +230,40 @@ def dataset(cfg: dict[str, Any], recs: list[dict], *, train: bool) -> TopDownDat
                           color_rgb=d["color_rgb"], seed=cfg["seed"])
 
 
+def init_checkpoint(cfg: dict[str, Any]) -> Path:
+    """The ``final.pth`` a run with ``init_from`` starts from: that run's, of the same training seed."""
+    return Paths(cfg["profile"]).checkpoint(cfg["init_from"], cfg["seed"])
+
+
+def _bare_state(state: dict[str, Any]) -> dict[str, Any]:
+    """A model state dict without :class:`CenteredHeatmaps`' ``net.`` prefix (it has no parameters
+    of its own), so MSE (bare) and HDM (wrapped) checkpoints load into each other's models."""
+    if state and all(k.startswith("net.") for k in state):
+        return {k[len("net."):]: v for k, v in state.items()}
+    return dict(state)
+
+
+def load_init_weights(cfg: dict[str, Any], net: nn.Module) -> None:
+    """Load the trained weights of the run's ``init_from`` (same seed) into ``net``, wrapped or not.
+
+    A missing file stops with one line naming it and the run that writes it; a checkpoint whose
+    tensors do not fit (another architecture or joint set) names the file too.
+    """
+    path = init_checkpoint(cfg)
+    if not path.is_file():
+        raise PipelineError(str(path), f"not found: run {cfg['name']} starts from it (init_from); train run "
+                                       f"{cfg['init_from']} (seed {cfg['seed']}) first")
+    state = load_weights(path)
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        raise PipelineError(str(path), "holds no 'model' state dict (not a final.pth of this pipeline)")
+    inner = net.net if isinstance(net, CenteredHeatmaps) else net
+    try:
+        inner.load_state_dict(_bare_state(state["model"]))
+    except RuntimeError as exc:
+        first = " ".join(str(exc).split())[:300]
+        raise PipelineError(str(path), f"does not fit run {cfg['name']}'s model ({first})") from None
+
+
 def model(cfg: dict[str, Any], *, initial_weights: bool = True) -> nn.Module:
     """The run's network; a bad ``model`` value is named by its full key in params.yaml.
 
@@ -230,9 +273,10 @@ def model(cfg: dict[str, Any], *, initial_weights: bool = True) -> nn.Module:
     both start from identical weights. ``initial_weights=False`` builds the architecture alone, without
     fetching or loading any pretrained weights (timm's hub, HRFormer's file, the pretrain stage's): for
     evaluation, whose checkpoint replaces every tensor, so an evaluation job needs neither the hub nor
-    the ImageNet files."""
+    the ImageNet files. A run with ``init_from`` starts from that run's trained weights
+    (:func:`load_init_weights`) and fetches or loads no pretrained backbone."""
     model_cfg = cfg["model"]
-    if not initial_weights:
+    if not initial_weights or cfg.get("init_from") is not None:
         model_cfg = {**model_cfg, "pretrained": False, "weights": None, "backbone_weights": None}
     try:
         net = build_model(model_cfg, joint_set(cfg).num_joints)
@@ -247,8 +291,10 @@ def model(cfg: dict[str, Any], *, initial_weights: bool = True) -> nn.Module:
         from ..pretrain.weights import load_backbone
 
         load_backbone(net, cfg["model"]["backbone_weights"], cfg["profile"], cfg["arch"])
-    if cfg["loss"] == "hdm" and cfg["hdm"]["center_heatmaps"]:
+    if cfg["loss"] == "hdm" and cfg["hdm"]["center_heatmaps"]:  # not mse_hdm: its MSE term fixes the scale
         net = CenteredHeatmaps(net)
+    if initial_weights and cfg.get("init_from") is not None:
+        load_init_weights(cfg, net)
     return net
 
 
@@ -288,7 +334,7 @@ def heatmap_stride(cfg: dict[str, Any]) -> float:
 
 # Optional keys of a run's ``hdm`` section and their defaults: ``heatmap`` is the behaviour before the
 # key existed (the paper's ε = 1 read on heatmap-pixel costs).
-HDM_DEFAULTS: dict[str, Any] = {"epsilon_units": "heatmap"}
+HDM_DEFAULTS: dict[str, Any] = {"epsilon_units": "heatmap", "suppliers": "relu"}  # relu: Eq. 3
 
 
 def with_hdm_defaults(hdm: dict[str, Any]) -> dict[str, Any]:
@@ -296,16 +342,26 @@ def with_hdm_defaults(hdm: dict[str, Any]) -> dict[str, Any]:
     return {**HDM_DEFAULTS, **hdm}
 
 
-def loss(cfg: dict[str, Any]) -> nn.Module:
-    """The run's criterion. HDM's ``epsilon_units`` is optional (default ``heatmap``, the behaviour
-    before the key existed); ``input`` makes the loss use ``epsilon / stride`` (see :class:`HDMLoss`)."""
-    if cfg["loss"] == "mse":
-        return JointsMSELoss(use_target_weight=True)
+def hdm_loss(cfg: dict[str, Any]) -> HDMLoss:
+    """The run's HDM criterion from its ``hdm`` section. ``epsilon_units`` is optional (default
+    ``heatmap``, the behaviour before the key existed; ``input`` makes the loss use ``epsilon / stride``,
+    see :class:`HDMLoss`), and so is ``suppliers`` (default ``relu``, Eq. 3)."""
     h = with_hdm_defaults(cfg["hdm"])
     units = h["epsilon_units"]
     stride = heatmap_stride(cfg) if units == "input" else None
     return HDMLoss(epsilon=h["epsilon"], iterations=h["iterations"], demanders=h["demanders"],
-                   dead_joints=h["dead_joints"], epsilon_units=units, stride=stride)
+                   dead_joints=h["dead_joints"], epsilon_units=units, stride=stride, suppliers=h["suppliers"])
+
+
+def loss(cfg: dict[str, Any]) -> nn.Module:
+    """The run's criterion (which batch parts each reads: :func:`pipeline.engine.train.compute_loss`)."""
+    if cfg["loss"] == "mse":
+        return JointsMSELoss(use_target_weight=True)
+    if cfg["loss"] == "integral":
+        return IntegralL1Loss()
+    if cfg["loss"] == "mse_hdm":
+        return MSEHDMLoss(hdm_loss(cfg), alpha=cfg["alpha"])
+    return hdm_loss(cfg)
 
 
 def device(cfg: dict[str, Any]) -> torch.device:

@@ -7,7 +7,7 @@ submission file in the COCO results format, zipped for the evaluation server
 scored when ground truth is present (synthetic data) → Table 2; real test-dev's scores come back from
 the server and are loaded by ``python -m pipeline testdev-scores``. MPII: val with the flip test → PCKh@0.5 (Table 3).
 
-MSE runs are also scored with DARK decoding (:mod:`pipeline.codecs.dark`, the paper's "+ DARK"
+MSE runs (and MSE + alpha × HDM runs, whose heatmaps the MSE term keeps Gaussian) are also scored with DARK decoding (:mod:`pipeline.codecs.dark`, the paper's "+ DARK"
 rows): the same flip-averaged heatmaps of val2017 with the person detections and of MPII val,
 decoded a second way, give ``coco_val_dark.*`` (results file ``..._<run>_dark_results.json``) and
 ``mpii_val_dark.*``, with no second pass of the network and no extra training.
@@ -30,6 +30,7 @@ import numpy as np
 
 from .. import io
 from ..checkpoint import load_weights
+from ..codecs import SOFTMAX_CODECS
 from ..config import Paths, run_label
 from ..data.transforms import image_to_heatmap
 from ..errors import PipelineError
@@ -94,13 +95,16 @@ def run_diagnostics(cfg: dict[str, Any], pred: dict[str, np.ndarray], recs: list
     gt_hm = image_to_heatmap(gt, pred["center"], pred["scale"], size)
     errors = diagnostics.joint_errors(pred_hm, gt_hm, vis)
     ratios = diagnostics.separation_ratios(pred_hm, gt_hm, vis, js.flip_pairs)
-    dead = diagnostics.dead_fractions(pred["peak"])
+    peak = pred["peak"]
+    if builders.codec_name(cfg) in SOFTMAX_CODECS:  # they decode softmax(h): never without positive mass
+        peak = np.ones_like(peak)
+    dead = diagnostics.dead_fractions(peak)
     out = {f"diag.err.{js.joints[k]}": float(e) for k, e in enumerate(errors)}
     out.update({f"diag.sep.{diagnostics.pair_name(js.joints[a], js.joints[b])}": r for (a, b), r in ratios.items()})
     out.update({f"diag.dead.{js.joints[k]}": float(d) for k, d in enumerate(dead)})
     out["diag.median_err"] = float(np.nanmedian(errors)) if np.isfinite(errors).any() else float("nan")
     out["diag.collapsed_pairs"] = float(len(diagnostics.collapsed_pairs(ratios)))
-    out["diag.dead_fraction"] = float(np.mean(pred["peak"] <= 0)) if len(pred["peak"]) else float("nan")
+    out["diag.dead_fraction"] = float(np.mean(peak <= 0)) if len(peak) else float("nan")
     return out
 
 

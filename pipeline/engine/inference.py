@@ -2,7 +2,12 @@
 decode the heatmaps with the run's codec and map the joints back to image coordinates.
 
 Decoding variants (DARK for MSE runs) decode the SAME flip-averaged heatmaps, so an evaluation
-variant costs one decoding, not a second pass of the network."""
+variant costs one decoding, not a second pass of the network.
+
+The flip test averages the raw network outputs. For the codecs that decode ``softmax(h)``
+(``hdm_softmax``, ``integral``) these are logits: their average is the normalised geometric mean of
+the two predicted distributions (softmax of the mean logit), which stays a distribution and is what
+both decoders then read; averaging logits is also what a softmax head's ensemble usually does."""
 from __future__ import annotations
 
 from typing import Any, Mapping

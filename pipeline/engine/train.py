@@ -328,10 +328,13 @@ def _step(net, crit, batch, cfg, dev, amp_dtype: torch.dtype | None = None) -> t
 def compute_loss(crit, out: torch.Tensor, batch: dict[str, Any], cfg: dict[str, Any], dev: torch.device
                  ) -> torch.Tensor:
     """The criterion on a batch's network output: the one place that says which part of the batch each
-    loss reads (MSE: the Gaussian target heatmaps; the others: the dots), for training and evaluation."""
+    loss reads (MSE: the Gaussian target heatmaps; MSE + alpha × HDM: the targets and the dots; HDM and
+    integral regression: the dots), for training and evaluation."""
     weight = batch["weight"].to(dev)
     if cfg["loss"] == "mse":
         return crit(out, batch["target"].to(dev), weight)
+    if cfg["loss"] == "mse_hdm":
+        return crit(out, batch["target"].to(dev), batch["keypoints"].to(dev), weight)
     return crit(out, batch["keypoints"].to(dev), weight)
 
 
@@ -579,6 +582,14 @@ def _resume(run: _Run) -> None:
                  t["epochs"])
 
 
+def _initial_weights(cfg: dict[str, Any]) -> str:
+    """What the run's weights start from (MLflow tag ``pretrained_weights``): the pretrained backbone
+    (:func:`pretrained_weights`), or ``run:<name> <final.pth>`` for a run with ``init_from``."""
+    if cfg.get("init_from") is not None:
+        return f"run:{cfg['init_from']} {builders.init_checkpoint(cfg)}"
+    return pretrained_weights(cfg["model"])
+
+
 def _open_tracking(run: _Run, tracking_uri: str, experiment: str, extra_tags: dict[str, str] | None
                    ) -> contextlib.AbstractContextManager[Any]:
     """The MLflow run on rank 0 (the checkpoint's run when resuming, else one found by the config and
@@ -590,7 +601,7 @@ def _open_tracking(run: _Run, tracking_uri: str, experiment: str, extra_tags: di
     tags = {**(extra_tags or {}), "row": cfg["name"], "seed": str(run.seed), "profile": cfg["profile"],
             "dataset": cfg["dataset"],
             "arch": cfg["arch"], "loss": cfg["loss"], "evaluated": "false",
-            "pretrained_weights": pretrained_weights(cfg["model"]), **identity}
+            "pretrained_weights": _initial_weights(cfg), **identity}
     return open_run(tracking_uri, experiment, run_name=run_label(cfg["name"], run.seed), run_id=run.run_id,
                     tags=tags, reuse_tags=identity)
 
@@ -728,7 +739,7 @@ def _metrics_row(run: _Run, stats: _EpochStats, val: dict[str, float]) -> dict[s
            "images_per_s": stats.count / max(stats.train_time, 1e-9), **{f"{held_out}_{k}": v for k, v in val.items()}}
     if stats.peak_mb is not None:  # pragma: no cover - CUDA only: peak_mb is measured on CUDA only
         row["gpu_mem_peak_mb"] = stats.peak_mb
-    if run.cfg["loss"] == "hdm":
+    if run.cfg["loss"] in ("hdm", "mse_hdm"):
         row["dead_heatmaps"] = stats.dead
     return row
 

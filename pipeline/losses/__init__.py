@@ -1,7 +1,11 @@
-"""Training losses: the HDM distribution-matching loss and HRNet's MSE baseline."""
+"""Training losses: the HDM distribution-matching loss, HRNet's MSE baseline, integral regression and
+MSE + alpha × HDM."""
 from __future__ import annotations
 
-from .hdm import EPSILON_UNITS, HDMLoss, effective_epsilon
+from .combined import MSEHDMLoss
+from .hdm import EPSILON_UNITS, SUPPLIERS, HDMLoss, effective_epsilon
+from .integral import IntegralL1Loss
 from .mse import JointsMSELoss
 
-__all__ = ["EPSILON_UNITS", "HDMLoss", "JointsMSELoss", "effective_epsilon"]
+__all__ = ["EPSILON_UNITS", "SUPPLIERS", "HDMLoss", "IntegralL1Loss", "JointsMSELoss", "MSEHDMLoss",
+           "effective_epsilon"]

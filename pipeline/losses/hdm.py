@@ -1,7 +1,9 @@
 """The HDM loss (paper Sec. 3.2-3.3): entropic EMD between each heatmap and its dot's demanders.
 
 ``L = sum_k w_k L_k`` per sample (Eq. 5), ``L_k = <C, P>`` the transport cost of the
-regularised Sinkhorn plan between ``relu(h_k)/|relu(h_k)|_1`` and the demanders of dot ``k``.
+regularised Sinkhorn plan between the suppliers of heatmap ``k`` and the demanders of dot ``k``.
+The suppliers are ``relu(h_k)/|relu(h_k)|_1`` (Eq. 3, the paper) or, beyond the paper,
+``softmax(h_k)`` over the pixels (``suppliers="softmax"``); both go through the same solver.
 The numerics live in :mod:`pipeline.losses.sinkhorn`; this module handles shapes, dtypes,
 weights (masking unused joints before any arithmetic) and reductions.
 """
@@ -17,6 +19,7 @@ from .sinkhorn import naive_demanders, sinkhorn_transport_cost, subpixel_demande
 _DEMANDERS = ("subpixel", "naive")
 _REDUCTIONS = ("mean", "sum", "none")
 _DEAD_JOINTS = ("zero", "softmax")
+SUPPLIERS = ("relu", "softmax")
 EPSILON_UNITS = ("heatmap", "input")
 
 
@@ -69,6 +72,14 @@ class HDMLoss(nn.Module):
             from scratch needs it: with ``"zero"`` a network lowers its loss by switching
             heatmaps off entirely (loss 0, no gradient ever again), and measured on the demo
             most heatmaps were dead within two epochs. Live joints are unaffected.
+        suppliers: ``"relu"`` (default, Eq. 3): ``relu(h)/sum relu(h)``, so only the positive pixels
+            carry mass and get gradient. ``"softmax"`` (beyond the paper): ``softmax(h)`` over the
+            ``H*W`` pixels, so every pixel carries mass and gets gradient. Softmax is invariant to
+            adding a constant to ``h`` and never has zero mass, so ``dead_joints`` and the model's
+            ``center_heatmaps`` wrapper then change nothing (they stay valid settings, and
+            ``last_dead_joints`` is always 0). The transport cost is the same function of the
+            suppliers as for relu (one solver, :mod:`pipeline.losses.sinkhorn`); the softmax's
+            Jacobian is applied by autograd.
 
     After each forward: ``last_dead_joints`` (weighted joints whose ``relu(h)`` has no positive
     pixel; they contribute 0 with zero gradient, and a training loop can report them) and
@@ -77,8 +88,10 @@ class HDMLoss(nn.Module):
 
     def __init__(self, epsilon: float = 1.0, iterations: int = 1000, tolerance: float | None = None,
                  demanders: str = "subpixel", reduction: str = "mean", dead_joints: str = "zero",
-                 epsilon_units: str = "heatmap", stride: float | None = None) -> None:
+                 epsilon_units: str = "heatmap", stride: float | None = None, suppliers: str = "relu") -> None:
         super().__init__()
+        if suppliers not in SUPPLIERS:
+            raise ValueError(f"suppliers must be one of {SUPPLIERS}, got {suppliers!r}")
         if demanders not in _DEMANDERS:
             raise ValueError(f"demanders must be one of {_DEMANDERS}, got {demanders!r}")
         if dead_joints not in _DEAD_JOINTS:
@@ -103,6 +116,7 @@ class HDMLoss(nn.Module):
         self.demanders = demanders
         self.reduction = reduction
         self.dead_joints = dead_joints
+        self.suppliers = suppliers
         self.last_dead_joints: int = 0
         self.last_iterations_run: int = 0
         # Private switch for tests: run every iteration even when the state is provably stuck.
@@ -111,7 +125,8 @@ class HDMLoss(nn.Module):
     def extra_repr(self) -> str:
         return (f"epsilon={self.epsilon}, epsilon_units={self.epsilon_units!r}, stride={self.stride}, "
                 f"epsilon_effective={self.epsilon_effective}, iterations={self.iterations}, tolerance={self.tolerance}, "
-                f"demanders={self.demanders!r}, reduction={self.reduction!r}, dead_joints={self.dead_joints!r}")
+                f"demanders={self.demanders!r}, reduction={self.reduction!r}, dead_joints={self.dead_joints!r}, "
+                f"suppliers={self.suppliers!r}")
 
     def forward(self, heatmaps: Tensor, keypoints: Tensor, weights: Tensor) -> Tensor:
         """``heatmaps [B, K, H, W]``, ``keypoints [B, K, 2]`` as ``(x, y)`` heatmap pixels, ``weights [B, K]``
@@ -149,13 +164,10 @@ class HDMLoss(nn.Module):
                 h_used, kp_used, w_used = hm.index_select(0, idx), kp.index_select(0, idx), w.index_select(0, idx)
             if not bool(torch.isfinite(kp_used).all()):
                 raise ValueError("keypoints must be finite for joints with nonzero weight")
-            per_joint, dead = self._per_joint(h_used, kp_used, height, width)
-            self.last_dead_joints = int((dead & (w_used > 0)).sum())
-            if self.dead_joints == "softmax" and self.last_dead_joints > 0:
-                sel = torch.nonzero(dead & (w_used > 0)).reshape(-1)
-                soft = torch.softmax(h_used.index_select(0, sel), dim=-1)
-                revived, _ = self._per_joint(soft, kp_used.index_select(0, sel), height, width)
-                per_joint = per_joint.index_copy(0, sel, revived)
+            if self.suppliers == "softmax":
+                per_joint = self._softmax_per_joint(h_used, kp_used, height, width)
+            else:
+                per_joint = self._relu_per_joint(h_used, kp_used, w_used, height, width)
 
             out = out.index_copy(0, idx, per_joint * w_used)
         out = out.reshape(bsz, k)
@@ -164,6 +176,24 @@ class HDMLoss(nn.Module):
         if self.reduction == "sum":
             return out.sum()
         return out.sum(1).mean()
+
+    def _relu_per_joint(self, h: Tensor, kp: Tensor, w: Tensor, height: int, width: int) -> Tensor:
+        """Eq. 3 suppliers; weighted joints with no positive pixel are counted in ``last_dead_joints``
+        and get 0 (``dead_joints="zero"``) or the softmax suppliers' cost (``"softmax"``)."""
+        per_joint, dead = self._per_joint(h, kp, height, width)
+        self.last_dead_joints = int((dead & (w > 0)).sum())
+        if self.dead_joints == "softmax" and self.last_dead_joints > 0:
+            sel = torch.nonzero(dead & (w > 0)).reshape(-1)
+            revived = self._softmax_per_joint(h.index_select(0, sel), kp.index_select(0, sel), height, width)
+            per_joint = per_joint.index_copy(0, sel, revived)
+        return per_joint
+
+    def _softmax_per_joint(self, h: Tensor, kp: Tensor, height: int, width: int) -> Tensor:
+        """Transport cost with the suppliers ``softmax(h)``: a distribution already (positive, sum 1),
+        which the relu + L1 normalisation inside the solver leaves unchanged, so the same solver and
+        its gradient apply; autograd chains the softmax's Jacobian. Never dead."""
+        per_joint, _ = self._per_joint(torch.softmax(h, dim=-1), kp, height, width)
+        return per_joint
 
     def _per_joint(self, h: Tensor, kp: Tensor, height: int, width: int) -> tuple[Tensor, Tensor]:
         """Per-joint transport cost ``[J]`` and the dead mask ``[J]`` of flattened heatmaps ``[J, N]``."""

@@ -2,7 +2,8 @@
 
 Everything works on batches of ``J`` independent joints (``J = B*K`` flattened). For one joint:
 
-* suppliers ``a`` (``N = H*W``): ``relu(h) / sum(relu(h))`` (paper Eq. 3);
+* suppliers ``a`` (``N = H*W``): ``relu(h) / sum(relu(h))`` (paper Eq. 3); a caller that wants
+  other suppliers (HDM's ``softmax(h)``) passes a distribution, which this map leaves unchanged;
 * demanders: ``M`` points (4 sub-pixel demanders, Eq. 4, or 1 naive one) with masses ``b``;
 * cost ``C[m, n]``: Euclidean distance in heatmap pixels between demander ``m`` and pixel centre
   ``n`` (pixel ``(row i, col j)`` has centre ``(x=j, y=i)``, docs/conventions.md). It is built

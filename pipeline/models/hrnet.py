@@ -9,6 +9,11 @@ branch before the head: no parameter is added or changed, so a stride-8 model ha
 parameter names, shapes and (for one seed) initial values, and loads the same pretrained backbone. With
 pixel edges on pixel edges (docs/conventions.md) a stride-8 heatmap pixel covers exactly the 2×2
 stride-4 pixels it averages, so the two heatmap grids stay aligned with the input.
+
+``output_stride`` 2 or 1 (beyond the paper) upsample that branch bilinearly by 2× or 4× before the same
+head (``align_corners=False``, no parameter): an output pixel centre ``x`` reads the stride-4 features
+at ``(x + 0.5) / f − 0.5``, the pixel-edge mapping of docs/conventions.md, so these grids are aligned
+too and the model again has the stride-4 model's parameters.
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ from timm.models.hrnet import HighResolutionNetFeatures, cfg_cls
 from torch import nn
 from torch.nn import functional as F
 
+from ..config import OUTPUT_STRIDES
 from ..errors import PipelineError
 
 
@@ -39,8 +45,9 @@ class PoseHRNet(nn.Module):
     def __init__(self, backbone: str, num_joints: int, *, pretrained: bool = False,
                  width: float = 1.0, output_stride: int = 4) -> None:
         super().__init__()
-        if output_stride not in (4, 8):
-            raise PipelineError("model.output_stride", f"{output_stride}: HRNet outputs stride 4 or 8 only")
+        if output_stride not in OUTPUT_STRIDES["hrnet"]:
+            raise PipelineError("model.output_stride", f"{output_stride}: HRNet outputs stride "
+                                                       f"{', '.join(map(str, OUTPUT_STRIDES['hrnet']))} only")
         if backbone.split(".")[0] not in cfg_cls:  # timm's own error (KeyError, "Unknown model") lists nothing
             raise PipelineError("model.backbone", f"unknown HRNet backbone {backbone!r} "
                                                   f"(choose from {', '.join(sorted(cfg_cls))})")
@@ -52,7 +59,7 @@ class PoseHRNet(nn.Module):
             self.backbone = timm.create_model(backbone, pretrained=pretrained, features_only=True,
                                               feature_location="", out_indices=(1,))
         in_ch = self.backbone.feature_info.channels()[0]
-        # a functional pool in forward(), no module: both strides have the same submodules and state dict
+        # a functional pool / upsampling in forward(), no module: every stride has the same state dict
         self.output_stride = output_stride
         self.head = nn.Conv2d(in_ch, num_joints, kernel_size=1)
         nn.init.normal_(self.head.weight, std=0.001)
@@ -62,4 +69,7 @@ class PoseHRNet(nn.Module):
         feats = self.backbone(x)[0]
         if self.output_stride == 8:
             feats = F.avg_pool2d(feats, 2)
+        elif self.output_stride < 4:
+            feats = F.interpolate(feats, scale_factor=4 // self.output_stride, mode="bilinear",
+                                  align_corners=False)
         return self.head(feats)

@@ -19,7 +19,8 @@ from .aggregate import RowIntervals, RunRecord, mean_metrics
 from .beyond import T6_STRIDES, TABLE6
 from .trend import TREND_POINTS, curve_trend
 
-_RUN_RE = re.compile(r"^(?P<ds>[A-Za-z0-9]+)_(?P<stem>.+?)_(?P<var>mse|udp|hdm(?:_.+)?)$")
+# mse_hdm before mse and hdm: MSE + alpha × HDM is neither, and is in neither loss panel (as UDP)
+_RUN_RE = re.compile(r"^(?P<ds>[A-Za-z0-9]+)_(?P<stem>.+?)_(?P<var>mse_hdm(?:_.+)?|mse|udp|integral(?:_.+)?|hdm(?:_.+)?)$")
 Curves = Mapping[str, Mapping[int, pd.DataFrame]]
 
 

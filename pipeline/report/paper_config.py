@@ -284,7 +284,7 @@ def render(params: dict[str, Any]) -> str:
     for key in keys:
         cells = []
         for run, flat in runs.items():
-            if key not in flat or (key.startswith("hdm.") and cfgs[run]["loss"] != "hdm"):
+            if key not in flat or (key.startswith("hdm.") and cfgs[run]["loss"] not in ("hdm", "mse_hdm")):
                 cells.append("—")
                 continue
             value, ref = _fmt(flat.get(key)), refs[run]

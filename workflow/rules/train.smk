@@ -49,11 +49,18 @@ def _train_runtime(w):
     return _cluster(w).get("runtime_min", 4320)
 
 
+def _init_checkpoint(w):
+    """A run with init_from starts from that run's final.pth of the same seed: train it first."""
+    init = RUN_SPECS[w.run].get("init_from")
+    return [str(Paths(w.profile).checkpoint(init, int(w.seed)))] if init else []
+
+
 rule train:
     input:
         data=lambda w: f"data/{w.profile}/{RUN_SPECS[w.run]['dataset']}.manifest.json",
         store="results/{profile}/mlflow_store.json",
         pretrained=lambda w: pretrained_outputs(w.profile, [RUN_SPECS[w.run]["arch"]]),
+        init=_init_checkpoint,
     output:
         "results/{profile}/runs/{run}/seed{seed}/final.pth",
     params:
