@@ -115,3 +115,59 @@ def test_per_person_loss_is_the_criterion_on_each_sample_alone():
                          dead_joints=h["dead_joints"], reduction="none")(heat, kp, weight).sum(1)
     assert col.loss[:2] == pytest.approx(per_sample[:2].tolist(), rel=1e-6) and math.isnan(col.loss[2])
     assert len(col.kept) == 1 and col.kept[0][0].shape[0] == 2
+
+
+# --------------------------------------------------------------------------- a smoke run end to end
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """The smoke COCO and MPII data and an MLflow store in a scratch folder (cwd while the tests run)."""
+    from pipeline.config import load_params
+    from pipeline.data.prepare import prepare_dataset
+    from pipeline.tracking import init_store
+
+    d = tmp_path_factory.mktemp("consistency_smoke")
+    p = load_params(ROOT / "params.yaml", "smoke")
+    uri = f"sqlite:///{d / 'store' / 'mlflow.db'}"
+    (d / "pretrained").symlink_to(ROOT / "pretrained")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(d)
+        for ds in ("coco", "mpii"):
+            prepare_dataset(p, "smoke", ds, progress=False)
+        init_store(uri, "hdm-benchmark-smoke")
+        yield d, p, uri
+
+
+@pytest.mark.parametrize("run", ["coco_hrnet_w32_hdm", "mpii_simplebaseline_mse"])
+def test_smoke_evaluation_writes_the_mechanism_files(smoke, run):
+    import mlflow
+
+    from pipeline.config import Paths, resolve_run
+    from pipeline.engine.evaluate import evaluate_run
+    from pipeline.engine.mechanism import CONVERGENCE_FILE
+    from pipeline.engine.train import train_run
+
+    d, p, uri = smoke
+    cfg = resolve_run(p, run, "smoke")
+    cfg["train"]["epochs"] = 1
+    ckpt = torch.load(train_run(cfg, tracking_uri=uri, experiment="hdm-benchmark-smoke", progress=False),
+                      map_location="cpu", weights_only=True)
+    row = ckpt["history"][0]
+    assert 0 <= row["val_pos_share"] <= 1 and 0 <= row["val_gt_nonpos_share"] <= 1 and row["val_joint_err"] >= 0
+    result = evaluate_run(cfg, tracking_uri=uri, experiment="hdm-benchmark-smoke", progress=False)
+    out = Paths("smoke").eval_dir(run, 0)
+    arrays = consistency.load_consistency(out / consistency.CONSISTENCY_FILE)
+    n = len(arrays["image_id"])
+    assert n > 0 and result["metrics"]["val_consistency.n_people"] == n
+    assert np.isfinite(arrays["loss"]).all() and (arrays["loss"] >= 0).all() and np.isfinite(arrays["joint_err"]).all()
+    coco = run.startswith("coco")
+    acc, other = (arrays["oks"], arrays["pckh"]) if coco else (arrays["pckh"], arrays["oks"])
+    assert ((acc >= 0) & (acc <= 1)).all() and np.isnan(other).all()
+    mlflow.set_tracking_uri(uri)
+    metrics = mlflow.tracking.MlflowClient().get_run(ckpt["mlflow_run_id"]).data.metrics
+    assert metrics["val_consistency.n_people"] == n and "val_sep_ratio" in metrics
+    conv = out / CONVERGENCE_FILE
+    assert conv.is_file() == (cfg["loss"] == "hdm")
+    if conv.is_file():
+        c = json.loads(conv.read_text())
+        assert c["tolerances"] == [1e-2, 1e-3, 1e-4, 1e-6] and c["cap"] == 1000 and c["heatmaps"] > 0
+        assert 1 <= c["iterations_median"][0] <= c["iterations_median"][-1] <= c["iterations_max"][-1] <= 1000

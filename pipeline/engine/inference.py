@@ -43,8 +43,8 @@ def predict(net: nn.Module, cfg: dict[str, Any], recs: list[dict], *, flip_test:
     Measurements of the raw heatmaps thus cost no second forward pass.
 
     ``variants`` (name → codec): further decodings of the same heatmaps, returned under
-    ``"variants"`` as ``{name: {"coords", "scores"}}``; :func:`variant_prediction` turns one into a
-    prediction of the same shape as the main one."""
+    ``"variants"`` as ``{name: {"coords", "scores", "heatmap_coords"}}``; :func:`variant_prediction`
+    turns one into a prediction of the same shape as the main one."""
     ds = builders.dataset(cfg, recs, train=False)
     codec = builders.codec(cfg)
     convention = builders.convention(cfg)  # the heatmaps' frame: UDP runs map back with UDP's
@@ -79,7 +79,8 @@ def predict(net: nn.Module, cfg: dict[str, Any], recs: list[dict], *, flip_test:
         return {"coords": np.zeros((0, k, 2)), "scores": np.zeros((0, k)), "box_score": np.zeros(0),
                 "area": np.zeros(0), "image_id": np.zeros(0, dtype=np.int64), "center": np.zeros((0, 2)),
                 "scale": np.zeros((0, 2)), "peak": np.zeros((0, k)), "heatmap_coords": np.zeros((0, k, 2)),
-                "variants": {n: {"coords": np.zeros((0, k, 2)), "scores": np.zeros((0, k))} for n in variants}}
+                "variants": {n: {"coords": np.zeros((0, k, 2)), "scores": np.zeros((0, k)),
+                                 "heatmap_coords": np.zeros((0, k, 2))} for n in variants}}
     c = np.concatenate(centers)
     s = np.concatenate(scales)
     size = cfg["data"]["heatmap_size"]
@@ -89,15 +90,14 @@ def predict(net: nn.Module, cfg: dict[str, Any], recs: list[dict], *, flip_test:
             "area": np.concatenate(areas), "image_id": np.concatenate(image_ids), "center": c, "scale": s,
             "peak": np.concatenate(peaks), "heatmap_coords": xy_hm,
             "variants": {n: {"coords": heatmap_to_image(np.concatenate(xy), c, s, size, convention=convention),
-                             "scores": np.concatenate(sc)} for n, (xy, sc) in extra.items()}}
+                             "scores": np.concatenate(sc), "heatmap_coords": np.concatenate(xy)}
+                         for n, (xy, sc) in extra.items()}}
 
 
 def variant_prediction(pred: dict[str, Any], name: str) -> dict[str, Any]:
     """The prediction ``pred`` with the coordinates and scores of decoding variant ``name``: the
-    boxes, ids and peaks are shared, so every consumer of a prediction takes it unchanged (the main
-    decoding's ``heatmap_coords`` are not the variant's, so they are left out)."""
-    return {**{k: v for k, v in pred.items() if k not in ("variants", "heatmap_coords")},
-            **pred["variants"][name]}
+    boxes, ids and peaks are shared, so every consumer of a prediction takes it unchanged."""
+    return {**{k: v for k, v in pred.items() if k != "variants"}, **pred["variants"][name]}
 
 
 def coco_predictions(pred: dict[str, np.ndarray]) -> list[dict]:

@@ -12,7 +12,6 @@ second forward pass.
 """
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,6 @@ from ..metrics import consistency, diagnostics
 from . import builders
 from .train import compute_loss
 
-log = logging.getLogger(__name__)
 
 CONVERGENCE_FILE = "sinkhorn_convergence.json"
 CONVERGENCE_PEOPLE = 200  # bounds the cost: ~3,400 COCO heatmaps
