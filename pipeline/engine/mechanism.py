@@ -26,7 +26,6 @@ from ..metrics import consistency, diagnostics
 from . import builders
 from .train import compute_loss
 
-
 CONVERGENCE_FILE = "sinkhorn_convergence.json"
 CONVERGENCE_PEOPLE = 200  # bounds the cost: ~3,400 COCO heatmaps
 TOLERANCES = (1e-2, 1e-3, 1e-4, 1e-6)
