@@ -91,6 +91,12 @@ def test_resume_continues_the_run(workdir, caplog, monkeypatch):
     assert ref["model"].keys() == second["model"].keys()
     assert all(torch.equal(ref["model"][k], second["model"][k]) for k in ref["model"])
     assert [h["train_loss"] for h in ref["history"]] == [h["train_loss"] for h in second["history"]]
+    # and so are its validation measurements, the mechanism ones included (replayed from the history)
+    val_keys = [k for k in ref["history"][0] if k.startswith("val_")]
+    assert {"val_pos_share", "val_gt_nonpos_share", "val_joint_err", "val_joint_err.nose"} <= set(val_keys)
+    assert ([{k: h.get(k) for k in val_keys} for h in second["history"]]
+            == [{k: h.get(k) for k in val_keys} for h in ref["history"]])
+    assert _history(uri, second["mlflow_run_id"], "val_pos_share") == [1, 2]
 
     # a changed configuration is never resumed: warn naming the checkpoint, start over in a new MLflow run
     caplog.clear()

@@ -17,6 +17,18 @@ images instead, and on nothing else: ``coco_tune.*`` with ground-truth boxes (th
 detections for training images) or ``mpii_tune.*`` (head size from the neck → head-top segment, see
 :mod:`pipeline.data.tune`), with the same flip test and decoding variants; no val, no test-dev, no
 submission, so val never takes part in choosing a setting.
+
+The val pass with ground-truth boxes (COCO's ``coco_val_gtbox``, MPII's val) also measures the run's
+raw, unflipped heatmaps (:mod:`pipeline.engine.mechanism`), beside the other outputs in
+``results/<profile>/eval/<run>/seed<k>/``:
+
+- ``consistency_val.npz``: per val person with a weighted joint, ``image_id`` (int64), ``loss`` (the
+  run's training criterion on that person alone), ``oks`` (COCO; NaN for MPII), ``pckh`` (MPII; NaN
+  for COCO), ``joint_err`` (mean over weighted joints, heatmap px), all float64 but ``image_id``
+  (format: :mod:`pipeline.metrics.consistency`); MLflow metric ``val_consistency.n_people``;
+- ``sinkhorn_convergence.json`` (HDM runs, sub-pixel demanders): Sinkhorn iterations needed per
+  tolerance on the first 200 people's weighted heatmaps, ``{"tolerances", "iterations_median",
+  "iterations_p95", "iterations_max", "cap", "heatmaps", "epsilon_effective", ...}``.
 """
 from __future__ import annotations
 
@@ -39,7 +51,7 @@ from ..metrics import coco_bootstrap, coco_server, diagnostics, mpii_bootstrap
 from ..metrics.bootstrap_files import bootstrap_file
 from ..metrics import mpii as mpii_metrics
 from ..tracking import log_new_metrics, open_run, require_run
-from . import builders
+from . import builders, mechanism
 from .inference import coco_predictions, predict, variant_prediction
 
 log = logging.getLogger(__name__)
@@ -163,12 +175,14 @@ def _coco_outputs(run: str) -> list[tuple[str, str, str, str]]:
 
 
 def _coco_split(net, cfg, dev, recs: list[dict], gt: Path | None, results: Path, desc: str,
-                progress: bool, variants: dict | None = None) -> tuple[dict[str, float] | None, dict[str, Any]]:
+                progress: bool, variants: dict | None = None, on_batch: Any = None
+                ) -> tuple[dict[str, float] | None, dict[str, Any]]:
     """Predict one split, write its results file; (COCO stats or None without ground truth, the
-    predictions, with the decoding ``variants``' coordinates under ``"variants"``)."""
+    predictions, with the decoding ``variants``' coordinates under ``"variants"``). ``on_batch``:
+    :func:`predict`'s hook on the raw heatmaps."""
     t = cfg["test"]
     pred = predict(net, cfg, recs, flip_test=t["flip_test"], dev=dev, batch_size=t["batch_size"],
-                   progress=progress, desc=desc, variants=variants)
+                   progress=progress, desc=desc, variants=variants, on_batch=on_batch)
     return _coco_score(cfg, pred, gt, results, desc), pred
 
 
@@ -257,8 +271,12 @@ def evaluate_run(cfg: dict[str, Any], *, tracking_uri: str, experiment: str, pro
     with io.temporary_dir(out_dir / "outputs") as stage:
         if cfg["dataset"] == "coco":
             for key, (recs, gt, fname) in inputs.items():
+                val_hook = mechanism.collector(cfg, dev) if key == "coco_val_gtbox" else None
                 stats, pred = _coco_split(net, cfg, dev, recs, gt, stage / fname, f"{cfg['name']} {key}", progress,
-                                          variants=variants if key in _VARIANT_KEYS else None)
+                                          variants=variants if key in _VARIANT_KEYS else None,
+                                          on_batch=val_hook)
+                if val_hook is not None:
+                    metrics.update(mechanism.write_outputs(cfg, val_hook, recs, None, stage))
                 if stats is not None:
                     metrics.update({f"{key}.{k}": v for k, v in stats.items()})
                     if key in _VARIANT_KEYS:  # per-image matches for the report's bootstrap
@@ -276,8 +294,12 @@ def evaluate_run(cfg: dict[str, Any], *, tracking_uri: str, experiment: str, pro
         else:
             recs, gt_valid = inputs["mpii"]
             t = cfg["test"]
+            val_hook = mechanism.collector(cfg, dev) if builders.holdout_split(cfg) == "val" else None
             pred = predict(net, cfg, recs, flip_test=t["flip_test"], dev=dev, batch_size=t["batch_size"],
-                           progress=progress, desc=f"{cfg['name']} {builders.holdout_split(cfg)}", variants=variants)
+                           progress=progress, desc=f"{cfg['name']} {builders.holdout_split(cfg)}", variants=variants,
+                           on_batch=val_hook)
+            if val_hook is not None:
+                metrics.update(mechanism.write_outputs(cfg, val_hook, recs, gt_valid, stage))
             mpii_metrics.write_predictions(pred["coords"], stage / "pred.mat")
             prefix = _mpii_prefix(cfg)
             mpii_bootstrap.save_correct(mpii_bootstrap.mpii_person_correct(pred["coords"], gt_valid),

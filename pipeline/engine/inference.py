@@ -10,7 +10,7 @@ the two predicted distributions (softmax of the mean logit), which stays a distr
 both decoders then read; averaging logits is also what a softmax head's ensemble usually does."""
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -35,14 +35,21 @@ def _decode_into(codec: Codec, heat: torch.Tensor, coords: list, scores: list) -
 @torch.no_grad()
 def predict(net: nn.Module, cfg: dict[str, Any], recs: list[dict], *, flip_test: bool,
             dev: torch.device, batch_size: int, progress: bool = False, desc: str = "predict",
-            variants: Mapping[str, Codec] | None = None) -> dict[str, Any]:
+            variants: Mapping[str, Codec] | None = None,
+            on_batch: Callable[[dict[str, Any], torch.Tensor], None] | None = None) -> dict[str, Any]:
     """Predict every record; returns image-space ``coords`` (N,K,2), ``scores`` (N,K) and the
-    records' ``box_score``, ``area``, ``image_id`` arrays, in record order, and ``peak`` (N,K): each
-    heatmap's largest value (≤ 0: a dead heatmap, see :mod:`pipeline.metrics.diagnostics`).
+    records' ``box_score``, ``area``, ``image_id`` arrays, in record order, ``peak`` (N,K): each
+    heatmap's largest value (≤ 0: a dead heatmap, see :mod:`pipeline.metrics.diagnostics`), and
+    ``heatmap_coords`` (N,K,2): ``coords`` before the mapping to the image (heatmap px).
+
+    ``on_batch(batch, heat)``, when given, sees every batch of the dataset (its ``keypoints`` and
+    ``weight`` are the ground truth of the same crops, heatmap px) with the network's own output
+    ``heat`` (B,K,H,W), float32 on the device, before any flip averaging: the heatmaps a loss sees.
+    Measurements of the raw heatmaps thus cost no second forward pass.
 
     ``variants`` (name → codec): further decodings of the same heatmaps, returned under
-    ``"variants"`` as ``{name: {"coords", "scores"}}``; :func:`variant_prediction` turns one into a
-    prediction of the same shape as the main one."""
+    ``"variants"`` as ``{name: {"coords", "scores", "heatmap_coords"}}``; :func:`variant_prediction`
+    turns one into a prediction of the same shape as the main one."""
     ds = builders.dataset(cfg, recs, train=False)
     codec = builders.codec(cfg)
     convention = builders.convention(cfg)  # the heatmaps' frame: UDP runs map back with UDP's
@@ -57,6 +64,8 @@ def predict(net: nn.Module, cfg: dict[str, Any], recs: list[dict], *, flip_test:
     for batch in tqdm(loader, desc=desc, disable=not progress, leave=False, mininterval=2.0):
         images = batch["image"].to(dev, non_blocking=True, memory_format=torch.channels_last)
         heat = net(images).float()
+        if on_batch is not None:
+            on_batch(batch, heat)
         if flip_test:
             heat_f = net(flip_codec.flip_image_batch(images)).float()
             heat = 0.5 * (heat + flip_codec.flip_back(heat_f, flip_index))
@@ -74,17 +83,20 @@ def predict(net: nn.Module, cfg: dict[str, Any], recs: list[dict], *, flip_test:
         k = builders.joint_set(cfg).num_joints
         return {"coords": np.zeros((0, k, 2)), "scores": np.zeros((0, k)), "box_score": np.zeros(0),
                 "area": np.zeros(0), "image_id": np.zeros(0, dtype=np.int64), "center": np.zeros((0, 2)),
-                "scale": np.zeros((0, 2)), "peak": np.zeros((0, k)),
-                "variants": {n: {"coords": np.zeros((0, k, 2)), "scores": np.zeros((0, k))} for n in variants}}
+                "scale": np.zeros((0, 2)), "peak": np.zeros((0, k)), "heatmap_coords": np.zeros((0, k, 2)),
+                "variants": {n: {"coords": np.zeros((0, k, 2)), "scores": np.zeros((0, k)),
+                                 "heatmap_coords": np.zeros((0, k, 2))} for n in variants}}
     c = np.concatenate(centers)
     s = np.concatenate(scales)
     size = cfg["data"]["heatmap_size"]
-    xy_img = heatmap_to_image(np.concatenate(coords), c, s, size, convention=convention)
+    xy_hm = np.concatenate(coords)
+    xy_img = heatmap_to_image(xy_hm, c, s, size, convention=convention)
     return {"coords": xy_img, "scores": np.concatenate(scores), "box_score": np.concatenate(box_scores),
             "area": np.concatenate(areas), "image_id": np.concatenate(image_ids), "center": c, "scale": s,
-            "peak": np.concatenate(peaks),
+            "peak": np.concatenate(peaks), "heatmap_coords": xy_hm,
             "variants": {n: {"coords": heatmap_to_image(np.concatenate(xy), c, s, size, convention=convention),
-                             "scores": np.concatenate(sc)} for n, (xy, sc) in extra.items()}}
+                             "scores": np.concatenate(sc), "heatmap_coords": np.concatenate(xy)}
+                         for n, (xy, sc) in extra.items()}}
 
 
 def variant_prediction(pred: dict[str, Any], name: str) -> dict[str, Any]:

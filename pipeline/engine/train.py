@@ -721,7 +721,7 @@ def _end_epoch(run: _Run, mlflow: Any, epoch: int, stats: _EpochStats, logged: s
     if env.is_main:
         row = _metrics_row(run, stats, val)
         run.history.append({"epoch": epoch, **row})
-        log.info("epoch %d/%d  %s", epoch, run.t["epochs"], "  ".join(f"{k}={v:.4g}" for k, v in row.items()))
+        log.info("epoch %d/%d  %s", epoch, run.t["epochs"], _log_line(row))
         _save_checkpoint(run, epoch, rng)
         # after the checkpoint: a stop in between leaves an epoch the resume replays, never
         # one the run logs twice (an epoch trained again reproduces the logged values)
@@ -742,6 +742,12 @@ def _metrics_row(run: _Run, stats: _EpochStats, val: dict[str, float]) -> dict[s
     if run.cfg["loss"] in ("hdm", "mse_hdm"):
         row["dead_heatmaps"] = stats.dead
     return row
+
+
+def _log_line(row: dict[str, float]) -> str:
+    """The epoch's row for the log file, aggregates only: the per-joint and per-pair values (names
+    with a dot, e.g. ``val_joint_err.nose``) would make a line of dozens of numbers; MLflow has them."""
+    return "  ".join(f"{k}={v:.4g}" for k, v in row.items() if "." not in k)
 
 
 def _save_checkpoint(run: _Run, epoch: int, rng: list[Any]) -> None:

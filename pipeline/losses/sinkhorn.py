@@ -64,6 +64,7 @@ __all__ = [
     "naive_demanders",
     "transport_cost",
     "sinkhorn_potentials",
+    "iterations_to_tolerance",
     "SinkhornResult",
     "transport_plan",
     "implicit_supplier_gradient",
@@ -249,8 +250,12 @@ def _chunk_slices(nj: int, nm: int, n: int, itemsize: int, device: torch.device)
 
 
 def _solve_chunk(a: Tensor, pos: Tensor, masses: Tensor, height: int, width: int, eps: float,
-                 iterations: int, tolerance: float | None, early_stop: bool, factor_path: bool) -> _Chunk:
-    """Sinkhorn on one chunk of joints (see :func:`sinkhorn_potentials` for the contract)."""
+                 iterations: int, tolerance: float | None, early_stop: bool, factor_path: bool,
+                 trace: list[Tensor] | None = None) -> _Chunk:
+    """Sinkhorn on one chunk of joints (see :func:`sinkhorn_potentials` for the contract).
+
+    ``trace``, when given, receives per update computed the per-joint marginal error ``(c,)`` of the
+    state before it: entry ``i`` belongs to the state after ``i + 1`` updates. It only reads."""
     dtype = a.dtype
     active, b = _prepare_masses(masses)
     cost = transport_cost(pos, height, width)
@@ -315,6 +320,8 @@ def _solve_chunk(a: Tensor, pos: Tensor, masses: Tensor, height: int, width: int
     for it in range(2, iterations + 1):
         nxt, r = update(x)
         last = (x, r)
+        if trace is not None:
+            trace.append(torch.where(active & live, (marginals(x, r) - b).abs(), zero).amax(-1))
         if tolerance is not None:
             err = max_error(marginals(x, r))
             if err < tolerance:
@@ -419,6 +426,38 @@ def sinkhorn_potentials(
         period=torch.cat([ch.period for ch in parts]),
         marginal_error=_max_error([ch.marginal_error for ch in parts]),
         factor_path=factor_path)
+
+
+@torch.no_grad()
+def iterations_to_tolerance(a: Tensor, positions: Tensor, masses: Tensor, height: int, width: int,
+                            epsilon: float, iterations: int, tolerances: list[float]) -> Tensor:
+    """``(J, T)`` int64: per joint and tolerance, the number of updates after which the largest
+    column-marginal error ``max_m |s_m - b_m|`` of that joint first fell below the tolerance, i.e.
+    the ``iterations_run`` a call of :func:`sinkhorn_potentials` with that ``tolerance`` on the
+    joint alone stops at; ``iterations`` (the cap) where it never did within it.
+
+    One solve serves every tolerance: the per-joint errors of every state are recorded as the
+    solver (with its bitwise early stop) runs. A joint that entered a float cycle without reaching
+    a tolerance never reaches it (its states, hence errors, repeat), so the cap is exact there too.
+    Dead joints (``a`` all 0) have no error to measure and count 1: leave them out beforehand.
+    """
+    eps = float(epsilon)
+    pos = positions.to(a.dtype)
+    masses = masses.to(a.dtype)
+    factor_path = _use_factor_path(pos, eps)
+    nj, nm = masses.shape
+    tol = torch.as_tensor(list(tolerances), dtype=a.dtype, device=a.device)
+    out = torch.full((nj, len(tol)), int(iterations), dtype=torch.long, device=a.device)
+    for sl in _chunk_slices(nj, nm, height * width, a.element_size(), a.device):
+        trace: list[Tensor] = []
+        _solve_chunk(a[sl], pos[sl], masses[sl], height, width, eps, iterations, None, True, factor_path, trace)
+        if not trace:
+            continue
+        errs = torch.stack(trace, 1)  # (c, L): column i is the state after i + 1 updates
+        below = errs[:, None, :] < tol[None, :, None]  # (c, T, L)
+        first = below.to(torch.int8).argmax(-1) + 1
+        out[sl] = torch.where(below.any(-1), first, out[sl])
+    return out
 
 
 def transport_plan(positions: Tensor, active: Tensor, g: Tensor, height: int, width: int,

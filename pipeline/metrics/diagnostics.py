@@ -14,11 +14,16 @@ although the median error of the other joints was fine. The diagnostics below se
   HDM's suppliers ``relu(h)/sum(relu(h))`` are undefined there);
 - :func:`loss_metric_consistency`: the paper's Sec. 4 claim that MSE's training loss and AP are
   inconsistent, measured as the Spearman rank correlation between the epoch-to-epoch decrease of the
-  training loss and the increase of the validation metric.
+  training loss and the increase of the validation metric;
+- :class:`MechanismTally` (per validation epoch, every loss): the share of positive heatmap pixels,
+  the share of ground-truth dots sitting on a non-positive pixel (Eq. 3's relu passes no gradient
+  there), separation ratios and joint errors, accumulated batch by batch;
+- :func:`convergence_summary`: Sinkhorn iterations needed per tolerance on a run's own heatmaps.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -92,3 +97,102 @@ def loss_metric_consistency(loss: Sequence[float], metric: Sequence[float]) -> t
     if n < 3 or np.ptp(drop) == 0 or np.ptp(gain) == 0:
         return math.nan, n
     return float(stats.spearmanr(drop, gain).statistic), n
+
+
+# --------------------------------------------------------------------------- per-epoch mechanism
+# Why: HDM's suppliers are relu(h)/sum(relu(h)) (Eq. 3). relu has no gradient where h <= 0, so a
+# heatmap that is not positive at its ground-truth dot gets no push to put mass there; the share of
+# positive pixels and of non-positive dots, tracked per epoch beside the separation ratios and the
+# joint errors, shows whether (and when) a run falls into that trap, for every loss alike.
+def nearest_pixel_values(heat: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """``(N, K)`` value of each heatmap ``heat (N, K, H, W)`` at the pixel nearest to its point
+    ``points (N, K, 2)`` (``(x, y)`` heatmap px, pixel ``(row i, col j)`` centred at ``(j, i)``).
+
+    Pixel ``j`` covers ``[j - 0.5, j + 0.5)``, so the nearest one is ``floor(x + 0.5)``; points
+    past the outer pixel centres (the dataset keeps dots up to half a pixel outside) read the border
+    pixel. Non-finite points read NaN.
+    """
+    heat = np.asarray(heat)
+    pts = np.asarray(points, dtype=np.float64)
+    n, k, h, w = heat.shape
+    finite = np.isfinite(pts).all(-1)
+    safe = np.where(finite[..., None], pts, 0.0)
+    col = np.clip(np.floor(safe[..., 0] + 0.5), 0, w - 1).astype(np.int64)
+    row = np.clip(np.floor(safe[..., 1] + 0.5), 0, h - 1).astype(np.int64)
+    vals = heat[np.arange(n)[:, None], np.arange(k)[None, :], row, col].astype(np.float64)
+    return np.where(finite, vals, np.nan)
+
+
+@dataclass
+class MechanismTally:
+    """Running totals of one validation pass, fed batch by batch (the heatmaps are never kept).
+
+    :meth:`add` takes one batch: the raw network heatmaps ``(B, K, H, W)`` and the ground-truth dots
+    ``(B, K, 2)`` and weights ``(B, K)`` of the same crops (heatmap px; weight > 0: visible and
+    inside the crop, the joints a loss trains on). :meth:`summary` takes the decoded predictions
+    of the same people, in the same order, and gives the numbers (see there).
+    """
+
+    positive: int = 0
+    pixels: int = 0
+    gt_nonpositive: int = 0
+    gt_weighted: int = 0
+    gt: list = field(default_factory=list)
+    weight: list = field(default_factory=list)
+
+    def add(self, heat: np.ndarray, keypoints: np.ndarray, weight: np.ndarray) -> None:
+        heat = np.asarray(heat)
+        w = np.asarray(weight, dtype=np.float64) > 0
+        self.positive += int((heat > 0).sum())
+        self.pixels += int(heat.size)
+        at_dot = nearest_pixel_values(heat, keypoints)
+        self.gt_nonpositive += int((at_dot[w] <= 0).sum())
+        self.gt_weighted += int(w.sum())
+        self.gt.append(np.asarray(keypoints, dtype=np.float64))
+        self.weight.append(w)
+
+    def summary(self, pred: np.ndarray, joints: Sequence[str],
+                pairs: Sequence[tuple[int, int]]) -> dict[str, float]:
+        """From the decoded ``pred (N, K, 2)`` (heatmap px): ``pos_share`` (share of all pixels with
+        h > 0), ``gt_nonpos_share`` (share of weighted dots whose nearest pixel holds h <= 0),
+        ``sep_ratio`` (median over pairs of :func:`separation_ratios`) with ``sep_ratio.<pair>``,
+        ``collapsed_pairs``, ``joint_err`` (median error over every weighted joint of every person,
+        heatmap px) with ``joint_err.<joint>`` (:func:`joint_errors`). Undefined values are NaN."""
+        k = len(joints)
+        pred = np.asarray(pred, dtype=np.float64).reshape(-1, k, 2)
+        gt = np.concatenate(self.gt) if self.gt else np.zeros((0, k, 2))
+        vis = np.concatenate(self.weight) if self.weight else np.zeros((0, k), dtype=bool)
+        if pred.shape != gt.shape:
+            raise ValueError(f"predictions {pred.shape} do not match the tallied people {gt.shape}")
+        out = {"pos_share": _share(self.positive, self.pixels),
+               "gt_nonpos_share": _share(self.gt_nonpositive, self.gt_weighted)}
+        ratios = separation_ratios(pred, gt, vis, pairs)
+        finite = [r for r in ratios.values() if r == r]
+        out["sep_ratio"] = float(np.median(finite)) if finite else math.nan
+        out.update({f"sep_ratio.{pair_name(joints[a], joints[b])}": r for (a, b), r in ratios.items()})
+        out["collapsed_pairs"] = float(len(collapsed_pairs(ratios)))
+        err = np.linalg.norm(pred - gt, axis=-1)
+        out["joint_err"] = float(np.median(err[vis])) if vis.any() else math.nan
+        out.update({f"joint_err.{joints[j]}": float(e) for j, e in enumerate(joint_errors(pred, gt, vis))})
+        return out
+
+
+def _share(part: int, whole: int) -> float:
+    return part / whole if whole else math.nan
+
+
+# --------------------------------------------------------------------------- Sinkhorn convergence
+def convergence_summary(iterations: np.ndarray, tolerances: Sequence[float], cap: int,
+                        epsilon: float) -> dict:
+    """Table 5's iteration count measured on a run's heatmaps: ``iterations (M, T)`` holds, per
+    heatmap and tolerance, the Sinkhorn updates needed until the largest column-marginal error fell
+    below the tolerance (``cap`` where it never did). Median, 95th percentile and maximum per
+    tolerance; NaN (JSON null after the caller's conversion) with no heatmap."""
+    it = np.asarray(iterations, dtype=np.float64).reshape(-1, len(tolerances))
+
+    def stat(fn) -> list[float | None]:
+        return [float(fn(it[:, t])) if len(it) else None for t in range(len(tolerances))]
+
+    return {"tolerances": [float(t) for t in tolerances], "iterations_median": stat(np.median),
+            "iterations_p95": stat(lambda v: np.percentile(v, 95)), "iterations_max": stat(np.max),
+            "cap": int(cap), "heatmaps": int(len(it)), "epsilon_effective": float(epsilon)}
