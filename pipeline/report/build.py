@@ -41,7 +41,9 @@ def collect(tracking_uri: str, experiment: str, run_names: list[str], seeds: lis
     wanted = {str(s) for s in seeds}
     df = df[df["tags.row"].isin(run_names) & df["tags.seed"].isin(wanted)]
     df = df.drop_duplicates(["tags.row", "tags.seed"], keep="first")
-    metric_cols = [c for c in df.columns if c.startswith("metrics.") and "." in c[len("metrics."):]]
+    # evaluation metrics (<split>.<metric>) and the last epoch's validation diagnostics (val_*)
+    metric_cols = [c for c in df.columns if c.startswith("metrics.")
+                   and ("." in c[len("metrics."):] or c.startswith("metrics.val_"))]
     for _, row in df.iterrows():
         name, seed = row["tags.row"], int(row["tags.seed"])
         rec = records.setdefault(name, RunRecord(name))
@@ -121,7 +123,7 @@ def build_report(*, profile: str, tracking_uri: str, experiment: str, run_names:
     paths = Paths(profile)
     bootstrap = image_bootstrap(paths)
     intervals = all_intervals(records, bootstrap=bootstrap)
-    notes = {"table5": [table5_note(records, intervals["table5"], paths.run_dir)]} if records else {}
+    notes = {"table5": [table5_note(records, intervals["table5"], paths.eval_dir)]} if records else {}
     tables = build_tables(measured, profile=profile, run_info=info, intervals=intervals, notes=notes)
     run_curves = curves(tracking_uri, selected) if not selected.empty else {}
     # every file is made in a temporary folder first and moved into out_dir only when all are complete
@@ -129,7 +131,7 @@ def build_report(*, profile: str, tracking_uri: str, experiment: str, run_names:
         staged = write_tables(tables, stage, profile=profile)
         findings, summary = stage / "findings.md", stage / "summary.md"
         text = build_findings(profile=profile, records=records, intervals=intervals, curves=run_curves, seeds=seeds,
-                              bootstrap=bootstrap, run_dir=paths.run_dir)
+                              bootstrap=bootstrap, run_dir=paths.eval_dir)
         io.write_text(findings, text)
         io.write_text(summary, build_summary(profile, text))
         staged[-1:-1] = [findings, summary]

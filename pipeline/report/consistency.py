@@ -4,7 +4,7 @@ metric does?
 The paper argues that MSE's loss is inconsistent with the keypoint metric: a lower MSE need not mean a
 better pose. Looking across epochs mixes that question with the learning-rate schedule (both curves
 jump at the lr step), so the report looks across images instead. The evaluation writes, per run and
-seed, ``results/<profile>/runs/<run>/seed<k>/consistency_val.npz`` with per-person arrays ``image_id``,
+seed, ``results/<profile>/eval/<run>/seed<k>/consistency_val.npz`` with per-person arrays ``image_id``,
 ``loss`` (the run's training loss on that person), ``oks`` (COCO) and ``pckh`` (MPII: the person's share
 of joints within 0.5 head size). Per image the report takes the mean over its people, then Spearman's ρ
 between per-image loss and per-image metric: a loss consistent with the metric has ρ near −1.

@@ -27,6 +27,7 @@ from .aggregate import BootFn, RowIntervals, RunRecord, contrast_interval, mean_
 from .beyond import DARK, UDP_RUNS, variant_run
 from .beyond import w32_run as _w32
 from .paper_numbers import TABLES, PaperTable
+from .verdict import verdict_section
 from .trend import TREND_POINTS, curve_trend
 
 Curves = Mapping[str, Mapping[int, pd.DataFrame]]
@@ -398,6 +399,7 @@ def build_findings(*, profile: str, records: Mapping[str, RunRecord],
              "Δ = HDM − baseline, in the tables' units (AP ×100, PCKh %), 95 % intervals. \"Resolved\" needs "
              "≥ 2 training seeds (t over the per-seed paired differences); a one-seed interval is an image "
              "bootstrap: evaluation noise only.", "", _SUMMARY, ""]
+    lines += verdict_section(records, bootstrap, family)
     for number in (1, 3, 2):
         table = next(t for t in TABLES if t.number == number)
         key = f"{table.split}.{table.main_metric}"

@@ -2,13 +2,13 @@
 
 The README points here instead of quoting result numbers, which would go stale with every rerun. The
 summary keeps the findings' own words (no new numbers, no new claims): the count of comparisons and
-how many stay resolved after Holm, the HDM − MSE line of each architecture in Tables 1 and 3, Table 5's
+how many stay resolved after Holm, the verdict's headline range of Δ, the HDM − MSE line of each architecture in Tables 1 and 3, Table 5's
 note and the Sec. 4 lines.
 """
 from __future__ import annotations
 
 #: Sections of findings.md whose top-level bullets the summary keeps.
-KEPT_SECTIONS = ("## Table 1", "## Table 3", "## Ablations", "## Sec. 4")
+KEPT_SECTIONS = ("## Verdict", "## Table 1", "## Table 3", "## Ablations", "## Sec. 4")
 
 
 def build_summary(profile: str, findings: str) -> str:
@@ -24,6 +24,9 @@ def build_summary(profile: str, findings: str) -> str:
             section = next((k for k in KEPT_SECTIONS if line.startswith(k)), None)
             if section:
                 out += ["", line, ""]
+            continue
+        if section == "## Verdict" and line.startswith("### "):  # of the verdict only its headline range
+            section = None
             continue
         if section and line.startswith("- ") and not _is_detail(section, line):
             out.append(line)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 from scipy import stats
@@ -200,9 +200,12 @@ UNTESTED = ("ImageNet-pretrained backbones (the demo's backbones are pretrained 
             "real images and the paper's input sizes (the demo uses synthetic people at 96×64 / 64×64)")
 
 
-def verdict_section(records: Mapping[str, RunRecord], bootstrap: BootFn | None = None) -> list[str]:
+def verdict_section(records: Mapping[str, RunRecord], bootstrap: BootFn | None = None,
+                    family: Any = None) -> list[str]:
     """The Markdown lines of the verdict: headline range, each objection with its pairs, the mechanism
-    and what only paper-scale runs can still change."""
+    and what only paper-scale runs can still change. ``family``: the findings file's comparison family
+    (``family.token(key, delta)`` marks a line for Holm's step-down; a pair made elsewhere in the file
+    too counts once)."""
     objs = objections()
     deltas = _measured(objs, records, bootstrap)
     run = [d for d in deltas.values() if d is not None]
@@ -215,8 +218,9 @@ def verdict_section(records: Mapping[str, RunRecord], bootstrap: BootFn | None =
     for title, question, pairs in objs:
         lines += [f"### {title}", "", question, ""]
         for p in pairs:
-            scale = METRIC[p.dataset][2]
-            lines.append(f"- {p.label} (`{p.run}` − `{p.baseline}`): {describe(deltas[p], scale)}")
+            split, metric, scale, _ = METRIC[p.dataset]
+            mark = family.token((f"{split}.{metric}", p.run, p.baseline), deltas[p]) if family is not None else ""
+            lines.append(f"- {p.label} (`{p.run}` − `{p.baseline}`): {describe(deltas[p], scale)}{mark}")
         lines.append("")
     lines += ["### Mechanism", ""] + mechanism(records) + [""]
     lines += ["### Untested here (only paper-scale runs can change these)", ""]
