@@ -171,13 +171,17 @@ def _check_alpha(run: dict[str, Any], where: str) -> None:
 def _check_init_from(params: dict[str, Any], name: str, where: str) -> None:
     """A run's ``init_from`` names another run of params.yaml with the same dataset and architecture
     (its trained weights must fit this run's model), and a chain of them never returns to a run."""
-    specs = run_specs(params, study=True)
+    specs = run_specs(params, verdict=True)
     run, seen = specs[name], [name]
     other = run["init_from"]
     if other not in specs:
-        raise PipelineError(where, f"{other!r} is not a run of params.yaml (runs or study.runs)")
-    if name in params["runs"] and other not in params["runs"]:  # the main target (and DVC) trains main runs only
-        raise PipelineError(where, f"{other!r} is a study-only run (study.runs): a main run starts from a main run")
+        raise PipelineError(where, f"{other!r} is not a run of params.yaml (runs, study.runs or verdict.runs)")
+    # a target trains its own run set and the earlier ones only (the main target and DVC: main runs)
+    rank = {"runs": 0, "study": 1, "verdict": 2}
+    mine, theirs = run_key(params, name).split(".")[0], run_key(params, other).split(".")[0]
+    if rank[theirs] > rank[mine]:
+        raise PipelineError(where, f"{other!r} is a {theirs}-only run ({theirs}.runs): a run of {mine} starts from "
+                                   f"a run of its own set or an earlier one")
     for key in ("dataset", "arch"):
         if specs[other][key] != run[key]:
             raise PipelineError(where, f"{other!r} has {key} {specs[other][key]}, this run {run[key]}: "
