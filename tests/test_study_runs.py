@@ -264,3 +264,13 @@ def test_main_target_trains_main_runs_and_study_target_also_study_runs(params, p
     study = _train_runs("study", "--config", f"profile={profile}")  # the target before --config (nargs)
     assert main == set(run_names(params))
     assert study == set(run_names(params, study=True)) and set(TABLE6) <= study
+
+
+def test_a_study_run_may_not_start_from_a_verdict_only_run(params):
+    def later(p):
+        p["verdict"] = {"runs": {"coco_hrnet_w32_later": {"dataset": "coco", "arch": "hrnet_w32", "loss": "mse"}}}
+        p["study"]["runs"]["coco_hrnet_w32_earlier"] = {"dataset": "coco", "arch": "hrnet_w32", "loss": "hdm",
+                                                        "init_from": "coco_hrnet_w32_later"}
+    msg = _invalid(params, later)
+    assert msg.startswith("params.yaml: study.runs.coco_hrnet_w32_earlier.init_from: 'coco_hrnet_w32_later' is a "
+                          "verdict-only run"), msg

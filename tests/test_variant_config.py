@@ -46,7 +46,12 @@ def _refused(params, name: str, spec: dict, where: str = "study") -> str:
 
 # ------------------------------------------------------------------------------ config
 def test_runs_without_the_new_keys_resolve_as_before(params):
-    for run in run_names(params, study=True):
+    specs = params["runs"] | params["study"]["runs"]
+    plain = [r for r in run_names(params, study=True)
+             if not {"sigma", "alpha", "init_from", "split"} & set(specs[r])
+             and "suppliers" not in (specs[r].get("hdm") or {}) and specs[r].get("heatmap_stride", 4) in (4, 8)]
+    assert "coco_hrnet_w32_hdm" in plain and "coco_hrnet_w32_hdmsoft" not in plain
+    for run in plain:
         for profile in params["profiles"]:
             cfg = resolve_run(params, run, profile)
             assert not set(NEW_KEYS) & set(cfg)
@@ -65,18 +70,18 @@ def test_runs_without_the_new_keys_resolve_as_before(params):
 def test_new_losses_and_keys_resolve_only_where_set(params):
     p = _with_run(params, "coco_hrnet_w32_mse_hdm", {"dataset": "coco", "arch": "hrnet_w32", "loss": "mse_hdm",
                                                      "alpha": 0.5, "hdm": {"dead_joints": "zero"}})
-    p = _with_run(p, "coco_hrnet_w32_s2_mse", {"dataset": "coco", "arch": "hrnet_w32", "loss": "mse",
+    p = _with_run(p, "coco_hrnet_w32_t2_mse", {"dataset": "coco", "arch": "hrnet_w32", "loss": "mse",
                                                "heatmap_stride": 2, "sigma": 2.0})
     p = _with_run(p, "coco_hrnet_w32_s1_integral", {"dataset": "coco", "arch": "hrnet_w32", "loss": "integral",
-                                                    "heatmap_stride": 1, "init_from": "coco_hrnet_w32_s2_mse"})
+                                                    "heatmap_stride": 1, "init_from": "coco_hrnet_w32_t2_mse"})
     cfg = resolve_run(p, "coco_hrnet_w32_mse_hdm", "smoke")
     assert cfg["alpha"] == 0.5 and "init_from" not in cfg and cfg["hdm"]["dead_joints"] == "zero"
-    s2 = resolve_run(p, "coco_hrnet_w32_s2_mse", "smoke")
+    s2 = resolve_run(p, "coco_hrnet_w32_t2_mse", "smoke")
     assert s2["data"]["heatmap_size"] == [32, 48] and s2["data"]["input_size"] == [64, 96]
     assert s2["model"]["output_stride"] == 2 and s2["data"]["sigma"] == 2.0
     s1 = resolve_run(p, "coco_hrnet_w32_s1_integral", "paper")
     assert s1["data"]["heatmap_size"] == [288, 384] and s1["model"]["output_stride"] == 1
-    assert s1["init_from"] == "coco_hrnet_w32_s2_mse"
+    assert s1["init_from"] == "coco_hrnet_w32_t2_mse"
     base = resolve_run(params, "coco_hrnet_w32_mse", "paper")
     assert s1["data"]["sigma"] == base["data"]["sigma"]  # no run sigma: the profile's
     assert {k: v for k, v in s2.items() if k not in ("name", "model", "data")} == \
@@ -177,9 +182,9 @@ def _save_final(cfg: dict, net: torch.nn.Module) -> Path:
 @pytest.mark.parametrize("src, dst", [("mse", "hdm"), ("hdm", "mse")])
 def test_init_from_loads_weights_across_the_centring_wrapper(params, tmp_path, monkeypatch, src, dst):
     monkeypatch.chdir(tmp_path)
-    p = _with_run(params, f"coco_hrnet_w32_ft_{dst}", {"dataset": "coco", "arch": "hrnet_w32", "loss": dst,
+    p = _with_run(params, f"test_hrnet_w32_ft_{dst}", {"dataset": "coco", "arch": "hrnet_w32", "loss": dst,
                                                        "init_from": f"coco_hrnet_w32_{src}"}, where="main")
-    cfg = resolve_run(p, f"coco_hrnet_w32_ft_{dst}", "smoke", seed=3)
+    cfg = resolve_run(p, f"test_hrnet_w32_ft_{dst}", "smoke", seed=3)
     torch.manual_seed(1)
     src_net = builders.model(resolve_run(params, f"coco_hrnet_w32_{src}", "smoke"), initial_weights=False)
     assert isinstance(src_net, CenteredHeatmaps) == (src == "hdm")
