@@ -69,3 +69,16 @@ def test_every_pair_is_one_factor_apart_by_name():
             assert p.run.startswith(p.dataset + "_") and p.baseline.startswith(p.dataset + "_")
             seen.add((p.run, p.baseline))
     assert len(seen) >= 60
+
+
+def test_tuning_table_picks_the_best_setting_on_tune_and_says_what_is_missing():
+    recs = {}
+    for tag, ap in (("1e_3", 0.20), ("3e_3", 0.25), ("1e_2", 0.10)):
+        name = f"tune_coco_hrnet_w32_hdm_lr_{tag}"
+        rec = RunRecord(name)
+        rec.metrics[0] = {"coco_tune.AP": ap}
+        recs[name] = rec
+    text = "\n".join(verdict_section(recs))
+    assert "- lr, hdm: 0.001: 20.0, 0.003: 25.0, 0.01: 10.0 → 0.003 wins on tune." in text
+    assert "- lr, mse: not run." in text
+    assert "- batch size, hdm: 8: 25.0 → 8 wins on tune (1 setting(s) not run)." in text
