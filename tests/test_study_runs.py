@@ -44,7 +44,8 @@ def _invalid(params, mutate) -> str:
 def test_run_names_main_then_study(params):
     main, study = run_names(params), run_names(params, study=True)
     assert main == list(params["runs"]) and not set(TABLE6) & set(main)
-    assert study == main + TABLE6
+    assert study[:len(main) + len(TABLE6)] == main + TABLE6
+    assert study == main + list(params["study"]["runs"])
     assert run_key(params, "coco_hrnet_w32_hdm") == "runs.coco_hrnet_w32_hdm"
     assert run_key(params, TABLE6[0]) == f"study.runs.{TABLE6[0]}"
 
