@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -93,6 +94,9 @@ def test_outputs_per_run(project):
             assert (dark in metrics) == run.endswith("_mse"), (run, dark)
             assert (eval_dir / f"{dark.split('.')[0]}.boot.npz").is_file() == run.endswith("_mse")
             assert (eval_dir / ("mpii_val.boot.npz" if run.startswith("mpii") else "coco_val.boot.npz")).is_file()
+            if run.startswith("mpii"):  # the MPII bootstrap resamples images: each person's image is stored
+                with np.load(eval_dir / "mpii_val.boot.npz") as z:
+                    assert "image_ids" in z.files and len(z["image_ids"]) == len(z["correct"])
             if run.startswith("coco"):  # test-dev: DARK has its own results, scores and submission zip
                 assert ("coco_testdev_dark.AP" in metrics) == run.endswith("_mse")
                 zips = sorted(p.name for p in (eval_dir / "submission").glob("*.zip"))

@@ -302,12 +302,13 @@ def evaluate_run(cfg: dict[str, Any], *, tracking_uri: str, experiment: str, pro
                 metrics.update(mechanism.write_outputs(cfg, val_hook, recs, gt_valid, stage))
             mpii_metrics.write_predictions(pred["coords"], stage / "pred.mat")
             prefix = _mpii_prefix(cfg)
-            mpii_bootstrap.save_correct(mpii_bootstrap.mpii_person_correct(pred["coords"], gt_valid),
+            images = [r["image_id"] for r in recs]  # the bootstrap resamples images, all their people together
+            mpii_bootstrap.save_correct(mpii_bootstrap.mpii_person_correct(pred["coords"], gt_valid, image_ids=images),
                                         bootstrap_file(stage, prefix))
             metrics.update(_mpii_metrics(prefix, pred["coords"], gt_valid))
             for variant, vp in pred["variants"].items():
                 metrics.update(_mpii_metrics(f"{prefix}_{variant}", vp["coords"], gt_valid))
-                mpii_bootstrap.save_correct(mpii_bootstrap.mpii_person_correct(vp["coords"], gt_valid),
+                mpii_bootstrap.save_correct(mpii_bootstrap.mpii_person_correct(vp["coords"], gt_valid, image_ids=images),
                                             bootstrap_file(stage, f"{prefix}_{variant}"))
             metrics.update(run_diagnostics(cfg, pred, recs))
 
