@@ -82,3 +82,23 @@ def test_tuning_table_picks_the_best_setting_on_tune_and_says_what_is_missing():
     assert "- lr, hdm: 0.001: 20.0, 0.003: 25.0, 0.01: 10.0 → 0.003 wins on tune." in text
     assert "- lr, mse: not run." in text
     assert "- batch size, hdm: 8: 25.0 → 8 wins on tune (1 setting(s) not run)." in text
+
+
+def test_tuned_pairs_follow_the_tune_winners():
+    from pipeline.report.verdict import tuned_pairs
+
+    def tune(name, ap):
+        rec = RunRecord(name)
+        rec.metrics[0] = {"coco_tune.AP": ap}
+        return name, rec
+
+    base = "tune_coco_hrnet_w32"
+    recs = dict([tune(f"{base}_mse_lr_3e_3", 0.24), tune(f"{base}_mse_lr_1e_2", 0.19),
+                 tune(f"{base}_mse_sigma_1p5", 0.29), tune(f"{base}_hdm_lr_3e_3", 0.02),
+                 tune(f"{base}_hdm_lr_1e_3", 0.01), tune(f"{base}_integral_lr_1e_2", 0.34),
+                 tune(f"{base}_integral_lr_3e_3", 0.29)])
+    pairs = {p.label: (p.run, p.baseline) for p in tuned_pairs(recs)}
+    # MSE: lr 0.003 (default) and σ 1.5 won -> the σ run; HDM: the default lr -> the plain run
+    assert pairs["tuned: hdm − MSE"] == ("coco_hrnet_w32_hdm", "coco_hrnet_w32_mse_sigma_1p5")
+    assert pairs["tuned: integral − MSE"] == ("coco_hrnet_w32_integral_lr_1e_2", "coco_hrnet_w32_mse_sigma_1p5")
+    assert any("tuning not run" in label for label in pairs)  # hdmsoft has no tune runs here
