@@ -6,6 +6,7 @@ partial file that Snakemake or DVC would later mistake for a finished output.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -168,3 +169,13 @@ def read_json(path: str | os.PathLike) -> Any:
             return json.load(fh)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise PipelineError(str(p), f"not valid JSON ({exc})") from None
+
+
+def sha256_file(path: str | Path) -> str:
+    """The sha256 of a file's bytes, read in 1 MiB chunks (archives of many GB never sit in memory): the
+    one checksum the project pins downloads, weights, test-dev submissions and derived files with."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

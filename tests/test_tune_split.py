@@ -295,6 +295,11 @@ def test_snakemake_tune_target_runs_tuning_runs_and_the_study_leaves_them_out(tm
     p["study"]["runs"][TUNE_RUN] = {"dataset": "coco", "arch": "hrnet_w32", "loss": "mse", "split": "tune"}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     tuning = _snakemake_jobs(tmp_path, "tune")
-    assert tuning == {"train": {TUNE_RUN}, "evaluate": {TUNE_RUN}}
+    every = {r for r, spec in {**p["runs"], **p["study"]["runs"], **p["verdict"]["runs"]}.items()
+             if spec.get("split") == "tune"}
+    assert TUNE_RUN in every and len(every) > 1  # params.yaml's own tuning runs (verdict.runs) and this one
+    assert tuning == {"train": every, "evaluate": every}
     study = _snakemake_jobs(tmp_path, "study")
-    assert TUNE_RUN not in study["train"] | study["evaluate"] and study["train"]
+    assert not every & (study["train"] | study["evaluate"]) and study["train"]
+    verdict = _snakemake_jobs(tmp_path, "verdict")
+    assert every - {TUNE_RUN} <= verdict["train"]  # the verdict's tuning table reads them

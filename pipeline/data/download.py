@@ -19,7 +19,6 @@ file and what failed.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import logging
 import os
 import posixpath
@@ -37,7 +36,7 @@ import requests
 import urllib3
 
 from ..errors import PipelineError
-from ..io import atomic_path
+from ..io import atomic_path, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +44,6 @@ log = logging.getLogger(__name__)
 BACKOFF_BASE: float = 1.0
 #: Upper bound of one backoff sleep, so a long retry series never stalls for minutes.
 BACKOFF_MAX: float = 60.0
-#: Block size used when hashing files on disk.
-HASH_CHUNK: int = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -78,13 +75,6 @@ class _Retryable(Exception):
 
 
 # ----------------------------------------------------------------------------- verify
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in blocks so a 20 GB archive needs no memory."""
-    h = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for block in iter(lambda: fh.read(HASH_CHUNK), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _problem(path: Path, size: int | None, sha256: str | None) -> str | None:

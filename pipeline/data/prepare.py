@@ -15,7 +15,6 @@ the manifest, so a missing or changed weights file stops the pipeline with one l
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -39,14 +38,6 @@ REQUIRED = {
 }
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def verify(root: Path, dataset: str) -> dict[str, Any]:
     """Check the files the pipeline needs; return the manifest entries."""
     entries: dict[str, Any] = {}
@@ -59,7 +50,7 @@ def verify(root: Path, dataset: str) -> dict[str, Any]:
         else:
             if not p.is_file():
                 raise PipelineError(str(p), "file not found")
-            entries[rel] = {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+            entries[rel] = {"bytes": p.stat().st_size, "sha256": io.sha256_file(p)}
     return entries
 
 

@@ -58,15 +58,6 @@ def tune_keys(keys: Iterable[Any], fraction: float, seed: int) -> set[str]:
     return set(sorted(unique, key=lambda k: (_rank(seed, k), k))[:n])
 
 
-def file_digest(path: Path) -> str:
-    """sha256 of a file: names the derived tune files, so a changed train file never reuses them."""
-    h = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 # ----------------------------------------------------------------------------------------------- COCO
 def coco_tune_subset(train: dict[str, Any], fraction: float, seed: int) -> dict[str, Any]:
     """The COCO annotation file of the tune images: every key of ``train`` kept, ``images`` and

@@ -24,7 +24,7 @@ from ..data.transforms import HALF_BODY_UPPER_PROB, shift_box_centers
 from ..errors import PipelineError
 from ..checkpoint import load_weights
 from ..config import Paths
-from ..io import read_json
+from ..io import read_json, sha256_file
 from ..losses import HDMLoss, IntegralL1Loss, JointsMSELoss, MSEHDMLoss
 from ..models import CenteredHeatmaps, build_model
 
@@ -125,7 +125,7 @@ def holdout_split(cfg: dict[str, Any]) -> str:
 def _train_digest(path: str, size: int, mtime_ns: int) -> str:
     """sha256 of a train annotation file, hashed once per process and file version (validation asks
     every epoch; COCO's train file is ~450 MB)."""
-    return tune_split.file_digest(Path(path))
+    return sha256_file(Path(path))
 
 
 def tune_dir(cfg: dict[str, Any]) -> Path:

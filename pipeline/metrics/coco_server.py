@@ -24,7 +24,6 @@ Keypoint Detection challenge on EvalAI, linked from https://cocodataset.org/#key
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -36,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import PipelineError
-from ..io import atomic_path
+from ..io import atomic_path, sha256_file
 from .coco import STAT_NAMES
 
 log = logging.getLogger(__name__)
@@ -59,14 +58,6 @@ def results_name(run: str) -> str:
 def submission_path(eval_dir: str | Path, run: str) -> Path:
     """``<eval_dir>/submission/person_keypoints_test-dev2017_<run>_results.zip``."""
     return Path(eval_dir) / SUBMISSION_DIR / (results_name(run)[: -len(".json")] + ".zip")
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def write_submission(results_json: str | Path, zip_path: str | Path) -> Path:

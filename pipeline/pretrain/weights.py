@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .. import io
+from ..io import sha256_file
 from ..config import Paths
 from ..errors import PipelineError
 from . import spec
@@ -24,14 +25,6 @@ from . import spec
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def serialise(state: dict[str, torch.Tensor]) -> bytes:
