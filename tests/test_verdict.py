@@ -102,3 +102,26 @@ def test_tuned_pairs_follow_the_tune_winners():
     assert pairs["tuned: hdm − MSE"] == ("coco_hrnet_w32_hdm", "coco_hrnet_w32_mse_sigma_1p5")
     assert pairs["tuned: integral − MSE"] == ("coco_hrnet_w32_integral_lr_1e_2", "coco_hrnet_w32_mse_sigma_1p5")
     assert any("tuning not run" in label for label in pairs)  # hdmsoft has no tune runs here
+
+
+def test_three_way_names_the_winner_and_the_collapse_per_normalisation():
+    from pipeline.report.verdict import three_way
+
+    recs = {}
+    for name, ap, collapsed in (("coco_hrnet_w32_mse+dark", 0.30, None), ("coco_hrnet_w32_hdmsoft", 0.35, 0.0),
+                                ("coco_hrnet_w32_integral", 0.32, None), ("coco_hrnet_w32_hdm", 0.05, 6.0)):
+        extra = {} if collapsed is None else {"val_collapsed_pairs": {0: collapsed}}
+        recs[name] = _rec(name, {0: ap}, **extra)
+    lines = three_way(recs)
+    assert ("- coco hrnet_w32: softmax-HDM 35.0 AP, then integral 32.0, MSE + DARK 30.0; collapsed left/right "
+            "pairs at the last epoch: relu-HDM 6.0, softmax-HDM 0.0.") in lines
+    assert any(line.startswith("- coco hrnet_w48: not run (") for line in lines)
+
+
+def test_mechanism_names_the_strongest_diagnostic():
+    recs = {}
+    for i, v in enumerate(("mse", "hdm", "hdmexact", "hdmsoft", "integral")):
+        recs[f"coco_hrnet_w32_{v}"] = _rec(f"coco_hrnet_w32_{v}", {0: 0.5 - 0.1 * i},
+                                           val_gt_nonpos_share={0: 0.1 * i}, val_pos_share={0: (i * 7) % 5 / 10})
+    text = "\n".join(verdict_section(recs))
+    assert "ranks the runs most like their AP: `val_gt_nonpos_share` (|ρ| = 1.00 over 5 run-seeds" in text
