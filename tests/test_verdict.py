@@ -125,3 +125,20 @@ def test_mechanism_names_the_strongest_diagnostic():
                                            val_gt_nonpos_share={0: 0.1 * i}, val_pos_share={0: (i * 7) % 5 / 10})
     text = "\n".join(verdict_section(recs))
     assert "ranks the runs most like their AP: `val_gt_nonpos_share` (|ρ| = 1.00 over 5 run-seeds" in text
+
+
+def test_refinement_lines_carry_ap75_and_joint_error_and_exact_lines_the_dead_rate():
+    ft = {"mse": (0.30, 0.20, 1.2), "hdm": (0.31, 0.24, 1.0)}
+    recs = {}
+    for v, (ap, ap75, err) in ft.items():
+        name = f"coco_hrnet_w32_ft_{v}"
+        rec = RunRecord(name)
+        for seed, d in enumerate((0.0, 0.01, -0.01)):
+            rec.metrics[seed] = {"coco_val.AP": ap + d, "coco_val.AP75": ap75 + d, "diag.median_err": err + d}
+        recs[name] = rec
+    text = "\n".join(verdict_section(recs))
+    line = next(x for x in text.splitlines() if x.startswith("- fine-tune: hdm − MSE"))
+    assert "; AP75 24.0 vs 20.0, Δ +4.0 [+4.0, +4.0] (t over 3 seeds; higher)" in line
+    assert "; median joint error px 1.0 vs 1.2, Δ -0.2 [-0.2, -0.2] (t over 3 seeds; lower)" in line
+    exact = next(x for x in text.splitlines() if x.startswith("- coco hrnet_w32: exact − project"))
+    assert exact.endswith(": not run")

@@ -52,6 +52,13 @@ class Pair:
     baseline: str
     dataset: str
     hdm_vs_baseline: bool = False  # counts towards the headline range of Δ(HDM-family − baseline)
+    also: tuple[tuple[str, str, float], ...] = ()  # more Δs to print: (label, metric key, scale)
+
+
+#: Beside the main metric: the dead-heatmap rate of the evaluation (share of val heatmaps with no positive
+#: pixel) and, for the sub-pixel questions, AP75 and the median joint error (heatmap px).
+DEAD = (("dead heatmaps %", "diag.dead_fraction", 100.0),)
+SUBPIXEL = (("AP75", "coco_val.AP75", 100.0), ("median joint error px", "diag.median_err", 1.0))
 
 
 def _sets() -> list[tuple[str, str]]:
@@ -75,7 +82,7 @@ def objections(records: Mapping[str, RunRecord] | None = None) -> list[tuple[str
          [Pair(f"{ds} {a}", _name(ds, a, "hdm"), _name(ds, a, "mse"), ds, True) for ds, a in sets]),
         ("The project's additions to HDM", "Eq. 3 alone (no centring, dead heatmaps cost 0) against the "
          "project's HDM (centred heatmaps, softmax cost of dead heatmaps), and against MSE.",
-         [Pair(f"{ds} {a}: exact − project", _name(ds, a, "hdmexact"), _name(ds, a, "hdm"), ds)
+         [Pair(f"{ds} {a}: exact − project", _name(ds, a, "hdmexact"), _name(ds, a, "hdm"), ds, also=DEAD)
           for ds, a in EXACT_SETS]
          + [Pair(f"{ds} {a}: exact − MSE", _name(ds, a, "hdmexact"), _name(ds, a, "mse"), ds, True)
             for ds, a in EXACT_SETS]),
@@ -100,7 +107,8 @@ def objections(records: Mapping[str, RunRecord] | None = None) -> list[tuple[str
          "MSE at its tune-winning lr and σ (HRNet-W32 COCO).", tuned_pairs(records or {})),
         ("Learning from an early network", "fine-tuning each converged MSE run with HDM against fine-tuning "
          "it with MSE for the same epochs and lr (the paper's sub-pixel claim, isolated).",
-         [Pair(f"fine-tune: {v} − MSE", _w32(f"ft_{v}"), _w32("ft_mse"), "coco", True) for v in ("hdm", "hdmsoft")]),
+         [Pair(f"fine-tune: {v} − MSE", _w32(f"ft_{v}"), _w32("ft_mse"), "coco", True, SUBPIXEL)
+          for v in ("hdm", "hdmsoft")]),
         ("HDM as an auxiliary term", "MSE + α·HDM from the start (α chosen on the tune split) against MSE.",
          [Pair("MSE + α·HDM − MSE", _w32("msehdm"), _w32("mse"), "coco", True)]),
     ]
@@ -132,6 +140,22 @@ def describe(delta: Interval | None, scale: float) -> str:
 def _measured(objs: list[tuple[str, str, list[Pair]]], records: Mapping[str, RunRecord],
               bootstrap: BootFn | None) -> dict[Pair, Interval | None]:
     return {p: _delta(p, records, bootstrap) for _, _, pairs in objs for p in pairs}
+
+
+def _also(pair: Pair, records: Mapping[str, RunRecord]) -> str:
+    """"; AP75 +0.3 [−0.5, +1.1] (t over 3 seeds; not resolved); …": the pair's other Δs (t over seeds, no
+    bootstrap: their per-image data is not stored), with both runs' means."""
+    if pair.run not in records or pair.baseline not in records:
+        return ""
+    parts = []
+    for label, key, scale in pair.also:
+        iv = pair_interval(key.split(".")[0], key, pair.run, pair.baseline, records, None)
+        a, b = (mean_metrics(records[r]).get(key) for r in (pair.run, pair.baseline))
+        if iv is None or iv.delta is None or a is None or b is None:
+            parts.append(f"{label}: n/a")
+            continue
+        parts.append(f"{label} {a * scale:.1f} vs {b * scale:.1f}, Δ {describe(iv.delta, scale)}")
+    return "".join(f"; {p}" for p in parts)
 
 
 def headline(deltas: Mapping[Pair, Interval | None]) -> list[str]:
@@ -336,7 +360,8 @@ def verdict_section(records: Mapping[str, RunRecord], bootstrap: BootFn | None =
         for p in pairs:
             split, metric, scale, _ = METRIC[p.dataset]
             mark = family.token((f"{split}.{metric}", p.run, p.baseline), deltas[p]) if family is not None else ""
-            lines.append(f"- {p.label} (`{p.run}` − `{p.baseline}`): {describe(deltas[p], scale)}{mark}")
+            lines.append(f"- {p.label} (`{p.run}` − `{p.baseline}`): {describe(deltas[p], scale)}{mark}"
+                         + _also(p, records))
         lines.append("")
     lines += ["### Which of the three wins: MSE + DARK, softmax-HDM or integral regression? (means over seeds; "
               "the pairs above carry the intervals)", ""] + three_way(records) + [""]
