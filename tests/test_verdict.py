@@ -142,3 +142,14 @@ def test_refinement_lines_carry_ap75_and_joint_error_and_exact_lines_the_dead_ra
     assert "; median joint error px 1.0 vs 1.2, Δ -0.2 [-0.2, -0.2] (t over 3 seeds; lower)" in line
     exact = next(x for x in text.splitlines() if x.startswith("- coco hrnet_w32: exact − project"))
     assert exact.endswith(": not run")
+
+
+def test_mechanism_figure_draws_what_was_logged_and_nothing_otherwise(tmp_path):
+    import pandas as pd
+
+    from pipeline.report.figures import write_mechanism_figure
+
+    assert write_mechanism_figure({}, tmp_path) == []
+    rows = pd.DataFrame({"epoch": [1, 2, 1, 2], "value": [0.5, 0.4, 0.6, 0.3], "seed": [0, 0, 1, 1]})
+    paths = write_mechanism_figure({"coco_hrnet_w32_hdm": {"val_gt_nonpos_share": rows}}, tmp_path)
+    assert paths == [tmp_path / "figures" / "mechanism.png"] and paths[0].stat().st_size > 0

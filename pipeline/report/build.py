@@ -18,7 +18,8 @@ from ..metrics import coco_server
 from ..tracking import finished_runs, metric_history
 from .aggregate import RunRecord, all_intervals, image_bootstrap, mean_metrics
 from .beyond import DARK, split_variant, variant_records
-from .figures import write_diagnostic_figures, write_figures, write_table6_figure
+from .figures import write_diagnostic_figures, write_figures, write_mechanism_figure, write_table6_figure
+from .verdict import MECHANISM, MECHANISM_RUNS
 from .findings import build_findings, table5_note
 from .summary import build_summary
 from .tables import build_tables, write_tables
@@ -109,6 +110,20 @@ def curves(tracking_uri: str, selected: pd.DataFrame) -> dict[str, dict[int, pd.
     return out
 
 
+def mechanism_curves(tracking_uri: str, selected: pd.DataFrame) -> dict[str, dict[str, pd.DataFrame]]:
+    """Per-epoch mechanism diagnostics (``val_pos_share`` …) of the verdict's HRNet-W32 COCO runs per loss:
+    run -> metric -> (epoch, seed, value) rows; runs trained before the diagnostics existed have none."""
+    out: dict[str, dict[str, pd.DataFrame]] = {}
+    for _, row in selected[selected["tags.row"].isin(MECHANISM_RUNS)].iterrows():
+        for key, _ in MECHANISM:
+            hist = metric_history(tracking_uri, row["run_id"], key)
+            if hist:
+                rows = pd.DataFrame(hist, columns=["epoch", "value"]).assign(seed=int(row["tags.seed"]))
+                per = out.setdefault(row["tags.row"], {})
+                per[key] = pd.concat([per.get(key, rows.iloc[0:0]), rows], ignore_index=True)
+    return out
+
+
 def build_report(*, profile: str, tracking_uri: str, experiment: str, run_names: list[str], seeds: list[int],
                  out_dir: Path) -> list[Path]:
     """Tables 1–6, findings.md, figures and measured.json from the runs of ``seeds``."""
@@ -139,6 +154,7 @@ def build_report(*, profile: str, tracking_uri: str, experiment: str, run_names:
             staged += write_figures(run_curves, stage)
             staged += write_diagnostic_figures(records, run_curves, stage)
             staged += write_table6_figure(intervals["table6"], stage)
+            staged += write_mechanism_figure(mechanism_curves(tracking_uri, selected), stage)
         io.write_json(stage / "measured.json", {
             "profile": profile, "experiment": experiment, "seeds": seeds, "runs": measured, "run_info": info,
             "per_seed": {run: {str(s): m for s, m in rec.metrics.items()} for run, rec in records.items()}})

@@ -188,3 +188,27 @@ def write_table6_figure(intervals: Mapping[str, RowIntervals], out_dir: Path) ->
     ax.legend(fontsize=7)
     fig.tight_layout()
     return [_save(fig, Path(out_dir) / "figures" / "table6.png")]
+
+
+def write_mechanism_figure(curves: Mapping[str, Mapping[str, pd.DataFrame]], out_dir: Path) -> list[Path]:
+    """``figures/mechanism.png``: per epoch, each mechanism diagnostic (one panel each: positive pixels,
+    non-positive ground-truth locations, left/right separation, joint error) of the HRNet-W32 COCO runs,
+    one line per loss (mean over seeds); nothing when no run logged them."""
+    from .verdict import MECHANISM
+
+    keys = [(k, what) for k, what in MECHANISM if any(k in per for per in curves.values())]
+    if not keys:
+        return []
+    fig, axes = _grid(len(keys), w=4.8, h=3.4)
+    for ax, (key, what) in zip(axes.flat, keys):
+        for i, (run, per) in enumerate(sorted(curves.items())):
+            if key in per:
+                mean = per[key].groupby("epoch")["value"].mean()
+                ax.plot(mean.index, mean.values, marker="o", markersize=3, color=f"C{i}",
+                        label=run.removeprefix("coco_hrnet_w32_"))
+        ax.set_title(what, fontsize=8)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    return [_save(fig, Path(out_dir) / "figures" / "mechanism.png")]

@@ -43,6 +43,10 @@ MECHANISM = (("val_gt_nonpos_share", "share of ground-truth joint locations with
              ("val_joint_err", "median joint error (heatmap px)"))
 
 
+#: the runs whose per-epoch diagnostics figures/mechanism.png draws: HRNet-W32 COCO, one per loss
+MECHANISM_RUNS = tuple(f"coco_hrnet_w32_{v}" for v in ("mse", "hdm", "hdmexact", "hdmsoft", "integral"))
+
+
 @dataclass(frozen=True)
 class Pair:
     """One paired difference ``run − baseline`` on ``dataset``'s validation split."""
