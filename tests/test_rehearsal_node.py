@@ -39,6 +39,7 @@ def _scratch_rehearsal(params: dict) -> None:
     prof["data"]["synthetic"] = SYNTHETIC
     prof["archs"]["hrformer_base"]["model"] = {"pretrained": False, "weights": None}
     params["runs"] = {RUN: params["runs"][RUN]}
+    params.pop("verdict", None)  # its fine-tune runs start from main runs left out here
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from pipeline.config import load_params, resolve_run, validate_params
 ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENT = "hdm-benchmark-smoke"
 RUNS = {
-    "coco_hrnet_w32_integral": {"dataset": "coco", "arch": "hrnet_w32", "loss": "integral"},
+    "coco_hrnet_w32_integral_smoke": {"dataset": "coco", "arch": "hrnet_w32", "loss": "integral"},
     "coco_hrnet_w32_hdm_softmax": {"dataset": "coco", "arch": "hrnet_w32", "loss": "hdm",
                                    "hdm": {"suppliers": "softmax", "iterations": 50}},
     "coco_hrnet_w32_mse_hdm": {"dataset": "coco", "arch": "hrnet_w32", "loss": "mse_hdm", "alpha": 0.1,
