@@ -25,7 +25,7 @@ def test_pair_delta_is_paired_by_seed_and_worded_by_its_interval():
     iv = t_interval(diffs)
     want = f"{iv.mean * 100:+.1f} [{iv.low * 100:+.1f}, {iv.high * 100:+.1f}] (t over 3 seeds; lower)"
     assert f"coco hrnet_w32 (`coco_hrnet_w32_hdm` − `coco_hrnet_w32_mse`): {want}" in text
-    assert "of the 1 with ≥ 2 seeds, 0 resolved above 0 and 1 below 0" in text
+    assert "of the 1 with ≥ 2 seeds, 0 resolved above 0 and 1 below 0 at 95 % (before Holm" in text
     assert "(`coco_hrnet_w32_hdmsoft` − `coco_hrnet_w32_hdm`): not run" in text
 
 

@@ -180,7 +180,8 @@ def headline(deltas: Mapping[Pair, Interval | None]) -> list[str]:
         down = sum(d.high < 0 for d in seeded)
         out.append(f"- {ds.upper()} ({unit}): Δ from {lo.mean * scale:+.1f} ({lo_p.label}) to "
                    f"{hi.mean * scale:+.1f} ({hi_p.label}) over {len(got)} pairs; of the {len(seeded)} with "
-                   f"≥ 2 seeds, {up} resolved above 0 and {down} below 0.")
+                   f"≥ 2 seeds, {up} resolved above 0 and {down} below 0 at 95 % (before Holm; the lines below "
+                   "say which survive it).")
     return out
 
 
@@ -354,7 +355,7 @@ def verdict_section(records: Mapping[str, RunRecord], bootstrap: BootFn | None =
     deltas = _measured(objs, records, bootstrap)
     run = [d for d in deltas.values() if d is not None]
     lines = ["## Verdict", "",
-             f"{len(run)} of {len(deltas)} planned paired comparisons were run (the others say \"not run\": "
+             f"{len(run)} of {len(deltas)} planned paired comparisons were run (a pair not run says so: "
              "`snakemake --cores all study` and `snakemake --cores all verdict` train them). Δ = first − second "
              "run, in the tables' units (AP ×100, PCKh %), 95 % intervals.", "",
              "**Range of Δ(HDM-family − baseline) over every regime run:**", ""]
