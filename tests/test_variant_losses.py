@@ -161,3 +161,35 @@ def test_mse_hdm_is_the_sum_of_its_terms():
     for bad in (0, -1.0, math.nan, True):
         with pytest.raises(ValueError, match="alpha"):
             MSEHDMLoss(hdm, alpha=bad)
+
+
+# ------------------------------------------------------------------------------ per-sample losses
+def _per_sample_case() -> tuple[torch.Tensor, ...]:
+    """Four people, 3 joints on 6x5 heatmaps: one with an unweighted joint (NaN dot), one whose first
+    heatmap has no positive pixel (a dead joint under Eq. 3), one with no weighted joint at all."""
+    g = torch.Generator().manual_seed(3)
+    heat = torch.randn(4, 3, 6, 5, generator=g, dtype=torch.float64)
+    heat[2, 0] = -torch.rand(6, 5, generator=g, dtype=torch.float64)
+    kp = torch.rand(4, 3, 2, generator=g, dtype=torch.float64) * torch.tensor([3.9, 4.9], dtype=torch.float64)
+    w = torch.ones(4, 3, dtype=torch.float64)
+    w[1, 2], kp[1, 2] = 0.0, float("nan")
+    w[3] = 0.0
+    target = torch.rand(4, 3, 6, 5, generator=g, dtype=torch.float64)
+    return heat, target, kp, w
+
+
+@pytest.mark.parametrize("name", ["mse", "hdm_relu", "hdm_softmax", "integral", "mse_hdm"])
+def test_per_sample_loss_is_each_person_alone(name):
+    """One batched call gives what a batch of each person alone gives (the evaluation's per-person
+    losses come from the batched call)."""
+    heat, target, kp, w = _per_sample_case()
+    hdm = HDMLoss(epsilon=1.0, iterations=500, dead_joints="softmax",
+                  suppliers="softmax" if name == "hdm_softmax" else "relu")
+    crit, fields = {"mse": (JointsMSELoss(), (target,)), "hdm_relu": (hdm, (kp,)), "hdm_softmax": (hdm, (kp,)),
+                    "integral": (IntegralL1Loss(), (kp,)),
+                    "mse_hdm": (MSEHDMLoss(hdm, alpha=0.01), (target, kp))}[name]
+    batched = crit.per_sample(heat, *fields, w)
+    assert batched.shape == (4,)
+    alone = torch.stack([crit(heat[i:i + 1], *(f[i:i + 1] for f in fields), w[i:i + 1]) for i in range(4)])
+    torch.testing.assert_close(batched, alone, rtol=1e-6, atol=1e-9)
+    assert float(batched[3]) == 0.0

@@ -36,11 +36,6 @@ def wants_convergence(cfg: dict[str, Any]) -> bool:
     return cfg["loss"] == "hdm" and builders.with_hdm_defaults(cfg["hdm"]).get("demanders") == "subpixel"
 
 
-def _person(batch: dict[str, Any], i: int) -> dict[str, Any]:
-    """A one-person batch: every tensor field sliced to ``[i:i+1]`` (whatever fields the loss reads)."""
-    return {k: (v[i:i + 1] if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
-
-
 class ValCollector:
     """``on_batch`` hook: per person the loss on its own, the decoded raw heatmaps, the crop's ground
     truth; the first ``keep_people`` people's heatmaps when the convergence is to be measured."""
@@ -61,11 +56,10 @@ class ValCollector:
 
     def __call__(self, batch: dict[str, Any], heat: torch.Tensor) -> None:
         weight = batch["weight"]
-        for i in range(len(heat)):
-            if float(weight[i].sum()) > 0:
-                self.loss.append(float(compute_loss(self.crit, heat[i:i + 1], _person(batch, i), self.cfg, self.dev)))
-            else:
-                self.loss.append(float("nan"))
+        with torch.no_grad():
+            per_person = compute_loss(self.crit, heat, batch, self.cfg, self.dev, per_sample=True)
+        per_person = per_person.double().cpu().numpy()
+        self.loss.extend(np.where(weight.reshape(len(heat), -1).sum(1).numpy() > 0, per_person, np.nan).tolist())
         heat_cpu = heat.cpu()
         xy, _ = self.codec.decode(heat_cpu)
         self.coords.append(np.asarray(xy, dtype=np.float64))

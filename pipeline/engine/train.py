@@ -325,17 +325,20 @@ def _step(net, crit, batch, cfg, dev, amp_dtype: torch.dtype | None = None) -> t
     return compute_loss(crit, out, batch, cfg, dev)
 
 
-def compute_loss(crit, out: torch.Tensor, batch: dict[str, Any], cfg: dict[str, Any], dev: torch.device
-                 ) -> torch.Tensor:
+def compute_loss(crit, out: torch.Tensor, batch: dict[str, Any], cfg: dict[str, Any], dev: torch.device,
+                 per_sample: bool = False) -> torch.Tensor:
     """The criterion on a batch's network output: the one place that says which part of the batch each
     loss reads (MSE: the Gaussian target heatmaps; MSE + alpha × HDM: the targets and the dots; HDM and
-    integral regression: the dots), for training and evaluation."""
+    integral regression: the dots), for training and evaluation. ``per_sample``: ``[B]``, each sample's
+    loss as a batch of that sample alone would give it (the criterion's ``per_sample``)."""
     weight = batch["weight"].to(dev)
     if cfg["loss"] == "mse":
-        return crit(out, batch["target"].to(dev), weight)
-    if cfg["loss"] == "mse_hdm":
-        return crit(out, batch["target"].to(dev), batch["keypoints"].to(dev), weight)
-    return crit(out, batch["keypoints"].to(dev), weight)
+        args = (out, batch["target"].to(dev), weight)
+    elif cfg["loss"] == "mse_hdm":
+        args = (out, batch["target"].to(dev), batch["keypoints"].to(dev), weight)
+    else:
+        args = (out, batch["keypoints"].to(dev), weight)
+    return crit.per_sample(*args) if per_sample else crit(*args)
 
 
 def train_step(net, crit, opt, scaler: torch.amp.GradScaler, batch, cfg, dev,

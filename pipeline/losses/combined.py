@@ -39,3 +39,8 @@ class MSEHDMLoss(nn.Module):
     def forward(self, heatmaps: Tensor, targets: Tensor, keypoints: Tensor, weights: Tensor) -> Tensor:
         """``heatmaps``, ``targets`` ``[B, K, H, W]``; ``keypoints [B, K, 2]`` heatmap pixels; ``weights [B, K]``."""
         return self.mse(heatmaps, targets, weights) + self.alpha * self.hdm(heatmaps, keypoints, weights)
+
+    def per_sample(self, heatmaps: Tensor, targets: Tensor, keypoints: Tensor, weights: Tensor) -> Tensor:
+        """``[B]``: each sample's loss, what a batch of that sample alone gives."""
+        return self.mse.per_sample(heatmaps, targets, weights) \
+            + self.alpha * self.hdm.per_sample(heatmaps, keypoints, weights)

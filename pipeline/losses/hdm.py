@@ -129,7 +129,21 @@ class HDMLoss(nn.Module):
                 f"suppliers={self.suppliers!r}")
 
     def forward(self, heatmaps: Tensor, keypoints: Tensor, weights: Tensor) -> Tensor:
-        """``heatmaps [B, K, H, W]``, ``keypoints [B, K, 2]`` as ``(x, y)`` heatmap pixels, ``weights [B, K]``
+        """The loss reduced as ``reduction`` says; arguments as :meth:`weighted_per_joint`."""
+        out = self.weighted_per_joint(heatmaps, keypoints, weights)
+        if self.reduction == "none":
+            return out
+        if self.reduction == "sum":
+            return out.sum()
+        return out.sum(1).mean()
+
+    def per_sample(self, heatmaps: Tensor, keypoints: Tensor, weights: Tensor) -> Tensor:
+        """``[B]``: each sample's loss, what a batch of that sample alone gives with ``"mean"``; one
+        batched solve for many people (the evaluation's per-person losses)."""
+        return self.weighted_per_joint(heatmaps, keypoints, weights).sum(1)
+
+    def weighted_per_joint(self, heatmaps: Tensor, keypoints: Tensor, weights: Tensor) -> Tensor:
+        """``[B, K]`` weighted per-joint costs of ``heatmaps [B, K, H, W]``, ``keypoints [B, K, 2]`` as ``(x, y)`` heatmap pixels, ``weights [B, K]``
         (``[B, K, 1]`` is accepted too).
 
         Joints with weight 0 are removed before any arithmetic, so their keypoints may be
@@ -170,12 +184,7 @@ class HDMLoss(nn.Module):
                 per_joint = self._relu_per_joint(h_used, kp_used, w_used, height, width)
 
             out = out.index_copy(0, idx, per_joint * w_used)
-        out = out.reshape(bsz, k)
-        if self.reduction == "none":
-            return out
-        if self.reduction == "sum":
-            return out.sum()
-        return out.sum(1).mean()
+        return out.reshape(bsz, k)
 
     def _relu_per_joint(self, h: Tensor, kp: Tensor, w: Tensor, height: int, width: int) -> Tensor:
         """Eq. 3 suppliers; weighted joints with no positive pixel are counted in ``last_dead_joints``

@@ -32,8 +32,21 @@ class IntegralL1Loss(nn.Module):
         self.reduction = reduction
 
     def forward(self, heatmaps: Tensor, keypoints: Tensor, weights: Tensor) -> Tensor:
-        """``heatmaps [B, K, H, W]``, ``keypoints [B, K, 2]`` as ``(x, y)`` heatmap pixels, ``weights [B, K]``
-        (or ``[B, K, 1]``)."""
+        """The loss reduced as ``reduction`` says; arguments as :meth:`weighted_per_joint`."""
+        out = self.weighted_per_joint(heatmaps, keypoints, weights)
+        if self.reduction == "none":
+            return out
+        if self.reduction == "sum":
+            return out.sum()
+        return out.sum(1).mean()
+
+    def per_sample(self, heatmaps: Tensor, keypoints: Tensor, weights: Tensor) -> Tensor:
+        """``[B]``: each sample's loss, what a batch of that sample alone gives with ``"mean"``."""
+        return self.weighted_per_joint(heatmaps, keypoints, weights).sum(1)
+
+    def weighted_per_joint(self, heatmaps: Tensor, keypoints: Tensor, weights: Tensor) -> Tensor:
+        """``[B, K]`` weighted L1 errors of ``heatmaps [B, K, H, W]``, ``keypoints [B, K, 2]`` as ``(x, y)``
+        heatmap pixels, ``weights [B, K]`` (or ``[B, K, 1]``)."""
         if heatmaps.dim() != 4:
             raise ValueError(f"heatmaps must be [B, K, H, W], got shape {tuple(heatmaps.shape)}")
         bsz, k = heatmaps.shape[:2]
@@ -47,9 +60,4 @@ class IntegralL1Loss(nn.Module):
         kp = torch.where(used[..., None], keypoints.to(device=xy.device, dtype=xy.dtype), torch.zeros_like(xy))
         if not bool(torch.isfinite(kp).all()):
             raise ValueError("keypoints must be finite for joints with nonzero weight")
-        out = torch.where(used, (xy - kp).abs().sum(-1) * w, torch.zeros_like(w))
-        if self.reduction == "none":
-            return out
-        if self.reduction == "sum":
-            return out.sum()
-        return out.sum(1).mean()
+        return torch.where(used, (xy - kp).abs().sum(-1) * w, torch.zeros_like(w))

@@ -18,6 +18,15 @@ class JointsMSELoss(nn.Module):
 
     def forward(self, heatmaps: Tensor, targets: Tensor, weights: Tensor) -> Tensor:
         """``heatmaps``, ``targets``: ``[B, K, H, W]``; ``weights``: ``[B, K]`` (or ``[B, K, 1]``)."""
+        # mean over batch and pixels per joint, then mean over joints == global mean
+        return self._squared_error(heatmaps, targets, weights).mean()
+
+    def per_sample(self, heatmaps: Tensor, targets: Tensor, weights: Tensor) -> Tensor:
+        """``[B]``: each sample's loss, what a batch of that sample alone gives."""
+        return self._squared_error(heatmaps, targets, weights).mean(dim=(1, 2))
+
+    def _squared_error(self, heatmaps: Tensor, targets: Tensor, weights: Tensor) -> Tensor:
+        """``[B, K, H*W]``: half the squared error per pixel, both sides weighted per joint."""
         if heatmaps.shape != targets.shape or heatmaps.dim() != 4:
             raise ValueError(f"heatmaps and targets must both be [B, K, H, W], got "
                              f"{tuple(heatmaps.shape)} and {tuple(targets.shape)}")
@@ -27,5 +36,4 @@ class JointsMSELoss(nn.Module):
         if self.use_target_weight:
             w = weights.reshape(bsz, k, 1).to(pred.dtype)
             pred, gt = pred * w, gt * w
-        # mean over batch and pixels per joint, then mean over joints == global mean
-        return 0.5 * ((pred - gt) ** 2).mean(dim=(0, 2)).mean()
+        return 0.5 * (pred - gt) ** 2
