@@ -429,7 +429,8 @@ def resolve_run(params: dict[str, Any], run: str, profile: str | None = None,
     A run's ``heatmap_stride`` sets ``data.heatmap_size`` to ``input_size / stride`` and the model's
     ``output_stride``; runs without it resolve exactly as before the key existed (same dict, same
     JSON), so their Snakemake ``run_config`` and MLflow params do not change. The same holds for the
-    other optional run keys: ``sigma`` (replaces ``data.sigma``), ``alpha`` (loss mse_hdm) and
+    other optional run keys: ``sigma`` (replaces ``data.sigma``), ``augment`` (replaces the dataset's
+    augmentation keys), ``alpha`` (loss mse_hdm) and
     ``init_from`` (the run whose trained weights of the same seed this run starts from) appear only in
     the configs of runs that set them."""
     profile = profile or params["profile"]
@@ -454,6 +455,7 @@ def resolve_run(params: dict[str, Any], run: str, profile: str | None = None,
         model["output_stride"] = stride
     if "sigma" in spec:  # heatmap pixels, as data.sigma: stride-2/1 runs scale it with the heatmap
         data["sigma"] = spec["sigma"]
+    data.update(spec.get("augment") or {})  # the training augmentation, re-selected on the tune split
     return {
         "name": run,
         "profile": profile,

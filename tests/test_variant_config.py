@@ -48,7 +48,7 @@ def _refused(params, name: str, spec: dict, where: str = "study") -> str:
 def test_runs_without_the_new_keys_resolve_as_before(params):
     specs = params["runs"] | params["study"]["runs"]
     plain = [r for r in run_names(params, study=True)
-             if not {"sigma", "alpha", "init_from", "split"} & set(specs[r])
+             if not {"sigma", "alpha", "init_from", "split", "augment"} & set(specs[r])
              and "suppliers" not in (specs[r].get("hdm") or {}) and specs[r].get("heatmap_stride", 4) in (4, 8)]
     assert "coco_hrnet_w32_hdm" in plain and "coco_hrnet_w32_hdmsoft" not in plain
     for run in plain:
@@ -94,6 +94,8 @@ def test_new_losses_and_keys_resolve_only_where_set(params):
     ({"loss": "hdm", "alpha": 1.0}, "alpha", "only for loss mse_hdm"),
     ({"loss": "mse_hdm", "alpha": 0}, "alpha", "0 is less than or equal to the minimum"),
     ({"loss": "integral", "sigma": -1.0}, "sigma", "less than or equal to the minimum"),
+    ({"loss": "mse", "augment": {"rot_prob": 2}}, "augment.rot_prob", "greater than the maximum"),
+    ({"loss": "mse", "augment": {"sigma": 2.0}}, "augment.sigma", "unknown key (allowed: flip, half_body_prob"),
     ({"loss": "mse", "heatmap_stride": 3}, "heatmap_stride", "is not one of [1, 2, 4, 8]"),
     ({"loss": "hdm", "hdm": {"suppliers": "sigmoid"}}, "hdm.suppliers", "is not one of ['relu', 'softmax']"),
     ({"loss": "mse", "init_from": "nope"}, "init_from", "'nope' is not a run of params.yaml"),
@@ -105,6 +107,17 @@ def test_new_losses_and_keys_resolve_only_where_set(params):
 def test_a_bad_variant_key_is_one_line_naming_it(params, spec, where, what):
     msg = _refused(params, "coco_hrnet_w32_new", {"dataset": "coco", "arch": "hrnet_w32", **spec})
     assert msg.startswith(f"params.yaml: study.runs.coco_hrnet_w32_new.{where}: ") and what in msg, msg
+
+
+def test_augment_replaces_only_the_named_augmentation_keys(params):
+    p = _with_run(params, "tune_coco_hrnet_w32_mse_aug", {"dataset": "coco", "arch": "hrnet_w32", "loss": "mse",
+                                                          "split": "tune", "augment": {"rot_prob": 0.6,
+                                                                                       "scale_factor": 0.35}})
+    cfg, base = resolve_run(p, "tune_coco_hrnet_w32_mse_aug", "demo"), resolve_run(p, "coco_hrnet_w32_mse", "demo")
+    assert cfg["data"]["rot_prob"] == 0.6 and cfg["data"]["scale_factor"] == 0.35
+    assert {k: v for k, v in cfg["data"].items() if k not in ("rot_prob", "scale_factor")} == \
+        {k: v for k, v in base["data"].items() if k not in ("rot_prob", "scale_factor")}
+    assert "augment" not in cfg
 
 
 def test_init_from_checks_cycles_and_main_runs(params):

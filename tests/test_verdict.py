@@ -94,13 +94,14 @@ def test_tuned_pairs_follow_the_tune_winners():
 
     base = "tune_coco_hrnet_w32"
     recs = dict([tune(f"{base}_mse_lr_3e_3", 0.24), tune(f"{base}_mse_lr_1e_2", 0.19),
-                 tune(f"{base}_mse_sigma_1p5", 0.29), tune(f"{base}_hdm_lr_3e_3", 0.02),
+                 tune(f"{base}_mse_sigma_1p0", 0.29), tune(f"{base}_hdm_lr_3e_3", 0.02),
                  tune(f"{base}_hdm_lr_1e_3", 0.01), tune(f"{base}_integral_lr_1e_2", 0.34),
                  tune(f"{base}_integral_lr_3e_3", 0.29)])
     pairs = {p.label: (p.run, p.baseline) for p in tuned_pairs(recs)}
-    # MSE: lr 0.003 (default) and σ 1.5 won -> the σ run; HDM: the default lr -> the plain run
-    assert pairs["tuned: hdm − MSE"] == ("coco_hrnet_w32_hdm", "coco_hrnet_w32_mse_sigma_1p5")
-    assert pairs["tuned: integral − MSE"] == ("coco_hrnet_w32_integral_lr_1e_2", "coco_hrnet_w32_mse_sigma_1p5")
+    # MSE: lr 0.003 (default) and σ 1.0 (not the profile's 1.5) won -> the σ run; HDM: the default lr ->
+    # the plain run
+    assert pairs["tuned: hdm − MSE"] == ("coco_hrnet_w32_hdm", "coco_hrnet_w32_mse_sigma_1p0")
+    assert pairs["tuned: integral − MSE"] == ("coco_hrnet_w32_integral_lr_1e_2", "coco_hrnet_w32_mse_sigma_1p0")
     assert any("tuning not run" in label for label in pairs)  # hdmsoft has no tune runs here
 
 
@@ -137,7 +138,7 @@ def test_refinement_lines_carry_ap75_and_joint_error_and_exact_lines_the_dead_ra
             rec.metrics[seed] = {"coco_val.AP": ap + d, "coco_val.AP75": ap75 + d, "diag.median_err": err + d}
         recs[name] = rec
     text = "\n".join(verdict_section(recs))
-    line = next(x for x in text.splitlines() if x.startswith("- fine-tune: hdm − MSE"))
+    line = next(x for x in text.splitlines() if x.startswith("- coco hrnet_w32: fine-tune hdm − MSE"))
     assert "; AP75 24.0 vs 20.0, Δ +4.0 [+4.0, +4.0] (t over 3 seeds; higher)" in line
     assert "; median joint error px 1.0 vs 1.2, Δ -0.2 [-0.2, -0.2] (t over 3 seeds; lower)" in line
     exact = next(x for x in text.splitlines() if x.startswith("- coco hrnet_w32: exact − project"))

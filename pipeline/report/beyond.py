@@ -130,9 +130,8 @@ def _t6_rows(stride: int) -> tuple[PaperRow, ...]:
     rows = [_t6("MSE (Gaussian targets)", stride, mse),
             _t6("MSE + DARK decoding", stride, dark, mse),
             _t6("HDM, ε = 1 heatmap px", stride, hdm, dark),
-            _t6("HDM, softmax suppliers", stride, w32_run(stride, "hdmsoft"), dark)]
-    if stride >= 4:
-        rows.append(_t6("HDM, ε = 1 input px", stride, w32_run(stride, "hdm_epsin"), hdm))
+            _t6("HDM, softmax suppliers", stride, w32_run(stride, "hdmsoft"), dark),
+            _t6("HDM, ε = 1 input px", stride, w32_run(stride, "hdm_epsin"), hdm)]
     return tuple(rows)
 
 

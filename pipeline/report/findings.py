@@ -24,7 +24,7 @@ from ..metrics.diagnostics import COLLAPSE_RATIO
 from ..metrics.uncertainty import Interval, holm, t_interval_pvalue
 from . import consistency as cons
 from .aggregate import BootFn, RowIntervals, RunRecord, contrast_interval, mean_metrics, pair_interval, seed_noise
-from .beyond import DARK, UDP_RUNS, variant_run
+from .beyond import DARK, T6_STRIDES, UDP_RUNS, variant_run
 from .beyond import w32_run as _w32
 from .paper_numbers import TABLES, PaperTable
 from .verdict import verdict_section
@@ -353,7 +353,7 @@ def optimum_text(path: Path = HDM_OPTIMUM) -> str:
 def _epsilon_section(records: Mapping[str, RunRecord], bootstrap: BootFn | None, family: Family,
                      optimum: Path = HDM_OPTIMUM) -> list[str]:
     out = ["### HDM's ε units (Table 6)", "", optimum_text(optimum), "", "Trained:", ""]
-    for stride in (4, 8):
+    for stride in T6_STRIDES:
         run, base = _w32(stride, "hdm_epsin"), _w32(stride, "hdm")
         out.append(_coco_line(f"stride {stride}: {run} − {base}", run, base, records, bootstrap, family))
     return out + [""]

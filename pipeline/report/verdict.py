@@ -104,15 +104,18 @@ def objections(records: Mapping[str, RunRecord] | None = None) -> list[tuple[str
          [Pair(f"{ds} {a}: {v} − MSE + DARK", _name(ds, a, v), variant_run(_name(ds, a, "mse"), DARK), ds, True)
           for ds, a in sets for v in ("hdm", "hdmsoft")]),
         ("Heatmap resolution", "HRNet-W32 COCO at heatmap strides 8, 4, 2 and 1 (bilinear upsampling before "
-         "the head; σ scaled with the heatmap size below stride 4).",
+         "the head; σ scaled with the heatmap size below stride 4); HDM's ε in input instead of heatmap pixels.",
          [Pair(f"stride {s}: {v} − MSE", _w32(v, s), _w32("mse", s), "coco", True)
-          for s in (8, 4, 2, 1) for v in ("hdm", "hdmsoft")]),
+          for s in (8, 4, 2, 1) for v in ("hdm", "hdmsoft")]
+         + [Pair(f"stride {s}: ε input − ε heatmap px", _w32("hdm_epsin", s), _w32("hdm", s), "coco")
+            for s in (8, 4, 2, 1)]),
         ("Hyperparameters chosen for MSE", "each loss at the lr that won on the tune split (never val), against "
          "MSE at its tune-winning lr and σ (HRNet-W32 COCO).", tuned_pairs(records or {})),
         ("Learning from an early network", "fine-tuning each converged MSE run with HDM against fine-tuning "
          "it with MSE for the same epochs and lr (the paper's sub-pixel claim, isolated).",
-         [Pair(f"fine-tune: {v} − MSE", _w32(f"ft_{v}"), _w32("ft_mse"), "coco", True, SUBPIXEL)
-          for v in ("hdm", "hdmsoft")]),
+         [Pair(f"{ds} {a}: fine-tune {v} − MSE", _name(ds, a, f"ft_{v}"), _name(ds, a, "ft_mse"), ds, True,
+               SUBPIXEL if ds == "coco" else ())
+          for ds, a in sets for v in ("hdm", "hdmsoft")]),
         ("HDM as an auxiliary term", "MSE + α·HDM from the start (α chosen on the tune split) against MSE.",
          [Pair("MSE + α·HDM − MSE", _w32("msehdm"), _w32("mse"), "coco", True)]),
     ]
@@ -257,22 +260,28 @@ def three_way(records: Mapping[str, RunRecord]) -> list[str]:
 
 _TUNE = "tune_coco_hrnet_w32"
 #: The tuning budget on the tune split (HRNet-W32 COCO, params.yaml verdict.runs): knob -> loss ->
-#: [(setting, run)]. The default setting's run (lr 0.003, batch 8, σ 1) appears under every knob.
+#: [(setting, run)]. The default setting's run (lr 0.003, batch 8, σ 1.5, the profile's augmentation) appears
+#: under every knob.
 TUNING: dict[str, dict[str, list[tuple[str, str]]]] = {
-    "lr": {v: [(lr, f"{_TUNE}_{v}_lr_{tag}") for lr, tag in (("0.001", "1e_3"), ("0.003", "3e_3"), ("0.01", "1e_2"))]
+    "lr": {v: [(lr, f"{_TUNE}_{v}_lr_{tag}") for lr, tag in (("0.001", "1e_3"), ("0.003", "3e_3"), ("0.01", "1e_2"))
+               + ((("0.03", "3e_2"),) if v == "integral" else ())]
            for v in ("mse", "hdm", "hdmsoft", "integral")},
     "batch size": {v: [("8", f"{_TUNE}_{v}_lr_3e_3"), ("16", f"{_TUNE}_{v}_bs16")] for v in ("mse", "hdm")},
     "σ (heatmap px)": {"mse": [(sig, f"{_TUNE}_mse_{tag}") for sig, tag in
-                               (("0.75", "sigma_0p75"), ("1.0", "lr_3e_3"), ("1.5", "sigma_1p5"), ("2.0", "sigma_2p0"))]},
-    "α of MSE + α·HDM": {"msehdm": [(a, f"{_TUNE}_msehdm_a_{a.replace('-', '_')}") for a in ("1e-5", "1e-4", "1e-3")]},
+                               (("0.75", "sigma_0p75"), ("1.0", "sigma_1p0"), ("1.5", "lr_3e_3"), ("2.0", "sigma_2p0"))]},
+    "augmentation": {v: [("the profile's (scale 0.15, no rotation)", f"{_TUNE}_{v}_lr_3e_3"),
+                         ("+ rotation 30° with p 0.6", f"{_TUNE}_{v}_aug_rot"),
+                         ("HRNet's COCO mix", f"{_TUNE}_{v}_aug_hrnet")] for v in ("mse", "hdm", "hdmsoft")},
+    "α of MSE + α·HDM": {"msehdm": [(a, f"{_TUNE}_msehdm_a_{a.replace('-', '_')}")
+                                    for a in ("1e-6", "1e-5", "1e-4", "1e-3")]},
 }
 
 
 #: The train-split run of a tuned setting: (knob, setting) -> run-name suffix; the default setting is the
-#: plain run (params.yaml's demo values: lr 0.003, σ 1.0).
-_DEFAULTS = {"lr": "0.003", "σ (heatmap px)": "1.0"}
-_SUFFIX = {"lr": {"0.001": "lr_1e_3", "0.01": "lr_1e_2"}, "σ (heatmap px)": {"0.75": "sigma_0p75", "1.5": "sigma_1p5",
-                                                                                "2.0": "sigma_2p0"}}
+#: plain run (params.yaml's demo values: lr 0.003, σ 1.5).
+_DEFAULTS = {"lr": "0.003", "σ (heatmap px)": "1.5"}
+_SUFFIX = {"lr": {"0.001": "lr_1e_3", "0.01": "lr_1e_2", "0.03": "lr_3e_2"},
+           "σ (heatmap px)": {"0.75": "sigma_0p75", "1.0": "sigma_1p0", "2.0": "sigma_2p0"}}
 
 
 def winners(records: Mapping[str, RunRecord]) -> dict[tuple[str, str], str]:
