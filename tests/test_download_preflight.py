@@ -164,15 +164,21 @@ def test_an_announced_sha256_other_than_the_pin_stops_before_the_body(serve, tmp
 
 
 def test_matching_announcements_and_md5_headers_let_the_download_through(serve, tmp_path):
-    """No false refusal: the right size and sha256, MD5 headers (nothing pinned to compare them with),
-    and a Content-Digest of a 206 (the bytes of the response, not the file) are all let through."""
-    (tmp_path / "val2017.zip.part").write_bytes(BODY[:PREFIX])
+    """No false refusal: the right size and sha256, and MD5 headers (nothing pinned to compare them with)."""
     httpd = serve(extra=lambda status: {
         "Repr-Digest": f"sha-256=:{_b64(SHA)}:", "Content-MD5": _b64(hashlib.md5(b"x").hexdigest()),
-        "x-goog-hash": "crc32c=AAAAAA==,md5=AAAAAAAAAAAAAAAAAAAAAA==",
-        "Content-Digest": f"sha-256=:{_b64(hashlib.sha256(BODY[PREFIX:]).hexdigest())}:"})
+        "x-goog-hash": "crc32c=AAAAAA==,md5=AAAAAAAAAAAAAAAAAAAAAA=="})
     out = _fetch(httpd, tmp_path, sha256=SHA)
     assert out.read_bytes() == BODY
+    assert httpd.served == len(BODY)  # type: ignore[attr-defined]
+
+
+def test_the_content_digest_of_a_resumed_download_is_not_the_files(serve, tmp_path):
+    """A 206's Content-Digest hashes the bytes of that answer (the rest of the file): not compared."""
+    (tmp_path / "val2017.zip.part").write_bytes(BODY[:PREFIX])
+    rest = hashlib.sha256(BODY[PREFIX:]).hexdigest()
+    httpd = serve(extra=lambda status: {"Content-Digest": f"sha-256=:{_b64(rest)}:"})
+    assert _fetch(httpd, tmp_path, sha256=SHA).read_bytes() == BODY
     assert httpd.served == len(BODY) - PREFIX  # type: ignore[attr-defined]
 
 
