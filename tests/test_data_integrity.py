@@ -70,7 +70,6 @@ def test_scoring_refuses_ground_truth_with_a_repeated_annotation_id(tmp_path):
 
 @pytest.mark.parametrize("field, index, value, shown", [
     ("images", 1, {"id": 1}, "image id 1 occurs 2 times"),
-    ("images", 2, {"file_name": "000000000001.jpg"}, "image file_name '000000000001.jpg' occurs 2 times"),
     ("categories", None, [{"id": 1}, {"id": 1}], "category id 1 occurs 2 times"),
 ])
 def test_scoring_refuses_ground_truth_with_other_repeated_ids(tmp_path, field, index, value, shown):
@@ -81,6 +80,13 @@ def test_scoring_refuses_ground_truth_with_other_repeated_ids(tmp_path, field, i
         gt[field][index].update(value)
     gt_file = _write(tmp_path / "gt.json", gt)
     _error(lambda: coco_metrics.evaluate_keypoints(gt_file, []), str(gt_file), shown)
+
+
+def test_scoring_accepts_two_image_ids_of_one_file(tmp_path):
+    """Scoring reads no image: an image-bootstrap copy of an image keeps the file name under a new id."""
+    gt = _coco()
+    gt["images"][2]["file_name"] = gt["images"][0]["file_name"]
+    assert coco_metrics.evaluate_keypoints(_write(tmp_path / "gt.json", gt), [])["AP"] == 0.0
 
 
 # ----------------------------------------------------------------------------- the readers

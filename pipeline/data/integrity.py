@@ -66,16 +66,18 @@ def _dicts(data: dict, field: str) -> list[dict]:
 _FIX = "fix the file or download it again"
 
 
-def check_coco_ids(where: str, data: Any) -> None:
+def check_coco_ids(where: str, data: Any, file_names: bool = True) -> None:
     """Image ids, image file names, annotation ids and category ids of a COCO annotation or
-    image-info file are unique (absent lists and fields are left to the readers)."""
+    image-info file are unique (absent lists and fields are left to the readers). ``file_names``:
+    False where no image is read (scoring: an image-bootstrap copy of an image keeps its file name)."""
     if not isinstance(data, dict):
         return
     images = _dicts(data, "images")
     require_unique(where, "image id", (img["id"] for img in images if "id" in img),
                    f"each image needs its own id (readers keep one entry per id); {_FIX}")
-    require_unique(where, "image file_name", (img["file_name"] for img in images if "file_name" in img),
-                   f"two image ids name one file, so people of one would be cropped from the other; {_FIX}")
+    if file_names:
+        require_unique(where, "image file_name", (img["file_name"] for img in images if "file_name" in img),
+                       f"two image ids name one file, so people of one would be cropped from the other; {_FIX}")
     require_unique(where, "annotation id", (a["id"] for a in _dicts(data, "annotations") if "id" in a),
                    "each annotation needs its own id (pycocotools indexes annotations by id and would "
                    f"score people on the wrong images); {_FIX}")

@@ -239,7 +239,7 @@ def _load_gt(gt_json: str | Path, num_joints: int):
     for i, cat in enumerate(data["categories"]):
         if not isinstance(cat, dict) or "id" not in cat:
             raise PipelineError(where, f"categories[{i}]: missing field 'id'")
-    check_coco_ids(where, data)
+    check_coco_ids(where, data, file_names=False)  # scoring reads no image: a file may serve two ids
     image_ids = {img["id"] for img in data["images"]}
     for i, ann in enumerate(data["annotations"]):
         if not isinstance(ann, dict):
