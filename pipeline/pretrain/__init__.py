@@ -6,5 +6,5 @@
 - :mod:`.weights`: writing, verifying (data stage) and loading (training) the weights files;
 - :mod:`.train`: the ``pretrain`` stage itself.
 
-README.md, "Pretrained start", explains the design.
+docs/pretrained.md explains the design.
 """

@@ -1,6 +1,6 @@
 """The pretraining images: procedural "shape scenes", a segmentation map and two image-level labels.
 
-Why this task (README, "Pretrained start"): the demo needs the analogue of ImageNet weights, i.e.
+Why this task (docs/pretrained.md, "Task"): the demo needs the analogue of ImageNet weights, i.e.
 generic low-level features learnt by a task that favours neither pose loss. Each image is a
 textured background (an oriented sinusoidal grating plus smooth colour noise), one large foreground
 shape (random kind, size, aspect, rotation, colour, position) and a few small blobs, finished with

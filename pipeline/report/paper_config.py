@@ -116,10 +116,10 @@ DEVIATIONS: dict[tuple[str, str], str] = {}
 # Settings neither reference has (the paper is silent) or that cannot change a result.
 CHOICES: dict[str, str] = {
     "hdm.dead_joints": "the paper is silent; a heatmap without a positive pixel gets the softmax transport "
-                       "cost instead of no gradient (README, 'Choices where the paper is silent')",
+                       "cost instead of no gradient (docs/beyond-the-paper.md, 'Choices where the paper is silent')",
     "hdm.epsilon_units": "the paper gives ε = 1 without units; it is read in heatmap pixels, the costs' "
-                         "units (README, 'ε units'); ε in input pixels is a study-only run beyond the paper "
-                         "(params.yaml study.runs)",
+                         "units (docs/beyond-the-paper.md, 'ε units'); ε in input pixels is a study-only run "
+                         "beyond the paper (params.yaml study.runs)",
     "hdm.center_heatmaps": "the paper is silent; HDM runs subtract each heatmap's spatial mean "
                            "(pipeline/models/heads.py): without it training from scratch switched heatmaps off",
     "model.weights": "HRFormer-B's ImageNet checkpoint is a local file the user sets (the reference's "

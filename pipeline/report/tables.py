@@ -421,7 +421,7 @@ def _footnotes(df: pd.DataFrame) -> list[str]:
     if num == 2 and (df["status"] == SUBMITTED).any():
         notes.append(f"\"{SUBMITTED}\": test-dev has no public ground truth; the run's submission zip "
                      "(results/PROFILE/eval/RUN/submission/) awaits the COCO server's scores, loaded with "
-                     "\"python -m pipeline testdev-scores\" (README, COCO test-dev).")
+                     "\"python -m pipeline testdev-scores\" (docs/paper-profile.md, 'COCO test-dev').")
     if num in (4, 5):
         notes.append("The paper prints no Δ in this table; the Δ on paper lines is computed from its numbers.")
     if df.attrs["unit"].startswith("AP"):
