@@ -10,14 +10,14 @@
 #
 # Every file the cluster writes (configs, keys, databases, logs, spool, artifacts) lies under
 # $LOCAL_CLUSTER_DIR (default /tmp/hdm-local-cluster); nothing is written to /etc or the system's
-# default data folders. Source $LOCAL_CLUSTER_DIR/env.sh to use it: SLURM_CONF (sbatch, sacct, srun)
-# and MLFLOW_TRACKING_URI. Run as root, `up` installs the Debian packages it lacks; as another user
+# default data folders. Source $LOCAL_CLUSTER_DIR/env.sh to use it: SLURM_CONF (sbatch, sacct, srun),
+# PATH (an srun that finds SLURM_CONF inside jobs) and MLFLOW_TRACKING_URI. Run as root, `up` installs the Debian packages it lacks; as another user
 # with packages missing it stops with status 2 (the tests skip on that). Every wait is bounded
 # ($LOCAL_CLUSTER_TIMEOUT s per service, default 120); a failure prints one line naming the service and
 # its log, and stops what this call had started.
 #
 # Settings (environment): LOCAL_CLUSTER_PARTITION (default: the slurm workflow profile's partition),
-# LOCAL_CLUSTER_GPUS (count-only GRES gpu on the node, default 1; 0 for none), LOCAL_CLUSTER_NICE
+# LOCAL_CLUSTER_GPUS (stand-in GPUs SLURM counts on the node, default 1; 0 for none), LOCAL_CLUSTER_NICE
 # (niceness of the daemons and so of the jobs, default 0), LOCAL_CLUSTER_PYTHON (runs mlflow, default
 # the project's .venv), ports LOCAL_CLUSTER_{SLURMCTLD,SLURMD,SLURMDBD,MARIADB,POSTGRES,MLFLOW}_PORT.
 set -euo pipefail
@@ -357,7 +357,7 @@ start_slurmd() {
     STARTED+=(slurmd)
   fi
   # a node left down or drained by an earlier run (a killed slurmd) is put back in service
-  if node_state 2>/dev/null | grep -Eq 'down|drain|fail'; then
+  if node_state 2>/dev/null | grep -Eq 'down|drain|fail|inval'; then
     scontrol update nodename="$HOST" state=resume >/dev/null 2>&1 || true
   fi
   wait_until slurmd "$LOGS/slurmd.log" node_ready

@@ -176,12 +176,15 @@ def slurm(env: dict[str, str], *cmd: str) -> None:
 def smoke_project(d: Path, experiment: str, epochs: int, **profile_changes) -> Path:
     """A smoke project copy whose main target trains RUN for ``epochs``, with TWIN (the same spec) as a
     study-only run, logging to an experiment of its own."""
+    d.mkdir(parents=True, exist_ok=True)
     copy_project(d)
     params = yaml.safe_load((d / "params.yaml").read_text())
-    spec = {"dataset": "coco", "arch": "hrnet_w32", "loss": "mse", "train": {"epochs": epochs}}
-    params.update(profile="smoke", seeds=[0], runs={RUN: spec})
+    def spec() -> dict:
+        return {"dataset": "coco", "arch": "hrnet_w32", "loss": "mse", "train": {"epochs": epochs}}
+
+    params.update(profile="smoke", seeds=[0], runs={RUN: spec()})
     params["mlflow"]["experiment"] = experiment
-    params["study"]["runs"] = {TWIN: spec}
+    params["study"]["runs"] = {TWIN: spec()}
     params["verdict"]["runs"] = {}
     params["profiles"]["smoke"].update(profile_changes)
     (d / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -190,7 +193,9 @@ def smoke_project(d: Path, experiment: str, epochs: int, **profile_changes) -> P
 
 def seconds_per_epoch(scratch: Path) -> float:
     """This machine's time for one smoke epoch of RUN (training, validation, checkpoint): three epochs
-    trained here, in this process, timed between the first checkpoint and the third."""
+    trained here, in this process, timed from the first epoch's log line to the third's."""
+    from datetime import datetime
+
     from pipeline.cli import main
 
     d = smoke_project(scratch, "calibration", 3)
@@ -199,9 +204,10 @@ def seconds_per_epoch(scratch: Path) -> float:
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{d / 'mlflow.db'}")
         for args in (["data", "--dataset", "coco"], ["mlflow-init"], ["train", "--run", RUN]):
             assert main(["--profile", "smoke", "--quiet", *args]) == 0, args
-    ckpts = d / "results/smoke/runs" / RUN / "seed0/checkpoints"
-    first, third = (ckpts / f"epoch_00{e}.pth" for e in (1, 3))
-    return max((third.stat().st_mtime - first.stat().st_mtime) / 2, 0.05)
+    log = (d / "results/smoke/runs" / RUN / "seed0/train.log").read_text()
+    stamps = [datetime.strptime(m, "%Y-%m-%d %H:%M:%S,%f")
+              for m in re.findall(r"^(\S+ \S+) INFO \S+: epoch [13]/3 ", log, re.M)]
+    return max((stamps[1] - stamps[0]).total_seconds() / 2, 0.05)
 
 
 def checkpoint_epochs(project: Path, run: str) -> list[int]:
@@ -264,8 +270,10 @@ def workflow(cluster, tmp_path_factory):
                                  "--slurm-init-seconds-before-status-checks", "2", "--slurm-keep-successful-logs",
                                  "--config", "profile=smoke"], cwd=d, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
-        # a time limit shorter than the training: 1 minute for RUN's first job
+        # a time limit shorter than the training: 1 minute for RUN's first job, given once it has a
+        # checkpoint to resume from (a job already past the minute ends at SLURM's next check, <= 30 s)
         rec.limited = wait_for("RUN's training job", lambda: running_job(env, train_comment), proc=proc)
+        wait_for("RUN's first checkpoint", lambda: last_epoch(d, RUN) >= 1, proc=proc, every=0.5)
         slurm(env, "scontrol", "update", f"JobId={rec.limited}", "TimeLimit=1")
         # the tracking server goes away while both trainings log, and comes back
         wait_for("three epochs of both trainings",
@@ -295,9 +303,7 @@ def workflow(cluster, tmp_path_factory):
                                  lambda: running_job(env, train_comment, {rec.limited, rec.cancelled}), proc=proc)
         rec.returncode = proc.wait(timeout=STEP_TIMEOUT)
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            proc.wait(timeout=120)
+        stop_workflow(proc, env, d)
     rec.seconds = time.monotonic() - started
     rec.log = log.read_text()
     rec.jobs = sacct_jobs(env, d)
@@ -305,6 +311,23 @@ def workflow(cluster, tmp_path_factory):
                                 "--config", "profile=smoke"], cwd=d, env=env, capture_output=True, text=True,
                                timeout=STEP_TIMEOUT)
     return rec
+
+
+def stop_workflow(proc: subprocess.Popen, env: dict[str, str], project: Path) -> None:
+    """After a failed wait: stop Snakemake (SIGTERM, then SIGKILL after 60 s) and cancel the project's
+    SLURM jobs that are left, so that nothing of this test runs on."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=60)
+    out = subprocess.run(["squeue", "-h", "-o", "%i|%Z"], env=env, capture_output=True, text=True, timeout=60).stdout
+    left = [i for i, workdir in (line.split("|", 1) for line in out.splitlines() if "|" in line)
+            if Path(workdir) == project]
+    if left:
+        subprocess.run(["scancel", *left], env=env, capture_output=True, timeout=60)
 
 
 def test_the_workflow_completes_through_slurm(workflow):
@@ -414,6 +437,46 @@ def test_without_the_server_a_stage_stops_with_one_line_and_the_rerun_completes(
     assert rerun.returncode == 0 and "MLflow store ready" in rerun.stdout, rerun.stderr
 
 
+# ----------------------------------------------------------------------------- the cluster itself
+def test_status_names_every_service_and_the_node_is_this_machine(cluster):
+    """``status`` reports the seven services running; the node has this machine's CPUs and memory, the
+    partition the SLURM profile asks for and one (stand-in) GPU; sacctmgr reaches slurmdbd."""
+    status = cluster_script("status", cluster, timeout=120)
+    assert status.returncode == 0, status.stdout + status.stderr
+    services = [line.split()[:2] for line in status.stdout.splitlines()]
+    assert services == [[s, "running"] for s in
+                        ("munge", "mariadb", "slurmdbd", "slurmctld", "slurmd", "postgres", "mlflow")], status.stdout
+    node = subprocess.run(["sinfo", "-h", "-N", "-o", "%P|%c|%m|%G|%T"], env=cluster, capture_output=True,
+                          text=True, check=True, timeout=60).stdout.split()[0].split("|")
+    profile = yaml.safe_load((ROOT / PROFILE_DIR / "config.yaml").read_text())
+    mem_mb = int(subprocess.run(["free", "-m"], capture_output=True, text=True).stdout.split("\n")[1].split()[1])
+    assert node[0].rstrip("*") == profile["default-resources"]["slurm_partition"], node
+    assert int(node[1]) == os.cpu_count() and int(node[2]) == mem_mb, node
+    assert node[3] == "gpu:1" and node[4] in ("idle", "mixed", "allocated"), node
+    clusters = subprocess.run(["sacctmgr", "-n", "-P", "show", "cluster", "format=cluster"], env=cluster,
+                              capture_output=True, text=True, timeout=60)
+    assert clusters.returncode == 0 and clusters.stdout.split() == ["hdmlocal"], clusters.stderr
+
+
+def test_a_job_step_reaches_the_cluster_without_slurm_conf(cluster, tmp_path):
+    """The executor's job step starts ``srun`` with SLURM_CONF removed from its environment, as here: the
+    step still finds the local cluster's configuration (env.sh's srun)."""
+    out = subprocess.run(["sbatch", "--parsable", "-t", "2", "--mem", "100", "-D", str(tmp_path), "-o", str(tmp_path / "%j.log"),
+                          "--wrap", "env -u SLURM_CONF srun -n1 echo step-ran"], env=cluster, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    job_id = out.stdout.strip().split(";")[0]
+    row = wait_for(f"job {job_id}", lambda: finished_job(cluster, tmp_path, job_id), timeout=120)
+    assert row["State"] == "COMPLETED", (row, (tmp_path / f"{job_id}.log").read_text())
+    assert (tmp_path / f"{job_id}.log").read_text().split() == ["step-ran"]
+
+
+def finished_job(env: dict[str, str], workdir: Path, job_id: str) -> dict[str, str] | None:
+    """sacct's row of job ``job_id`` once it has ended."""
+    rows = [r for r in sacct_jobs(env, workdir) if r["JobIDRaw"] == job_id]
+    return rows[0] if rows and rows[0]["State"] not in ("PENDING", "RUNNING", "COMPLETING", "REQUEUED") else None
+
+
 # ----------------------------------------------------------------------------- a GPU job
 def test_a_gpu_training_job_gets_its_gpu_cpus_memory_and_time(cluster, tmp_path):
     """A GPU training job as the SLURM profile and the executor submit it (its sbatch line built by the
@@ -449,12 +512,8 @@ def test_a_gpu_training_job_gets_its_gpu_cpus_memory_and_time(cluster, tmp_path)
     assert out.returncode == 0, out.stderr
     job_id = out.stdout.strip().split(";")[0]
 
-    def finished():
-        rows = [r for r in sacct_jobs(cluster, d) if r["JobIDRaw"] == job_id]
-        return rows[0] if rows and rows[0]["State"] not in ("PENDING", "RUNNING", "COMPLETING") else None
-
-    row = wait_for(f"GPU job {job_id}", finished, timeout=120)
-    assert row["State"] == "COMPLETED", row
+    row = wait_for(f"GPU job {job_id}", lambda: finished_job(cluster, d, job_id), timeout=120)
+    assert row["State"] == "COMPLETED" and row["Comment"] == comment, row
     alloc = tres(row["AllocTRES"])
     assert alloc["gres/gpu"] == "1" and alloc["cpu"] == "2" and alloc["mem"] == "1500M", row
     assert minutes(row["Timelimit"]) == 7, row
