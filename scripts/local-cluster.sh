@@ -268,10 +268,12 @@ EOF
 }
 
 # ------------------------------------------------------------------------------------------ services
+# Each start_<service> keeps a service that runs (waiting, bounded, until it answers: one that runs but
+# never answers is reported as such, not restarted over itself) and starts one that does not.
 munge_ok() { t munge -n -S "$MUNGE_SOCKET" | t unmunge -S "$MUNGE_SOCKET"; }
 
 start_munge() {
-  pid_alive "$RUN/munged.pid" && munge_ok >/dev/null 2>&1 && return 0
+  if pid_alive "$RUN/munged.pid"; then wait_until munge "$LOGS/munged.log" munge_ok; return 0; fi
   mkdir -p -m 755 "$RUN/munge" && mkdir -p -m 700 "$DIR/munge"
   [ -s "$DIR/munge/munge.key" ] || (umask 077 && head -c 1024 /dev/urandom >"$DIR/munge/munge.key")
   chmod 400 "$DIR/munge/munge.key"
@@ -286,7 +288,7 @@ stop_munge() { stop_pid munge "$RUN/munged.pid"; }
 mariadb_sql() { t mariadb --no-defaults -S "$MARIADB_SOCKET" -u root "$@"; }
 
 start_mariadb() {
-  pid_alive "$RUN/mariadbd.pid" && mariadb_sql -e 'SELECT 1' >/dev/null 2>&1 && return 0
+  if pid_alive "$RUN/mariadbd.pid"; then wait_until mariadb "$LOGS/mariadb.log" mariadb_sql -e 'SELECT 1'; return 0; fi
   port_open "$MARIADB_PORT" && fail mariadb "port $MARIADB_PORT is taken by another process (set LOCAL_CLUSTER_MARIADB_PORT)"
   if [ ! -d "$DIR/mariadb/mysql" ]; then
     mkdir -p "$DIR/mariadb"
@@ -312,7 +314,7 @@ stop_mariadb() { stop_pid mariadb "$RUN/mariadbd.pid"; }
 slurmdbd_ok() { t sacctmgr -n -P show cluster format=cluster; }
 
 start_slurmdbd() {
-  pid_alive "$RUN/slurmdbd.pid" && slurmdbd_ok >/dev/null 2>&1 && return 0
+  if pid_alive "$RUN/slurmdbd.pid"; then wait_until slurmdbd "$LOGS/slurmdbd.log" slurmdbd_ok; return 0; fi
   port_open "$SLURMDBD_PORT" && fail slurmdbd "port $SLURMDBD_PORT is taken by another process (set LOCAL_CLUSTER_SLURMDBD_PORT)"
   niced slurmdbd </dev/null >>"$LOGS/slurmdbd.log" 2>&1 \
     || fail slurmdbd "slurmdbd did not start ($(last_log_line "$LOGS/slurmdbd.log"); log: $LOGS/slurmdbd.log)"
@@ -337,7 +339,7 @@ stop_slurmdbd() { stop_pid slurmdbd "$RUN/slurmdbd.pid"; }
 slurmctld_ok() { t scontrol ping | grep -q UP; }
 
 start_slurmctld() {
-  pid_alive "$RUN/slurmctld.pid" && slurmctld_ok >/dev/null 2>&1 && return 0
+  if pid_alive "$RUN/slurmctld.pid"; then wait_until slurmctld "$LOGS/slurmctld.log" slurmctld_ok; return 0; fi
   port_open "$SLURMCTLD_PORT" && fail slurmctld "port $SLURMCTLD_PORT is taken by another process (set LOCAL_CLUSTER_SLURMCTLD_PORT)"
   niced slurmctld </dev/null >>"$LOGS/slurmctld.log" 2>&1 \
     || fail slurmctld "slurmctld did not start ($(last_log_line "$LOGS/slurmctld.log"); log: $LOGS/slurmctld.log)"
@@ -350,17 +352,22 @@ node_state() { t sinfo -h -N -n "$HOST" -o %T; }
 node_ready() { node_state | grep -Eq '^(idle|mixed|allocated|completing)'; }
 
 start_slurmd() {
-  if ! { pid_alive "$RUN/slurmd.pid" && node_ready >/dev/null 2>&1; }; then
+  if ! pid_alive "$RUN/slurmd.pid"; then
     port_open "$SLURMD_PORT" && fail slurmd "port $SLURMD_PORT is taken by another process (set LOCAL_CLUSTER_SLURMD_PORT)"
     niced slurmd </dev/null >>"$LOGS/slurmd.log" 2>&1 \
       || fail slurmd "slurmd did not start ($(last_log_line "$LOGS/slurmd.log"); log: $LOGS/slurmd.log)"
     STARTED+=(slurmd)
   fi
-  # a node left down or drained by an earlier run (a killed slurmd) is put back in service
+  wait_until slurmd "$LOGS/slurmd.log" node_in_service
+}
+
+node_in_service() {
+  # a node left down, drained or invalid by an earlier configuration or a killed slurmd is put back in
+  # service once slurmd has registered again (a node that still does not fit goes back to INVAL)
   if node_state 2>/dev/null | grep -Eq 'down|drain|fail|inval'; then
-    scontrol update nodename="$HOST" state=resume >/dev/null 2>&1 || true
+    t scontrol update nodename="$HOST" state=resume >/dev/null 2>&1 || true
   fi
-  wait_until slurmd "$LOGS/slurmd.log" node_ready
+  node_ready
 }
 stop_slurmd() {
   # jobs first: their processes belong to slurmd's steps
@@ -434,7 +441,7 @@ mlflow_uri() { echo "http://127.0.0.1:$MLFLOW_PORT"; }
 mlflow_ok() { t "$PYTHON" -c "import sys, urllib.request; sys.exit(urllib.request.urlopen('$(mlflow_uri)/health', timeout=5).status != 200)"; }
 
 start_mlflow() {
-  pid_alive "$RUN/mlflow.pid" && mlflow_ok >/dev/null 2>&1 && return 0
+  if pid_alive "$RUN/mlflow.pid"; then wait_until mlflow "$LOGS/mlflow.log" mlflow_ok; return 0; fi
   port_open "$MLFLOW_PORT" && fail mlflow "port $MLFLOW_PORT is taken by another process (set LOCAL_CLUSTER_MLFLOW_PORT)"
   python_requirements
   mkdir -p "$DIR/mlflow-artifacts"
@@ -470,8 +477,11 @@ up() {
   install_packages
   write_configs
   local s
-  for s in "${SERVICES[@]}"; do "start_$s"; done
-  reconfigure_if_changed
+  for s in "${SERVICES[@]}"; do
+    "start_$s"
+    # daemons kept from an earlier `up` read a changed configuration before slurmd registers
+    if [ "$s" = slurmctld ]; then reconfigure_if_changed; fi
+  done
   say "up: partition $(t sinfo -h -o %P | tr -d '*'), node $HOST ($(t sinfo -h -N -o '%c CPUs, %m MB, %G' | head -n1)), MLflow $(mlflow_uri)"
   say "use it with: source $DIR/env.sh"
 }

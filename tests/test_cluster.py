@@ -76,7 +76,8 @@ def sourced_env(base: dict[str, str]) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def cluster():
     """The running local cluster's environment (started here unless it already runs)."""
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "MLFLOW_"))}
+    # another cluster's or store's settings must not leak in (the MLflow client's retry settings may)
+    base = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_") and k != "MLFLOW_TRACKING_URI"}
     was_up = cluster_script("status", base, timeout=120).returncode == 0
     if not was_up:
         up = cluster_script("up", base)
