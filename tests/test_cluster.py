@@ -261,6 +261,9 @@ def workflow(cluster, tmp_path_factory):
     targets = ["all", f"results/smoke/eval/{TWIN}/seed0/metrics.json"]
     expected = dry_run_jobs(d, env, *targets)
     rec = SimpleNamespace(project=d, env=env, epochs=epochs, experiment=experiment, expected=expected)
+    # a copy for running a stage by hand while the workflow runs (the workflow's own store file, an input
+    # of its trainings, must keep its date)
+    by_hand = smoke_project(tmp_path_factory.mktemp("by_hand"), experiment, epochs)
     train_comment = job_comment("train", {"profile": "smoke", "run": RUN, "seed": "0"})
 
     log = d / "snakemake.log"
@@ -284,14 +287,15 @@ def workflow(cluster, tmp_path_factory):
         assert stop.returncode == 0, stop.stderr
         t0 = time.monotonic()
         rec.init_without_server = subprocess.run(
-            [sys.executable, "-m", "pipeline", "--profile", "smoke", "mlflow-init"], cwd=d, capture_output=True,
+            [sys.executable, "-m", "pipeline", "--profile", "smoke", "mlflow-init"], cwd=by_hand, capture_output=True,
             text=True, timeout=STEP_TIMEOUT, env={**env, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"})
         rec.init_without_server_s = time.monotonic() - t0
         start = cluster_script("start", env, "mlflow", timeout=STEP_TIMEOUT)
         assert start.returncode == 0, start.stderr
         rec.server_down_s = time.monotonic() - t0
         rec.init_with_server = subprocess.run([sys.executable, "-m", "pipeline", "--profile", "smoke", "mlflow-init"],
-                                              cwd=d, capture_output=True, text=True, timeout=STEP_TIMEOUT, env=env)
+                                              cwd=by_hand, capture_output=True, text=True, timeout=STEP_TIMEOUT,
+                                              env=env)
         rec.server_back_at_epoch = {r: last_epoch(d, r) for r in (RUN, TWIN)}
         # the resubmitted job resumes; once it has written a checkpoint of its own, scancel
         rec.cancelled = wait_for("RUN's resubmitted training job",
