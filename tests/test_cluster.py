@@ -56,6 +56,8 @@ TWIN = "coco_hrnet_w32_mse_twin"
 # after it started. The run trains for about TRAIN_S on this machine (epochs from a calibration).
 TRAIN_S = 100.0
 TIMING_METRICS = {"epoch_time_s", "images_per_s"}  # per-epoch values that measure time, not training
+MLFLOW_PATIENT_CLIENT = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "7", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2",
+                         "MLFLOW_HTTP_REQUEST_TIMEOUT": "120"}
 
 
 # ----------------------------------------------------------------------------- the cluster
@@ -253,7 +255,9 @@ def workflow(cluster, tmp_path_factory):
     """The smoke workflow run through SLURM, with RUN's training stopped by a time limit and the
     tracking server stopped and started while RUN and TWIN train.
     What happened on the way is recorded for the tests."""
-    env = cluster
+    # the jobs wait out the server's restart: MLflow's own patient client (7 tries, pauses doubling from
+    # 2 s: about 4 minutes for a refused connection) unless the caller sets it
+    env = {**MLFLOW_PATIENT_CLIENT, **cluster}
     per_epoch = seconds_per_epoch(tmp_path_factory.mktemp("calibration"))
     epochs = max(20, math.ceil(TRAIN_S / per_epoch))
     experiment = f"hdm-cluster-test-{uuid.uuid4().hex[:8]}"
