@@ -433,7 +433,7 @@ def test_without_the_server_a_stage_stops_with_one_line_and_the_rerun_completes(
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert res.returncode == 1, res.stderr
     assert [ln for ln in lines if ln.startswith("error:")] == lines[-1:], res.stderr
-    assert lines[-1].startswith(f"error: {uri}: "), lines[-1]
+    assert lines[-1].startswith("error: ") and uri in lines[-1], lines[-1]  # names the server
     assert "Traceback" not in res.stderr and len(lines[-1]) < 400, res.stderr
     assert workflow.init_without_server_s < 60
     rerun = workflow.init_with_server
