@@ -4,12 +4,21 @@
 #   snakemake --profile workflow/profiles/slurm --config profile=paper   # on a SLURM cluster
 # Every rule calls the same CLI as dvc.yaml: `python -m pipeline <stage>`; see workflow/rules/.
 import json
+import shlex
 import sys
+from pathlib import Path
 
 sys.path.insert(0, workflow.basedir)
-from pipeline.config import (TABLE_FILES, Paths, is_tuning_run, report_run_names, resolve_run, run_names, run_specs,
-                             seeds, validate_params)
+from pipeline.config import (TABLE_FILES, Paths, is_tuning_run, read_yaml, report_run_names, resolve_run, run_names,
+                             run_specs, seeds, validate_params)
 from pipeline.errors import PipelineError
+
+# read with the project's loader first: it refuses a file whose YAML aliases expand beyond reason,
+# which Snakemake's own loader would build and hand on
+try:
+    read_yaml(Path("params.yaml"))
+except PipelineError as exc:
+    sys.exit(f"error: {exc}")
 
 configfile: "params.yaml"
 
@@ -32,8 +41,11 @@ VERDICT_REPORT_RUNS = report_run_names(config, verdict=True)
 TUNE_RUNS = [r for r in VERDICT_RUNS if is_tuning_run(config, r)]
 SEEDS = seeds(config)                   # the main target's training seeds
 STUDY_SEEDS = seeds(config, study=True) # the study target's
-PY = sys.executable  # the interpreter running Snakemake (the project's virtualenv)
-CLI = f"{PY} -m pipeline --profile {{wildcards.profile}}"
+# The interpreter running Snakemake (the project's virtualenv), quoted for the shell: the project folder
+# that holds .venv may have spaces or shell characters in its path. Every path and wildcard a rule puts
+# into its command is quoted likewise ({log:q}, {wildcards.run:q}).
+PY = shlex.quote(sys.executable)
+CLI = f"{PY} -m pipeline --profile {{wildcards.profile:q}}"
 
 wildcard_constraints:
     profile="[A-Za-z0-9_-]+",

@@ -24,24 +24,50 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import NoReturn, Sequence
 
 from . import io
 from .config import (Paths, experiment_name, load_params, report_run_names, resolve_run, run_label, run_names,
                      seeds, tracking_uri)
-from .errors import PipelineError, Terminated
+from .errors import PipelineError, Terminated, shorten
 from .termination import on_sigterm, run_child
+from .tracking import check_server
 
 log = logging.getLogger("pipeline")
 # Seconds torchrun gives its workers to stop after a SIGTERM before it kills them (torch's default: 30):
 # one training step, or the end of an epoch (validation, checkpoint), with room to spare on a CPU
 TORCHRUN_STOP_GRACE_S = 180
+# Top-level names of this project's loggers; every other logger belongs to a library (MLflow, SQLAlchemy,
+# alembic, urllib3, torch, ...)
+OWN_LOGGERS = frozenset({"pipeline", "scripts", "__main__"})
+# Stages that open the MLflow store: a tracking server is asked once before their work starts
+TRACKING_STAGES = frozenset({"mlflow-init", "train", "evaluate", "report", "testdev-scores"})
+# Characters of argparse's error message (it quotes a rejected argument whole)
+MAX_ARGUMENT_ERROR = 300
+
+
+class _OwnRecordsOnly(logging.Filter):
+    """The console (stderr) shows this project's log records only; a library's go to the stage's log
+    file, tracebacks included, or nowhere when the stage has none.
+
+    A library's traceback (MLflow logs one for every failed SQLite write) belongs to an exception that
+    reaches the CLI and ends as its one ``error:`` line; printed as well, it buries that line under dozens
+    of lines of MLflow or SQLAlchemy internals, as urllib3's retry warnings do while a server is down.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.name.split(".", 1)[0] in OWN_LOGGERS
 
 
 def _setup_logging(log_file: Path | None, *, mode: str = "w", level: int = logging.INFO,
                    prefix: str = "") -> None:
-    """Log to stderr and, if given, to ``log_file``; a log that cannot be written is a one-line error."""
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    """Log to stderr and, if given, to ``log_file``; a log that cannot be written is a one-line error.
+
+    Libraries' records go to the log file only (:class:`_OwnRecordsOnly`).
+    """
+    console = logging.StreamHandler(sys.stderr)
+    console.addFilter(_OwnRecordsOnly())
+    handlers: list[logging.Handler] = [console]
     if log_file is not None:
         io.make_dirs(log_file.parent)
         try:
@@ -90,6 +116,7 @@ def cmd_mlflow_init(args, params) -> None:
     from .tracking import init_store
 
     profile = params["profile"]
+    _setup_logging(None)
     info = init_store(tracking_uri(params), experiment_name(params))
     io.write_json(Paths(profile).mlflow_marker, info)
     print(f"MLflow store ready: {info['tracking_uri']} (experiment {info['experiment']})")
@@ -229,6 +256,14 @@ def cmd_bench(args, params) -> None:
                             progress=not args.quiet)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, with its error line (which quotes a mistyped argument whole) cut to a readable
+    length; subparsers are made of the same class."""
+
+    def error(self, message: str) -> NoReturn:
+        super().error(shorten(message, MAX_ARGUMENT_ERROR, keep_end=MAX_ARGUMENT_ERROR // 3))
+
+
 def _nonneg_int(text: str) -> int:
     try:
         value = int(text)
@@ -258,8 +293,7 @@ def cmd_paper_config(args, params) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(prog="python -m pipeline", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--params", default="params.yaml", help="configuration file (default: params.yaml)")
     p.add_argument("--profile", default=None, help="override params.yaml's profile switch")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -362,6 +396,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, on_sigterm) if _main_thread() else None
     try:
         params = load_params(args.params, args.profile)
+        if args.command in TRACKING_STAGES:
+            check_server(tracking_uri(params))  # a dead server ends here, not after the data is loaded
         args.func(args, params)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -17,12 +17,84 @@ from typing import Any
 import jsonschema
 import yaml
 
-from .errors import PipelineError
+from .errors import PipelineError, shorten
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = ROOT / "workflow" / "schemas" / "params.schema.yaml"
 DEFAULT_PARAMS = "params.yaml"
 PROFILE_NAME = re.compile(r"[A-Za-z0-9_-]+")  # as the schema's pattern
+# Values a params.yaml may hold once every alias (*name) is counted as a copy of the value it names. The
+# project's own file holds a few thousand; aliases of lists of aliases multiply ("billion laughs"): a few
+# lines reach billions, which validation or an error message would then walk through or print.
+MAX_YAML_VALUES = 100_000
+# Characters of a config value an error message echoes (the rest is cut, see errors.shorten)
+MAX_ECHOED_VALUE = 200
+
+
+class YamlTooLarge(yaml.YAMLError):
+    """A YAML document whose aliases expand it beyond :data:`MAX_YAML_VALUES`, or refer to themselves."""
+
+
+def _yaml_children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
+
+
+def expanded_yaml_values(root: yaml.Node, limit: int = MAX_YAML_VALUES) -> int:
+    """How many values (scalars, lists, mappings) the document ``root`` holds once each alias is
+    replaced by a copy of the value it names; :class:`YamlTooLarge` past ``limit`` or for an alias inside
+    the value it names.
+
+    Counted on the composed node graph, where an alias is one shared node, so the count costs one visit
+    per distinct node however large the expansion (a loop, not recursion: deep nesting is fine).
+    """
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()  # visited, their children still being counted
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_counted = stack.pop()
+        key = id(node)
+        if children_counted:
+            open_nodes.discard(key)
+            sizes[key] = 1 + sum(sizes[id(child)] for child in _yaml_children(node))
+            if sizes[key] > limit:
+                raise YamlTooLarge(f"its aliases (*name) expand it to more than {limit} values (aliases of "
+                                   "lists of aliases multiply): write the values out, or use fewer aliases")
+        elif key in open_nodes:
+            raise YamlTooLarge("an alias (*name) refers to a value that contains it: a YAML value cannot "
+                               "contain itself")
+        elif key not in sizes:
+            open_nodes.add(key)
+            stack.append((node, True))
+            stack.extend((child, False) for child in _yaml_children(node))
+    return sizes[id(root)]
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that counts a document's expanded values before building any of them."""
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        expanded_yaml_values(node)
+        return super().construct_document(node)
+
+
+def read_yaml(path: Path) -> Any:
+    """The YAML file ``path`` as Python data (safe types only); one-line errors naming the file."""
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PipelineError(str(path), f"cannot read the file ({getattr(exc, 'strerror', None) or exc})") from None
+    try:
+        return yaml.load(text, Loader=_BoundedLoader)
+    except YamlTooLarge as exc:
+        raise PipelineError(str(path), f"refused: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise PipelineError(str(path), f"not valid YAML ({' '.join(str(exc).split())})") from None
+    except RecursionError:
+        raise PipelineError(str(path), "refused: its values are nested too deeply to read") from None
 
 
 def _key_path(error: jsonschema.ValidationError) -> str:
@@ -30,21 +102,34 @@ def _key_path(error: jsonschema.ValidationError) -> str:
     return ".".join(parts) if parts else "(top level)"
 
 
+def _echoed(value: Any) -> str:
+    """``repr(value)`` as an error message shows it: cut to :data:`MAX_ECHOED_VALUE` characters."""
+    return shorten(repr(value), MAX_ECHOED_VALUE)
+
+
 def _describe(error: jsonschema.ValidationError) -> tuple[str, str]:
-    """Turn a jsonschema error into (key, message), naming an unknown key itself."""
+    """Turn a jsonschema error into (key, message), naming an unknown key itself.
+
+    jsonschema's messages quote the offending value whole; here it is cut (:func:`_echoed`), so a
+    mistyped list of thousands of entries gives a readable line.
+    """
     where = _key_path(error)
     if error.validator == "additionalProperties":
         allowed = set(error.schema.get("properties", {}))
         extra = sorted(k for k in error.instance if k not in allowed)
-        key = f"{where}.{extra[0]}" if where != "(top level)" else extra[0]
+        name = shorten(str(extra[0]), MAX_ECHOED_VALUE)
+        key = f"{where}.{name}" if where != "(top level)" else name
         return key, f"unknown key (allowed: {', '.join(sorted(allowed))})"
     if error.validator == "required":
         missing = [k for k in error.validator_value if k not in error.instance]
         key = f"{where}.{missing[0]}" if where != "(top level)" else missing[0]
         return key, "required key is missing"
     if error.validator == "pattern" and isinstance(error.schema, dict) and error.schema.get("description"):
-        return where, f"{error.instance!r} is not valid: {error.schema['description']}"  # not the raw regex
-    return where, error.message
+        return where, f"{_echoed(error.instance)} is not valid: {error.schema['description']}"  # not the raw regex
+    full = repr(error.instance)
+    if len(full) <= MAX_ECHOED_VALUE:
+        return where, error.message
+    return where, error.message.replace(full, _echoed(error.instance))
 
 
 def validate_params(params: Any, source: str = DEFAULT_PARAMS) -> dict[str, Any]:
@@ -284,10 +369,7 @@ def load_params(path: str | os.PathLike = DEFAULT_PARAMS, profile: str | None = 
     p = Path(path)
     if not p.is_file():
         raise PipelineError(str(p), "file not found")
-    try:
-        params = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        raise PipelineError(str(p), f"not valid YAML ({' '.join(str(exc).split())})") from None
+    params = read_yaml(p)
     if not isinstance(params, dict):
         raise PipelineError(str(p), "must be a mapping of keys to values")
     if profile is not None:

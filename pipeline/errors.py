@@ -8,6 +8,21 @@ from __future__ import annotations
 
 import re
 
+# The longest parts of a one-line message, in characters. A message that echoes a value in full (a whole
+# YAML list, a line of a file) could otherwise print megabytes; the cut keeps the start, which names the
+# problem, and the end, which says what to do.
+MAX_WHERE = 300
+MAX_WHAT = 1000
+
+
+def shorten(text: str, limit: int, *, keep_end: int = 0) -> str:
+    """``text`` if it has at most ``limit`` characters, else its first ``limit - keep_end`` and last
+    ``keep_end`` characters around a mark saying how many were cut."""
+    if len(text) <= limit:
+        return text
+    head, tail = text[:limit - keep_end], text[len(text) - keep_end:] if keep_end else ""
+    return f"{head}…[{len(text) - limit} characters cut]…{tail}"
+
 
 class PipelineError(Exception):
     """A problem with the user's input (file, annotation, config value)."""
@@ -15,8 +30,9 @@ class PipelineError(Exception):
     def __init__(self, where: str, what: str | None = None) -> None:
         if what is None:  # rebuilt from a message: see _split_wrapped
             where, what = _split_wrapped(str(where))
-        self.where = str(where)
-        self.what = " ".join(str(what).split())  # keep it on one line
+        self.where = shorten(str(where), MAX_WHERE, keep_end=MAX_WHERE // 3)
+        what = " ".join(str(what).split())  # keep it on one line
+        self.what = shorten(what, MAX_WHAT, keep_end=MAX_WHAT // 3)
         super().__init__(f"{self.where}: {self.what}")
 
 

@@ -5,7 +5,9 @@ A record is a dict::
     image_path (str), image_id (int), center (2,) f64, scale (2,) f64,
     joints (17,2) f64 (0-based image pixels), vis (17,) f64 in {0,1},
     box_score (float; 1.0 for ground-truth boxes), area (float), ann_id (int; -1 for detections),
-    box [x, y, w, h] (the cleaned ground-truth box or the detection box, before aspect and padding)
+    box [x, y, w, h] (the cleaned ground-truth box or the detection box, before aspect and padding),
+    image_size (width, height) of the image as the annotation file gives it (checked against the
+    image's header before it is decoded, see :func:`pipeline.data.dataset.read_image`)
 
 Ground-truth boxes (HRNet's loader): person annotations with ``iscrowd == 0`` and at least
 one labelled keypoint (``v > 0``); the box is cleaned as HRNet does — ``x1 = max(0, x)``,
@@ -18,10 +20,12 @@ for ``v > 0`` (HRNet's training visibility). ``area`` is the annotation's area.
 Detection boxes (testing): entries of ``det_file`` with ``category_id == 1`` and
 ``score >= image_thre`` (HRNet keeps scores equal to the threshold) and a positive width and
 height; the box is used as is, joints are zero, ``area = w*h``. Detections on images absent from ``ann_file`` are
-skipped (so a subset annotation file selects a subset of images).
+skipped (so a subset annotation file selects a subset of images), counted in one warning; a detection file
+none of whose person detections lies on an image of ``ann_file`` belongs to another split and is refused.
 
 Every problem with an input file is a :class:`PipelineError` naming the file (and the
-annotation id or entry index).
+annotation id or entry index). The ids the readers key on (image ids, file names, annotation ids) must
+be unique (:func:`pipeline.data.integrity.check_coco_ids`), checked when a file is read.
 """
 from __future__ import annotations
 
@@ -34,6 +38,7 @@ import numpy as np
 
 from ..errors import PipelineError
 from ..io import read_json
+from .integrity import check_coco_ids
 from .transforms import PIXEL_STD, box_to_center_scale
 
 NUM_JOINTS = 17
@@ -50,12 +55,14 @@ def _numbers(v: Any, n: int) -> bool:
 
 
 def _read_coco(path: str | Path) -> dict:
+    """A COCO annotation or image-info file whose ids are unique (see :mod:`.integrity`)."""
     data = read_json(path)
     if not isinstance(data, dict):
         raise PipelineError(str(path), "expected a COCO JSON object with an 'images' list")
     images = data.get("images")
     if not isinstance(images, list):
         raise PipelineError(str(path), "missing or malformed 'images' list")
+    check_coco_ids(str(path), data)
     return data
 
 
@@ -139,6 +146,7 @@ def _gt_records(
             "area": float(area),
             "ann_id": int(aid) if isinstance(aid, int) else -1,
             "box": [x1, y1, x2 - x1, y2 - y1],
+            "image_size": (width, height),
         })
     _log_dropped(path, "ground-truth person boxes", dropped, "annotation ids")
     return records
@@ -153,7 +161,7 @@ def _log_dropped(path: Path, what: str, dropped: list[Any], label: str) -> None:
 
 
 def _det_records(
-    det_file: Path, images: dict[int, dict], image_dir: Path, image_thre: float,
+    det_file: Path, ann_file: Path, images: dict[int, dict], image_dir: Path, image_thre: float,
     aspect_ratio: float, pixel_std: float, padding: float,
 ) -> list[dict]:
     dets = read_json(det_file)
@@ -161,6 +169,7 @@ def _det_records(
         raise PipelineError(str(det_file), "expected a JSON list of detections")
     records: list[dict] = []
     dropped: list[int] = []
+    person_images: list[int] = []  # the image of every person detection, for _check_det_images
     for i, det in enumerate(dets):
         if not isinstance(det, dict):
             raise PipelineError(str(det_file), f"detection #{i} is not an object")
@@ -174,6 +183,7 @@ def _det_records(
             raise PipelineError(str(det_file), f"detection #{i} (image {iid}): 'bbox' must be 4 numbers")
         if not _is_number(score):
             raise PipelineError(str(det_file), f"detection #{i} (image {iid}): 'score' must be a number")
+        person_images.append(iid)
         if score < image_thre or iid not in images:
             continue
         if not (bbox[2] > 0 and bbox[3] > 0):  # zero size: NaN keypoints and a singular affine
@@ -191,9 +201,28 @@ def _det_records(
             "area": float(bbox[2]) * float(bbox[3]),
             "ann_id": -1,
             "box": [float(v) for v in bbox],
+            "image_size": (float(images[iid]["width"]), float(images[iid]["height"])),
         })
     _log_dropped(det_file, "person detections", dropped, "entries #")
+    _check_det_images(det_file, ann_file, person_images, images)
     return records
+
+
+def _check_det_images(det_file: Path, ann_file: Path, det_images: list[int], images: dict[int, dict]) -> None:
+    """Detections must lie on images of the annotation file. None of them on one: the file belongs to
+    another split (val's detections read with test-dev's image list), refused; some of them: skipped
+    (a subset annotation file selects a subset of images), with one warning counting them."""
+    unknown = [iid for iid in det_images if iid not in images]
+    if not unknown:
+        return
+    if len(unknown) == len(det_images):
+        raise PipelineError(str(det_file), f"none of its {len(det_images)} person detections lies on an image "
+                                           f"of {ann_file.name} (the first is on image id {unknown[0]}): "
+                                           "the detection file belongs to another split; check the file")
+    ids = sorted(set(unknown))
+    shown = ", ".join(str(i) for i in ids[:5]) + (", ..." if len(ids) > 5 else "")
+    log.warning("%s: skipped %d person detections on %d images that %s does not list (image ids %s)",
+                det_file, len(unknown), len(ids), ann_file.name, shown)
 
 
 def load_coco_people(
@@ -221,4 +250,4 @@ def load_coco_people(
         return _gt_records(path, data, images, image_dir, aspect_ratio, min_area, pixel_std, padding)
     if det_file is None:
         raise PipelineError("det_file", "detection boxes requested (use_gt_boxes=False) but no det_file given")
-    return _det_records(Path(det_file), images, image_dir, image_thre, aspect_ratio, pixel_std, padding)
+    return _det_records(Path(det_file), path, images, image_dir, image_thre, aspect_ratio, pixel_std, padding)

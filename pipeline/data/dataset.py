@@ -49,6 +49,7 @@ from torch.utils.data import Dataset, default_collate
 
 from ..codecs import DOT_CODECS, convention, gaussian, hdm
 from ..errors import PipelineError
+from .image_header import check_image_size, header_size
 from .skeleton import JointSet
 from .transforms import (
     affine_points, compose, default_aug_cfg, get_affine_matrix, hflip_matrix,
@@ -77,9 +78,15 @@ def truncation(data: np.ndarray) -> str | None:
     return None
 
 
-def read_image(path: str, color_rgb: bool = True) -> np.ndarray:
+def read_image(path: str, color_rgb: bool = True, expected_size: Sequence[float] | None = None) -> np.ndarray:
     """Read an image with OpenCV as HWC uint8 (RGB if ``color_rgb``, else BGR); a missing, truncated or
-    undecodable file is a one-line :class:`PipelineError` naming it."""
+    undecodable file is a one-line :class:`PipelineError` naming it.
+
+    Before decoding, the size the header declares is compared with ``expected_size`` (width, height:
+    the annotation's, where it gives one) and with the pixel limit
+    (:func:`pipeline.data.image_header.check_image_size`), so an image that is not the annotated
+    picture, or one that would take gigabytes to decode, is refused without decoding it.
+    """
     try:
         data = np.fromfile(str(path), dtype=np.uint8)
     except OSError as exc:
@@ -87,9 +94,14 @@ def read_image(path: str, color_rgb: bool = True) -> np.ndarray:
     problem = truncation(data)
     if problem is not None:
         raise PipelineError(str(path), f"{problem}: replace the file (e.g. download it again)")
+    declared = header_size(data) if data.size else None
+    if declared is not None:
+        check_image_size(str(path), declared, expected_size)
     img = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION) if data.size else None
     if img is None:
         raise PipelineError(str(path), "cannot read image (missing file or not an image)")
+    if declared is None:  # a format whose header is not read here: check what was decoded
+        check_image_size(str(path), (img.shape[1], img.shape[0]), expected_size, from_header=False)
     if color_rgb:
         img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
     return img
@@ -164,7 +176,7 @@ class TopDownDataset(Dataset):
 
         rec = self.records[index]
         # read as BGR; colour conversion is done on the (smaller) crop
-        img = read_image(rec["image_path"], color_rgb=False)
+        img = read_image(rec["image_path"], color_rgb=False, expected_size=rec.get("image_size"))
         lap("imread_decode")
         center = np.asarray(rec["center"], dtype=np.float64)
         scale = np.asarray(rec["scale"], dtype=np.float64)

@@ -5,6 +5,12 @@ that drop. So a download:
 
 * resumes from a ``<name>.part`` file with an HTTP ``Range`` request instead of
   starting over;
+* compares what the server announces before the body is read (the size from
+  ``Content-Length`` or ``Content-Range``, a sha256 from ``Repr-Digest`` / ``Digest`` /
+  ``Content-Digest``) with the pins, and stops at once, without retrying, when they
+  differ: another file does not become the pinned one by downloading it again (for
+  COCO's 19 GB archive each try is hours). Only sha256 is pinned, so MD5 headers
+  (``Content-MD5``, ``x-goog-hash``) have nothing to be compared with;
 * is verified by size and sha256 before it is renamed onto its final name, so a
   file under the final name is always a complete, checked archive (Snakemake/DVC
   may trust it);
@@ -18,10 +24,13 @@ file and what failed.
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import gzip
 import logging
 import os
 import posixpath
+import re
 import tarfile
 import time
 import zipfile
@@ -29,6 +38,7 @@ import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 from urllib.parse import unquote, urlparse
 from urllib.request import url2pathname
 
@@ -99,6 +109,97 @@ def _problem(path: Path, size: int | None, sha256: str | None) -> str | None:
 def verify(path: Path, source: Source) -> bool:
     """True when ``path`` exists and matches ``source``'s size and sha256 (when given)."""
     return _problem(path, source.size, source.sha256) is None
+
+
+# ----------------------------------------------------------------------------- announced
+#: Longest echo of a URL in a message (signed URLs carry long query strings).
+_URL_ECHO_CHARS = 120
+
+
+def _short_url(url: str) -> str:
+    return url if len(url) <= _URL_ECHO_CHARS else url[:_URL_ECHO_CHARS - 1] + "…"
+
+
+def _announced_size(headers: Any, status: int) -> int | None:
+    """The size of the whole file as the server states it before the body: ``Content-Length`` of a
+    200, the total of ``Content-Range`` of a 206 (a resumed download) or a 416; None when unstated."""
+    if status == 200:
+        length = headers.get("Content-Length", "")
+        return int(length) if length.isdigit() else None
+    if status in (206, 416):
+        return _content_range_total(headers.get("Content-Range"))
+    return None
+
+
+def _hex_sha256(encoded: str) -> str | None:
+    """A sha256 given in base64 (RFC 3230 / RFC 9530) or, as some servers do, in hex; None otherwise."""
+    if re.fullmatch(r"[0-9a-fA-F]{64}", encoded):
+        return encoded.lower()
+    try:
+        raw = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return raw.hex() if len(raw) == 32 else None
+
+
+def _sha256_in_field(value: str) -> str | None:
+    """The sha-256 of a digest field: ``sha-256=<base64>`` (``Digest``) or ``sha-256=:<base64>:``
+    (``Repr-Digest``, ``Content-Digest``), among other algorithms separated by commas."""
+    for item in value.split(","):
+        algorithm, sep, encoded = item.strip().partition("=")
+        if sep and algorithm.strip().lower() == "sha-256":
+            return _hex_sha256(encoded.split(";")[0].strip().strip(":"))
+    return None
+
+
+def _announced_sha256(headers: Any, status: int) -> tuple[str, str] | None:
+    """(hex sha256, header) of the whole file as the server states it, or None.
+
+    ``Repr-Digest`` and ``Digest`` describe the whole file on a 206 too; ``Content-Digest`` describes
+    the bytes of this response, so it counts on a 200 only.
+    """
+    if status == 200:
+        names: tuple[str, ...] = ("Repr-Digest", "Digest", "Content-Digest")
+    elif status == 206:
+        names = ("Repr-Digest", "Digest")
+    else:
+        return None
+    for name in names:
+        value = headers.get(name)
+        sha = _sha256_in_field(value) if value else None
+        if sha is not None:
+            return sha, name
+    return None
+
+
+def _announced_problem(headers: Any, status: int, source: Source) -> str | None:
+    """How the size or sha256 the server announces differs from ``source``'s pins, or None (also when
+    the server announces nothing, or nothing is pinned: the bytes are checked once they are here)."""
+    size = _announced_size(headers, status)
+    if source.size is not None and size is not None and size != source.size:
+        header = "Content-Length" if status == 200 else "Content-Range"
+        return f"the server announces {size} bytes ({header}) but the pinned size is {source.size}"
+    announced = _announced_sha256(headers, status)
+    pinned = source.sha256.strip().lower() if source.sha256 is not None else None
+    if pinned is not None and announced is not None and announced[0] != pinned:
+        sha, header = announced
+        return f"the server announces sha256 {sha[:16]}… ({header}) but the pinned sha256 is {pinned[:16]}…"
+    return None
+
+
+def _refuse_announced(resp: Any, source: Source, part: Path) -> None:
+    """Stop before the body when the server announces another size or sha256 than the pins.
+
+    A mismatch is a :class:`PipelineError` (never retried: the server would send the same other file
+    again) naming the URL, the announced and the pinned value; the ``.part`` goes too, its bytes
+    belonging to a file that is not the pinned one.
+    """
+    problem = _announced_problem(resp.headers, resp.status_code, source)
+    if problem is None:
+        return
+    part.unlink(missing_ok=True)
+    raise PipelineError(_short_url(source.url), f"{source.name}: {problem}; nothing downloaded and not retried "
+                                                "(another file stays another file): check the url and the pin")
 
 
 # ----------------------------------------------------------------------------- fetch
@@ -219,6 +320,7 @@ def _download(
         status = resp.status_code
         if status == 404:
             raise PipelineError(source.name, f"not found at {url} (HTTP 404)")
+        _refuse_announced(resp, source, part)
         if status == 416 and have:
             if _content_range_total(resp.headers.get("Content-Range")) == have:
                 return have  # the .part already holds every byte (a run stopped before renaming it)

@@ -12,6 +12,10 @@ Records have the same shape as COCO's (see :mod:`pipeline.data.coco`) with 16 jo
 the entry index when the stem is not a number; ``area = (sw*200) * (sh*200)``;
 ``entry_index`` is the entry's position in the file. Entries without ``joints`` (a test file)
 get zero joints and visibilities.
+
+HRNet's json has no ids and no image sizes: a person listed twice (same image, centre and scale) and two
+image names that get one image id are refused (:mod:`.integrity`); images are held to the pixel limit
+only (:mod:`.image_header`).
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ import numpy as np
 
 from ..errors import PipelineError
 from ..io import read_json
+from .integrity import check_mpii_image_ids, check_mpii_people
 from .transforms import PIXEL_STD
 
 NUM_JOINTS = 16
@@ -98,4 +103,6 @@ def load_mpii_people(
             "area": float(scale[0] * scale[1] * pixel_std * pixel_std),
             "entry_index": i,
         })
+    check_mpii_people(str(path), data)
+    check_mpii_image_ids(str(path), ((data[r["entry_index"]]["image"], r["image_id"]) for r in records))
     return records

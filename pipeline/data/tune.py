@@ -33,6 +33,7 @@ import scipy.io
 
 from .. import io
 from ..errors import PipelineError
+from .integrity import check_coco_ids, check_mpii_people
 
 #: MPII joints that define the tune head box (MPII order: 8 upper neck, 9 head top).
 MPII_NECK, MPII_HEAD_TOP = 8, 9
@@ -75,10 +76,12 @@ def coco_tune_subset(train: dict[str, Any], fraction: float, seed: int) -> dict[
 
 def write_coco_tune(train_file: Path, out_file: Path, fraction: float, seed: int) -> Path:
     """Write (atomically, once) the tune images' annotation file; deterministic, so writers that race
-    write the same bytes."""
+    write the same bytes. A repeated id in the train file is refused naming that file, before any of
+    it is copied into the tune ground truth."""
     if not out_file.is_file():
-        subset = coco_tune_subset(io.read_json(train_file), fraction, seed)
-        io.write_json(out_file, subset, indent=None)
+        train = io.read_json(train_file)
+        check_coco_ids(str(train_file), train)
+        io.write_json(out_file, coco_tune_subset(train, fraction, seed), indent=None)
     return out_file
 
 
@@ -115,7 +118,9 @@ def write_mpii_tune(train_file: Path, out_json: Path, out_mat: Path, fraction: f
     """Write (atomically, once) the tune entries and their ``gt_valid.mat``-shaped ground truth."""
     if out_json.is_file() and out_mat.is_file():
         return
-    entries = mpii_tune_entries(io.read_json(train_file), fraction, seed)
+    train = io.read_json(train_file)
+    check_mpii_people(str(train_file), train)  # before a person listed twice is scored twice on tune
+    entries = mpii_tune_entries(train, fraction, seed)
     gt = mpii_tune_gt(entries)
     names = np.empty((1, len(MPII_JOINT_NAMES)), dtype=object)
     names[0, :] = MPII_JOINT_NAMES

@@ -53,6 +53,7 @@ from ..metrics import mpii as mpii_metrics
 from ..tracking import log_new_metrics, open_run, require_run
 from . import builders, mechanism
 from .inference import coco_predictions, predict, variant_prediction
+from .run_lock import run_lock
 
 log = logging.getLogger(__name__)
 
@@ -242,6 +243,16 @@ def _mpii_metrics(prefix: str, coords: np.ndarray, gt_valid: Path) -> dict[str, 
 
 def evaluate_run(cfg: dict[str, Any], *, tracking_uri: str, experiment: str, progress: bool = True,
                  extra_tags: dict[str, str] | None = None) -> dict:
+    """:func:`_evaluate_run` under the run's lock (:mod:`.run_lock`): never while the run trains (which
+    replaces ``final.pth`` and its MLflow run's records) or while another process evaluates it."""
+    run_dir = Paths(cfg["profile"]).run_dir(cfg["name"], cfg["seed"])
+    with run_lock(run_dir, "evaluated", required=False):
+        return _evaluate_run(cfg, tracking_uri=tracking_uri, experiment=experiment, progress=progress,
+                             extra_tags=extra_tags)
+
+
+def _evaluate_run(cfg: dict[str, Any], *, tracking_uri: str, experiment: str, progress: bool,
+                  extra_tags: dict[str, str] | None) -> dict:
     """Evaluate the run's final checkpoint; writes metrics.json and prediction files.
 
     Every input (checkpoint, annotations, detections, ``gt_valid.mat``, the MLflow run) is checked

@@ -14,13 +14,19 @@ At scale (all from the run's ``train`` section, see :data:`builders.TRAIN_DEFAUL
   the same code runs (CPU autocast and a CPU GradScaler; the rehearsal's HRFormer runs) where torch
   supports the dtype there, else float32 (logged);
 - automatic resume: ``checkpoints/epoch_NNN.pth`` carry a hash of the run configuration
-  (:func:`config_hash`); a new start continues from the newest readable checkpoint with the same hash
+  (:func:`config_hash`) and the sha256 of the data files and initial weights the run read
+  (:mod:`.identity`); a new start continues from the newest readable checkpoint with the same ones
   (model, optimiser, schedule, loss scaler, RNG states, history, MLflow run), so a pre-empted job goes
   on where it stopped. A corrupt checkpoint is skipped for the one before it; a checkpoint of another
-  configuration, or written by other training code (:func:`code_hash`: a rerun after a fix retrains),
-  is never resumed (warning naming it; the run starts over). To retrain an unchanged run from
-  scratch, delete its ``checkpoints/`` folder. SIGTERM (a time limit, a pre-emption) stops a run at
-  the next step boundary, every process at the same one (:func:`_stop_requested`);
+  configuration, trained on other data or weights (regenerated data, a retrained ``init_from`` run), or
+  written by other training code (:func:`code_hash`: a rerun after a fix retrains), is never resumed
+  (warning naming it and why; the run starts over). To retrain an unchanged run from scratch, delete
+  its ``checkpoints/`` folder. SIGTERM (a time limit, a pre-emption) stops a run at the next step
+  boundary, every process at the same one (:func:`_stop_requested`);
+- one process per run: training holds the run folder's lock (:mod:`.run_lock`; rank 0 for the whole
+  torchrun job), so a second start of the same run and seed stops with one line naming the first;
+- a non-finite loss stops the run with one line naming the epoch, step and learning rate (every process
+  of a torchrun job at the same step), before any checkpoint of the diverged weights is written;
 - ``gpus > 1``: DistributedDataParallel, one process per GPU (``python -m pipeline train`` relaunches
   itself under torchrun, see :func:`torchrun_command`), ``batch_size`` per process, a DistributedSampler;
   rank 0 alone validates, logs to MLflow and writes checkpoints. Backend NCCL on CUDA, Gloo on CPU.
@@ -36,6 +42,7 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import os
 import random
 import re
@@ -44,7 +51,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -54,13 +61,14 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from .. import io
-from ..checkpoint import UnsafeCheckpointError, load_weights
+from ..checkpoint import UnsafeCheckpointError, load_weights, save_checkpoint
 from ..config import Paths, run_label
 from ..errors import PipelineError
 from ..models import pretrained_weights
 from ..termination import deferred_termination, loader_worker_init, sigterm_pending, stop_now
 from ..tracking import flatten, logged_steps, open_run
-from . import builders, sync_bn
+from . import builders, identity, sync_bn
+from .run_lock import run_lock
 from .validate import validate
 
 log = logging.getLogger(__name__)
@@ -207,10 +215,11 @@ def prune_checkpoints(ckpt_dir: Path, newest: int, keep: int = KEEP_CHECKPOINTS)
     return older
 
 
-def find_resume_checkpoint(ckpt_dir: Path, cfg_hash: str, max_epoch: int, code: str | None = None
-                           ) -> tuple[dict[str, Any] | None, Path | None]:
-    """The newest readable checkpoint of this configuration and training code (at most ``max_epoch``),
-    loaded on the CPU."""
+def find_resume_checkpoint(ckpt_dir: Path, cfg_hash: str, max_epoch: int, code: str | None = None,
+                           inputs: identity.Inputs | None = None) -> tuple[dict[str, Any] | None, Path | None]:
+    """The newest readable checkpoint of this configuration, training code and (when given) inputs
+    (:func:`identity.run_inputs`: data files and initial weights), at most ``max_epoch``, loaded on the
+    CPU. Epochs trained on other data or from other weights are not this run's, however complete."""
     other_config = []
     for epoch, path in list_checkpoints(ckpt_dir):
         if epoch > max_epoch:
@@ -239,9 +248,14 @@ def find_resume_checkpoint(ckpt_dir: Path, cfg_hash: str, max_epoch: int, code: 
                         "not resuming from it", path, ", pipeline/".join(TRAINING_CODE))
             other_config.append(path)
             continue
+        changed = identity.changed_inputs(state.get("inputs"), inputs) if inputs is not None else ""
+        if changed:
+            log.warning("checkpoint %s was trained on other inputs (%s); not resuming from it", path, changed)
+            other_config.append(path)
+            continue
         return state, path
     if other_config:
-        log.warning("starting over from epoch 1: no checkpoint matches the run configuration and code "
+        log.warning("starting over from epoch 1: no checkpoint matches the run configuration, inputs and code "
                     "(%s will be overwritten as the run proceeds)", ", ".join(p.name for p in other_config))
     return None, None
 
@@ -390,11 +404,37 @@ def train_run(cfg: dict[str, Any], *, tracking_uri: str, experiment: str, progre
     env = dist_env()
     dev = _init_distributed(cfg, env) if env.distributed else builders.device(cfg)
     try:
-        return _train(cfg, env, dev, tracking_uri=tracking_uri, experiment=experiment, progress=progress,
-                      extra_tags=extra_tags)
+        with _run_locked(cfg, env):
+            return _train(cfg, env, dev, tracking_uri=tracking_uri, experiment=experiment, progress=progress,
+                          extra_tags=extra_tags)
     finally:
         if env.distributed and dist.is_initialized():
             dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def _run_locked(cfg: dict[str, Any], env: DistEnv) -> Iterator[None]:
+    """Hold the run's lock (:mod:`.run_lock`) for the whole training, before anything is read or
+    removed: a second process of the same run and seed stops here, naming the first. Under torchrun
+    rank 0 takes it for the job, and tells every process whether it got it (a collective), so all stop
+    together rather than the others waiting for rank 0 in the next collective."""
+    run_dir = Paths(cfg["profile"]).run_dir(cfg["name"], cfg["seed"])
+    with contextlib.ExitStack() as held:
+        refused: PipelineError | None = None
+        if env.is_main:
+            try:
+                held.enter_context(run_lock(run_dir, "trained"))
+            except PipelineError as exc:
+                refused = exc
+        if env.distributed:
+            box = [refused is not None]
+            dist.broadcast_object_list(box, src=0)
+            if refused is None and box[0]:
+                refused = PipelineError(str(run_dir), "rank 0 could not take the run's lock (its line says why): "
+                                                      "this process stops with it")
+        if refused is not None:
+            raise refused
+        yield
 
 
 @dataclass
@@ -431,6 +471,7 @@ class _Run:
     cfg_hash: str
     code: str
     seeds: dict[str, Any]
+    inputs: identity.Inputs | None  # rank 0's (it alone picks the checkpoint to resume and writes them)
     start_epoch: int = 1
     history: list[dict[str, Any]] = field(default_factory=list)
     run_id: str | None = None
@@ -512,7 +553,7 @@ def _setup(cfg: dict[str, Any], env: DistEnv, dev: torch.device) -> _Run:
     return _Run(cfg=cfg, env=env, dev=dev, paths=paths, run_dir=run_dir, ckpt_dir=ckpt_dir, data=data,
                 net=net, model=net, crit=crit, opt=opt, sched=sched, amp_dtype=amp_dtype, scaler=scaler,
                 n_params=sum(p.numel() for p in net.parameters()), cfg_hash=config_hash(cfg),
-                code=code_hash(), seeds=seeds)
+                code=code_hash(), seeds=seeds, inputs=identity.run_inputs(cfg) if env.is_main else None)
 
 
 def _build_data(cfg: dict[str, Any], env: DistEnv, dev: torch.device) -> _Data:
@@ -555,7 +596,7 @@ def _resume(run: _Run) -> None:
     """Continue from the newest matching checkpoint, if any: rank 0 picks it (one choice for the whole
     job), every process loads it and restores its own RNG states, so a pre-empted run goes on exactly."""
     env, t = run.env, run.t
-    state, resumed_from = (find_resume_checkpoint(run.ckpt_dir, run.cfg_hash, t["epochs"], run.code)
+    state, resumed_from = (find_resume_checkpoint(run.ckpt_dir, run.cfg_hash, t["epochs"], run.code, run.inputs)
                            if env.is_main else (None, None))
     if env.distributed:
         box = [str(resumed_from) if resumed_from is not None else None]
@@ -600,13 +641,20 @@ def _open_tracking(run: _Run, tracking_uri: str, experiment: str, extra_tags: di
     cfg = run.cfg
     if not run.env.is_main:
         return contextlib.nullcontext(None)
-    identity = {"config_hash": run.cfg_hash, "code_hash": run.code}
+    same_run = _identity_tags(run)
     tags = {**(extra_tags or {}), "row": cfg["name"], "seed": str(run.seed), "profile": cfg["profile"],
             "dataset": cfg["dataset"],
             "arch": cfg["arch"], "loss": cfg["loss"], "evaluated": "false",
-            "pretrained_weights": _initial_weights(cfg), **identity}
+            "pretrained_weights": _initial_weights(cfg), **same_run}
     return open_run(tracking_uri, experiment, run_name=run_label(cfg["name"], run.seed), run_id=run.run_id,
-                    tags=tags, reuse_tags=identity)
+                    tags=tags, reuse_tags=same_run)
+
+
+def _identity_tags(run: _Run) -> dict[str, str]:
+    """What makes two attempts the same training (MLflow tags and params): an unfinished MLflow run is
+    continued only by an attempt with the same config, code and inputs (rank 0 only)."""
+    return {"config_hash": run.cfg_hash, "code_hash": run.code,
+            "inputs_hash": identity.inputs_hash(run.inputs or {})}
 
 
 def _start_tracking(run: _Run, mlflow: Any) -> set[int]:
@@ -616,8 +664,8 @@ def _start_tracking(run: _Run, mlflow: Any) -> set[int]:
     run.run_id = mlflow.active_run().info.run_id
     amp_used = str(run.amp_dtype).replace("torch.", "") if run.amp_dtype is not None else "float32"
     _log_params(mlflow, {**flatten(run.cfg), "num_parameters": run.n_params, "device_used": str(run.dev),
-                         "amp_used": amp_used, "world_size": run.env.world_size, "config_hash": run.cfg_hash,
-                         "code_hash": run.code, **run.seeds},
+                         "amp_used": amp_used, "world_size": run.env.world_size, **_identity_tags(run),
+                         **run.seeds},
                 resumed=True)
     logged = logged_steps(mlflow, run.run_id, "train_loss")
     if run.resumed_from is not None:
@@ -644,19 +692,25 @@ def _train_epoch(run: _Run, epoch: int, progress: bool) -> _EpochStats:
         torch.cuda.reset_peak_memory_stats(dev)
     t0 = time.time()
     total, count, dead = 0.0, 0, 0
+    step, step_lr, fault = 0, run.opt.param_groups[0]["lr"], FINITE
     bar = tqdm(_batches(data.loader), total=len(data.loader), desc=f"{run.cfg['name']} epoch {epoch}/{t['epochs']}",
                disable=not (progress and run.env.is_main), mininterval=5.0, leave=False)
     for batch in bar:
-        if _stop_requested(run):
-            stop_now()
+        _stop_if_requested(run, fault, epoch, step, step_lr)
+        step, step_lr = step + 1, run.opt.param_groups[0]["lr"]
         loss = train_step(run.model, run.crit, run.opt, run.scaler, batch, run.cfg, dev, run.amp_dtype)
         run.sched.step_iter()
-        total += loss.item() * len(batch["image"])
+        value = loss.item()
+        fault = _loss_fault(value)
+        total += value * len(batch["image"])
         count += len(batch["image"])
         dead += int(getattr(run.crit, "last_dead_joints", 0))
         bar.set_postfix(loss=f"{total / count:.4g}")
-    if _stop_requested(run):  # before the epoch's end: a stop takes at most one step (then validation and
-        stop_now()            # the checkpoint go on, a SIGTERM during them stops at the next step)
+    # before the epoch's end: a stop takes at most one step (then validation and the checkpoint go on, a
+    # SIGTERM during them stops at the next step); so does a last step that left the model diverged
+    if fault == FINITE and step:
+        fault = _epoch_end_fault(run, batch)
+    _stop_if_requested(run, fault, epoch, step, step_lr)
     lr = run.opt.param_groups[0]["lr"]
     run.sched.step_epoch()
     train_time = time.time() - t0
@@ -683,17 +737,71 @@ def _batches(loader: DataLoader):
         yield batch
 
 
-def _stop_requested(run: _Run) -> bool:
-    """Whether SIGTERM has reached this process or, under DDP, any process (a collective: every
-    process calls it before each step and after an epoch's last one, so all stop at the same step
-    boundary and none is left waiting in a collective for one that has gone). The checkpoint of the
-    last finished epoch is where a rerun resumes."""
+# What the last training step left (worst last: under DDP the processes agree on the maximum)
+FINITE, LOSS_INF, LOSS_NAN, OUTPUT_NONFINITE, WEIGHTS_NONFINITE = 0, 1, 2, 3, 4
+_FAULT_WORDS = {LOSS_INF: "loss is inf", LOSS_NAN: "loss is nan",
+                OUTPUT_NONFINITE: "the model's output (eval mode, as validation runs it) is not finite",
+                WEIGHTS_NONFINITE: "the weights are not finite"}
+
+
+def _loss_fault(value: float) -> int:
+    """The step's fault code from its (unscaled, float32) loss. Under a float16 GradScaler only the
+    scaled gradients may overflow, which the scaler handles by skipping the step; a non-finite loss
+    itself is the model's output gone non-finite: divergence, whatever the precision."""
+    if math.isfinite(value):
+        return FINITE
+    return LOSS_NAN if math.isnan(value) else LOSS_INF
+
+
+def _epoch_end_fault(run: _Run, batch: dict[str, Any]) -> int:
+    """Whether the epoch's last step left the model diverged although its loss (computed before the
+    step) was finite: a parameter or floating buffer that is inf or nan, or an output that is, in eval
+    mode as validation runs it (finite weights can still overflow there: BatchNorm then normalises with
+    its running statistics). Checked once per epoch, before validation and the checkpoint: one pass over
+    the weights and one forward pass of the last batch, which changes no state and draws no random number."""
+    net = run.net
+    tensors = [t for t in (*net.parameters(), *net.buffers()) if t.is_floating_point()]
+    if tensors and not bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all().item()):
+        return WEIGHTS_NONFINITE
+    images = batch["image"].to(run.dev, non_blocking=True, memory_format=torch.channels_last)
+    net.eval()
+    try:
+        with torch.no_grad(), torch.autocast(run.dev.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None):
+            finite = bool(torch.isfinite(net(images).float()).all().item())
+    finally:
+        net.train()
+    return FINITE if finite else OUTPUT_NONFINITE
+
+
+def _stop_if_requested(run: _Run, fault: int, epoch: int, step: int, lr: float) -> None:
+    """Stop before the next step when the last one diverged (``fault``) or SIGTERM came, in this or,
+    under DDP, any process (:func:`_stop_requested`). Divergence stops with one line naming the run,
+    epoch, step and learning rate; nothing of the diverged weights is saved, the last epoch's checkpoint
+    stays where it is."""
+    stop, fault = _stop_requested(run, fault)
+    if fault != FINITE:
+        raise PipelineError(
+            f"run {run.cfg['name']} seed {run.seed}",
+            f"{_FAULT_WORDS.get(fault, 'loss is not finite')} at epoch {epoch}, step {step} (lr {lr:g}): "
+            f"training diverged; lower train.lr in params.yaml (profiles.{run.cfg['profile']}.train.lr, or "
+            "the run's own train.lr) and train again; no checkpoint of the diverged weights was written")
+    if stop:
+        stop_now()
+
+
+def _stop_requested(run: _Run, fault: int = FINITE) -> tuple[bool, int]:
+    """(whether SIGTERM has reached this process, the last step's fault code) or, under DDP, any
+    process's (a collective: every process calls it before each step and after an epoch's last one, so
+    all stop at the same step boundary, none is left waiting in a collective for one that has gone, and
+    a loss gone non-finite in one process stops them all). The checkpoint of the last finished epoch is
+    where a rerun resumes."""
     stop = sigterm_pending()
     if run.env.distributed:
-        flag = torch.tensor([int(stop)], dtype=torch.int32, device=run.dev)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        stop = bool(flag.item())
-    return stop
+        flags = torch.tensor([int(stop), fault], dtype=torch.int32, device=run.dev)
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        stop_flag, fault = flags.tolist()
+        stop = bool(stop_flag)
+    return stop, fault
 
 
 def _reduce_stats(run: _Run, stats: _EpochStats) -> _EpochStats:
@@ -760,21 +868,26 @@ def _save_checkpoint(run: _Run, epoch: int, rng: list[Any]) -> None:
             "scheduler": run.sched.state_dict(),
             "scaler": run.scaler.state_dict() if run.scaler.is_enabled() else None, "rng": rng,
             "history": run.history, "mlflow_run_id": run.run_id, "config_hash": run.cfg_hash,
-            "code_hash": run.code, "config": run.cfg, "world_size": run.env.world_size}
-    with io.atomic_path(run.ckpt_dir / f"epoch_{epoch:03d}.pth") as tmp:
-        torch.save(ckpt, tmp)
+            "code_hash": run.code, "inputs": run.inputs, "config": run.cfg, "world_size": run.env.world_size}
+    save_checkpoint(ckpt, run.ckpt_dir / f"epoch_{epoch:03d}.pth")  # a full disk: one line, the older ones kept
     prune_checkpoints(run.ckpt_dir, epoch)
 
 
 def _write_final_outputs(run: _Run) -> None:
     """``train_summary.json`` and the final checkpoint (weights, config, history: what evaluation reads),
-    written last so that their presence means the run finished."""
+    written last so that their presence means the run finished: when the checkpoint cannot be written
+    (a full disk) the summary is removed again, so neither is left without the other."""
     cfg, seed = run.cfg, run.seed
     summary = {"run": cfg["name"], "seed": seed, "mlflow_run_id": run.run_id, "epochs": run.t["epochs"],
                "history": run.history, "num_parameters": run.n_params, "device": str(run.dev),
                "world_size": run.env.world_size,
                "resumed_from": str(run.resumed_from) if run.resumed_from is not None else None}
-    io.write_json(run.run_dir / "train_summary.json", summary)
-    with io.atomic_path(run.paths.checkpoint(cfg["name"], seed)) as tmp:
-        torch.save({"model": run.net.state_dict(), "config": cfg, "mlflow_run_id": run.run_id,
-                    "history": run.history, "config_hash": run.cfg_hash}, tmp)
+    summary_path = run.run_dir / "train_summary.json"
+    io.write_json(summary_path, summary)
+    try:
+        save_checkpoint({"model": run.net.state_dict(), "config": cfg, "mlflow_run_id": run.run_id,
+                         "history": run.history, "config_hash": run.cfg_hash, "inputs": run.inputs},
+                        run.paths.checkpoint(cfg["name"], seed), "final checkpoint")
+    except BaseException:
+        summary_path.unlink(missing_ok=True)
+        raise

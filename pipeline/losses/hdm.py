@@ -17,7 +17,17 @@ from torch import Tensor, nn
 from .sinkhorn import naive_demanders, sinkhorn_transport_cost, subpixel_demanders, transport_cost
 
 _DEMANDERS = ("subpixel", "naive")
-_REDUCTIONS = ("mean", "sum", "none")
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def reduce_per_joint(out: Tensor, reduction: str) -> Tensor:
+    """``[B, K]`` weighted per-joint losses reduced as the dot losses reduce them: ``"none"`` as they are,
+    ``"sum"``, or ``"mean"`` over the batch of per-sample sums (Eq. 5)."""
+    if reduction == "none":
+        return out
+    if reduction == "sum":
+        return out.sum()
+    return out.sum(1).mean()
 _DEAD_JOINTS = ("zero", "softmax")
 SUPPLIERS = ("relu", "softmax")
 EPSILON_UNITS = ("heatmap", "input")
@@ -96,8 +106,8 @@ class HDMLoss(nn.Module):
             raise ValueError(f"demanders must be one of {_DEMANDERS}, got {demanders!r}")
         if dead_joints not in _DEAD_JOINTS:
             raise ValueError(f"dead_joints must be one of {_DEAD_JOINTS}, got {dead_joints!r}")
-        if reduction not in _REDUCTIONS:
-            raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
         if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) \
                 or not math.isfinite(epsilon) or epsilon <= 0:
             raise ValueError(f"epsilon must be a finite number > 0, got {epsilon!r}")
@@ -130,12 +140,7 @@ class HDMLoss(nn.Module):
 
     def forward(self, heatmaps: Tensor, keypoints: Tensor, weights: Tensor) -> Tensor:
         """The loss reduced as ``reduction`` says; arguments as :meth:`weighted_per_joint`."""
-        out = self.weighted_per_joint(heatmaps, keypoints, weights)
-        if self.reduction == "none":
-            return out
-        if self.reduction == "sum":
-            return out.sum()
-        return out.sum(1).mean()
+        return reduce_per_joint(self.weighted_per_joint(heatmaps, keypoints, weights), self.reduction)
 
     def per_sample(self, heatmaps: Tensor, keypoints: Tensor, weights: Tensor) -> Tensor:
         """``[B]``: each sample's loss, what a batch of that sample alone gives with ``"mean"``; one

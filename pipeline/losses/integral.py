@@ -11,8 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from ..codecs.integral import expected_coordinates
-
-_REDUCTIONS = ("mean", "sum", "none")
+from .hdm import REDUCTIONS, reduce_per_joint
 
 
 class IntegralL1Loss(nn.Module):
@@ -27,18 +26,13 @@ class IntegralL1Loss(nn.Module):
 
     def __init__(self, reduction: str = "mean") -> None:
         super().__init__()
-        if reduction not in _REDUCTIONS:
-            raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
         self.reduction = reduction
 
     def forward(self, heatmaps: Tensor, keypoints: Tensor, weights: Tensor) -> Tensor:
         """The loss reduced as ``reduction`` says; arguments as :meth:`weighted_per_joint`."""
-        out = self.weighted_per_joint(heatmaps, keypoints, weights)
-        if self.reduction == "none":
-            return out
-        if self.reduction == "sum":
-            return out.sum()
-        return out.sum(1).mean()
+        return reduce_per_joint(self.weighted_per_joint(heatmaps, keypoints, weights), self.reduction)
 
     def per_sample(self, heatmaps: Tensor, keypoints: Tensor, weights: Tensor) -> Tensor:
         """``[B]``: each sample's loss, what a batch of that sample alone gives with ``"mean"``."""

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from ..data.integrity import check_coco_ids
 from ..data.skeleton import COCO_SIGMAS
 from ..errors import PipelineError
 from ..io import read_json, write_json
@@ -218,7 +219,11 @@ def write_results(predictions: Iterable[Mapping[str, Any]], path: str | Path, ca
 # Scoring
 # ----------------------------------------------------------------------------------------------
 def _load_gt(gt_json: str | Path, num_joints: int):
-    """Read and check a COCO keypoint ground-truth file; return a pycocotools COCO object."""
+    """Read and check a COCO keypoint ground-truth file; return a pycocotools COCO object.
+
+    pycocotools keeps one entry per id without a word, so repeated ids are refused before it indexes
+    (:func:`pipeline.data.integrity.check_coco_ids`): a repeated annotation id would score people on
+    the wrong images."""
     from pycocotools.coco import COCO
 
     where = str(gt_json)
@@ -234,6 +239,7 @@ def _load_gt(gt_json: str | Path, num_joints: int):
     for i, cat in enumerate(data["categories"]):
         if not isinstance(cat, dict) or "id" not in cat:
             raise PipelineError(where, f"categories[{i}]: missing field 'id'")
+    check_coco_ids(where, data, file_names=False)  # scoring reads no image: a file may serve two ids
     image_ids = {img["id"] for img in data["images"]}
     for i, ann in enumerate(data["annotations"]):
         if not isinstance(ann, dict):

@@ -155,9 +155,9 @@ TABLE6 = PaperTable(
         "softmax suppliers against MSE + DARK (HDM against the better decoder on the same model); HDM with "
         "ε = 1 input px (ε / stride heatmap px) against HDM with ε = 1 heatmap px. findings.md answers the "
         "questions with paired intervals, among them the stride × loss interaction.",
-        "Stride 4 with softmax suppliers and stride 8 belong to the study target (`snakemake --cores all "
-        "study`), strides 2 and 1 to the verdict target (`snakemake --cores all verdict`); a report without "
-        "them says \"not run\" on their lines.",
+        "Stride 4's ε-input and softmax rows and stride 8 (but its ε-input row) belong to the study target "
+        "(`snakemake --cores all study`), strides 2 and 1 and stride 8's ε-input row to the verdict target "
+        "(`snakemake --cores all verdict`); a report without them says \"not run\" on their lines.",
     ),
 )
 

@@ -12,10 +12,13 @@ import contextlib
 import functools
 import logging
 import os
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
+from urllib.parse import urlsplit, urlunsplit
 
-from ..errors import PipelineError, Terminated
+from ..errors import PipelineError, Terminated, shorten
 from ..termination import deferred_termination
 
 log = logging.getLogger(__name__)
@@ -26,10 +29,196 @@ DEFAULT_BUSY_TIMEOUT_S = 60.0
 UNFINISHED = ("RUNNING", "FAILED", "KILLED")
 
 
-def _quiet_mlflow() -> None:
+# MLflow's HTTP client as the project sets it where the user has not (a user's own value wins). Each
+# request waits up to TIMEOUT seconds to connect and as long for each read, and is tried MAX_RETRIES
+# more times after pauses of 0, 2 x BACKOFF_FACTOR, 4 x BACKOFF_FACTOR, ... seconds (plus up to JITTER).
+# MLflow's own defaults (120 s, 7 retries, factor 2) make a server that does not answer look like a hang
+# of many minutes.
+HTTP_TIMEOUT_ENV = "MLFLOW_HTTP_REQUEST_TIMEOUT"
+HTTP_RETRIES_ENV = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
+HTTP_BACKOFF_ENV = "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"
+HTTP_JITTER_ENV = "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER"
+HTTP_DEFAULTS: dict[str, str] = {HTTP_TIMEOUT_ENV: "5", HTTP_RETRIES_ENV: "2", HTTP_BACKOFF_ENV: "1",
+                                 HTTP_JITTER_ENV: "0.5"}
+# Loggers of the libraries behind the store. MLflow gives its own (and alembic's, SQLAlchemy's) a
+# console handler of their own when it is imported, which prints a whole traceback for a failure that
+# reaches us anyway and becomes one line; routed to the root logger instead, their records go where the
+# stage's log configuration sends them (pipeline.cli: the stage's log file).
+LIBRARY_LOGGERS = ("mlflow", "alembic", "sqlalchemy", "huey", "urllib3", "requests")
+# http(s) tracking URIs whose server answered in this process: checked once, not before every call
+_ANSWERED: set[str] = set()
+
+
+def _configure_mlflow() -> None:
+    """Environment MLflow reads when it runs: synchronous logging (the bounded HTTP client of a tracking
+    server: :func:`http_settings`, via :func:`check_server`)."""
     os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
-    for name in ("mlflow", "alembic", "alembic.runtime.migration", "sqlalchemy"):
+
+
+def route_library_logs() -> None:
+    """Send the store libraries' log records through the root logger, at WARNING and above.
+
+    Called again after every ``import mlflow`` point (:func:`connect`): importing MLflow re-installs its
+    console handlers. Any of their descendants that got a handler of its own is routed the same way.
+    """
+    for name in list(logging.root.manager.loggerDict):
+        if name.split(".", 1)[0] not in LIBRARY_LOGGERS:
+            continue
+        logger = logging.getLogger(name)
+        logger.handlers = []
+        logger.propagate = True
+    for name in LIBRARY_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    """MLflow's HTTP client settings in effect (``MLFLOW_HTTP_REQUEST_*``), validated."""
+
+    timeout: int
+    retries: int
+    backoff_factor: int
+    backoff_jitter: float
+
+    @property
+    def tries(self) -> int:
+        return self.retries + 1
+
+    def pause(self, failures: int) -> float:
+        """Seconds before the next try after ``failures`` consecutive failures (urllib3's schedule, no jitter)."""
+        return 0.0 if failures <= 1 else float(self.backoff_factor * 2 ** (failures - 1))
+
+    def bound_s(self) -> float:
+        """The longest one request to a server that never answers can take: every try waits out its
+        connect and its read timeout, then the pauses between the tries, each with its whole jitter."""
+        pauses = sum(self.pause(n) + self.backoff_jitter for n in range(1, self.tries))
+        return self.tries * 2 * self.timeout + pauses
+
+
+def _env_number(name: str, kind: type, minimum: float) -> Any:
+    """``kind(os.environ[name])``, at least ``minimum``; a one-line error naming the variable otherwise
+    (MLflow itself would fail deep inside a request with a traceback)."""
+    raw = os.environ.get(name, HTTP_DEFAULTS[name])
+    what = "a whole number" if kind is int else "a number"
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise PipelineError(name, f"must be {what} >= {minimum:g}, got {shorten(repr(raw), 60)}") from None
+    if value < minimum:
+        raise PipelineError(name, f"must be {what} >= {minimum:g}, got {shorten(raw, 60)}")
+    return value
+
+
+def http_settings() -> HttpSettings:
+    """The bounded HTTP settings MLflow will use (the project's defaults where the user set none)."""
+    for name, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+    return HttpSettings(timeout=_env_number(HTTP_TIMEOUT_ENV, int, 1),
+                        retries=_env_number(HTTP_RETRIES_ENV, int, 0),
+                        backoff_factor=_env_number(HTTP_BACKOFF_ENV, int, 0),
+                        backoff_jitter=_env_number(HTTP_JITTER_ENV, float, 0))
+
+
+def _is_http(uri: str) -> bool:
+    return uri.lower().startswith(("http://", "https://"))
+
+
+def _shown_uri(uri: str) -> str:
+    """The URI as messages show it: a password in it is masked."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    host = parts.hostname or ""
+    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _uri_source(uri: str) -> tuple[str, str]:
+    """(where the URI comes from, what the user can change there), for messages."""
+    if os.environ.get("MLFLOW_TRACKING_URI") == uri:
+        return f"MLFLOW_TRACKING_URI={_shown_uri(uri)}", "start it or unset the variable"
+    return (f"mlflow.tracking_uri={_shown_uri(uri)}",
+            "start it or set mlflow.tracking_uri in params.yaml to a running server")
+
+
+def _exception_chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and the exceptions behind it (causes, contexts, urllib3's ``reason``, wrapped arguments)."""
+    todo, seen = [exc], set()
+    while todo and len(seen) < 50:
+        e = todo.pop(0)
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        more = [e.__cause__, e.__context__, getattr(e, "reason", None), *e.args]
+        todo.extend(m for m in more if isinstance(m, BaseException))
+
+
+def _connection_cause(exc: BaseException, timeout: int) -> str:
+    """Why a request got no answer, in a few words."""
+    import socket
+
+    for e in _exception_chain(exc):
+        if isinstance(e, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(e, socket.gaierror):
+            return "host not found"
+        if isinstance(e, TimeoutError) or type(e).__name__ in ("ConnectTimeout", "ReadTimeout",
+                                                                "ConnectTimeoutError", "ReadTimeoutError"):
+            return f"no answer within {timeout} s"
+        if isinstance(e, ConnectionResetError):
+            return "connection reset"
+    lines = str(exc).strip().splitlines()
+    return shorten(lines[0] if lines else type(exc).__name__, 120)
+
+
+def _probe(uri: str, timeout: int) -> str | None:
+    """Ask the server for ``/health`` once; None when it answered anything, else why not.
+
+    Any HTTP answer counts (even 401 or 404: something serves the URI, and MLflow reports what is wrong
+    with it); so does a TLS failure after connecting, which MLflow's own TLS settings decide.
+    """
+    import requests
+
+    verify: bool | str = True
+    if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() in ("1", "true"):
+        verify = False
+    elif os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH"):
+        verify = os.environ["MLFLOW_TRACKING_SERVER_CERT_PATH"]
+    try:
+        requests.get(uri.rstrip("/") + "/health", timeout=(timeout, timeout), verify=verify,
+                     allow_redirects=False).close()
+    except requests.exceptions.SSLError as exc:
+        cause = _connection_cause(exc, timeout)
+        return cause if cause.startswith(("no answer", "connection ")) else None
+    except requests.exceptions.RequestException as exc:
+        return _connection_cause(exc, timeout)
+    return None
+
+
+def check_server(uri: str) -> None:
+    """Stop with one line unless the tracking server at an http(s) ``uri`` answers (other URIs: no-op).
+
+    Tried as often and with the same timeout and pauses as MLflow's own requests (:func:`http_settings`),
+    so a server that is down ends the stage within :meth:`HttpSettings.bound_s` seconds, before any real
+    work, instead of in the middle of it. A server that answered once in this process is not asked again.
+    """
+    if not _is_http(uri) or uri in _ANSWERED:
+        return
+    settings = http_settings()
+    started = time.monotonic()
+    cause = ""
+    for attempt in range(1, settings.tries + 1):
+        cause = _probe(uri, settings.timeout)
+        if cause is None:
+            _ANSWERED.add(uri)
+            return
+        if attempt < settings.tries:
+            time.sleep(settings.pause(attempt))
+    where, advice = _uri_source(uri)
+    tries = f"{settings.tries} tr{'y' if settings.tries == 1 else 'ies'}"
+    raise PipelineError(where, f"tracking server not reachable ({cause}) after {tries} in "
+                               f"{time.monotonic() - started:.0f} s; {advice}")
 
 
 def _sqlite_path(uri: str) -> Path | None:
@@ -97,8 +286,12 @@ def _describe_store_error(text: str, timeout: float | None = None) -> str:
         return "the MLflow store is read-only: make the file and its folder writable"
     if "unable to open" in low:
         return "cannot open the MLflow store (missing folder or no permission)"
+    if "api request to" in low and ("timeout" in low or "timed out" in low or "connection" in low):
+        waits = ", ".join(f"{name}={os.environ.get(name, '?')}" for name in (HTTP_TIMEOUT_ENV, HTTP_RETRIES_ENV))
+        return (f"the tracking server stopped answering ({waits}): check that it is running, or raise "
+                "these to wait longer")
     first = text.strip().splitlines()[0] if text.strip() else "unknown error"
-    return f"MLflow store error ({first[:200]})"
+    return f"MLflow store error ({shorten(first, 200)})"
 
 
 def is_store_error(exc: BaseException) -> bool:
@@ -124,9 +317,11 @@ def connect(uri: str, *, write: bool = False) -> Any:
     """Point MLflow at ``uri`` and return the module (imported lazily: it is slow to import).
 
     A SQLite store is checked first (:func:`check_sqlite_store`): it must exist (made by
-    ``mlflow-init``), be a readable SQLite file, and not stay locked longer than the busy timeout.
+    ``mlflow-init``), be a readable SQLite file, and not stay locked longer than the busy timeout. A
+    tracking server must answer (:func:`check_server`); every request MLflow makes to it is bounded
+    (:data:`HTTP_DEFAULTS`).
     """
-    _quiet_mlflow()
+    _configure_mlflow()
     db = _sqlite_path(uri)
     if db is not None:
         if not db.exists() and os.environ.get("HDM_MLFLOW_ALLOW_CREATE") != "1":
@@ -134,8 +329,10 @@ def connect(uri: str, *, write: bool = False) -> Any:
                                          "(python -m pipeline mlflow-init)")
         if db.exists():
             check_sqlite_store(db, write=write)
+    check_server(uri)
     import mlflow
 
+    route_library_logs()  # the import gave MLflow's loggers their own console handlers again
     mlflow.set_tracking_uri(uri)
     return mlflow
 

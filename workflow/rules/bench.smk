@@ -10,4 +10,4 @@ rule bench_loss:
     resources:
         mem_mb=4000,
     shell:
-        PY + " -m pipeline bench loss --threads {threads} > {log} 2>&1"
+        PY + " -m pipeline bench loss --threads {threads} > {log:q} 2>&1"

@@ -19,4 +19,4 @@ rule data:
         mem_mb=2000,
         runtime=lambda w: 24 * 60 if config["profiles"][w.profile]["data"]["source"] == "download" else 60,
     shell:
-        CLI + " data --dataset {wildcards.dataset} 2> {log}"
+        CLI + " data --dataset {wildcards.dataset:q} 2> {log:q}"

@@ -15,4 +15,4 @@ rule evaluate:
         mem_mb=lambda w: 4000 if config["profiles"][w.profile]["device"] != "cuda" else 32000,
         gpu=lambda w: 1 if config["profiles"][w.profile]["device"] == "cuda" else 0,
     shell:
-        CLI + " evaluate --run {wildcards.run} --seed {wildcards.seed} 2> {log}"
+        CLI + " evaluate --run {wildcards.run:q} --seed {wildcards.seed:q} 2> {log:q}"

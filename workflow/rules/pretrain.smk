@@ -49,4 +49,4 @@ rule pretrain:
         mem_mb=3000,
         runtime=60,
     shell:
-        CLI + " pretrain --arch {wildcards.arch} 2> {log}"
+        CLI + " pretrain --arch {wildcards.arch:q} 2> {log:q}"

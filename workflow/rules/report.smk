@@ -14,7 +14,7 @@ rule report:
     resources:
         mem_mb=2000,
     shell:
-        CLI + " report 2> {log}"
+        CLI + " report 2> {log:q}"
 
 
 # The study target: the same tables over study.seeds, plus the study-only study.runs (not a DVC stage:
@@ -30,7 +30,7 @@ rule report_study:
     resources:
         mem_mb=2000,
     shell:
-        CLI + " report --study 2> {log}"
+        CLI + " report --study 2> {log:q}"
 
 
 # The verdict target: the study's runs and verdict.runs over study.seeds (not a DVC stage either).
@@ -45,4 +45,4 @@ rule report_verdict:
     resources:
         mem_mb=2000,
     shell:
-        CLI + " report --verdict 2> {log}"
+        CLI + " report --verdict 2> {log:q}"

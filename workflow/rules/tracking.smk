@@ -9,4 +9,4 @@ rule mlflow_init:
     resources:
         mem_mb=1000,
     shell:
-        CLI + " mlflow-init 2> {log}"
+        CLI + " mlflow-init 2> {log:q}"

@@ -76,4 +76,4 @@ rule train:
         gpu_model=lambda w: _cluster(w).get("gpu_model", "") if _gpu_job(w) else "",
         cpus_per_gpu=lambda w: _cluster(w).get("cpus_per_gpu", _train_cfg(w)["threads"]) if _gpu_job(w) else 0,
     shell:
-        CLI + " train --run {wildcards.run} --seed {wildcards.seed} 2> {log}"
+        CLI + " train --run {wildcards.run:q} --seed {wildcards.seed:q} 2> {log:q}"
