@@ -194,6 +194,9 @@ MpiDefault=none
 ReturnToService=2
 # a time limit or scancel sends SIGTERM, then SIGKILL KillWait s later
 KillWait=10
+# a job's processes at nice 19 on busy CPUs took 83 s to end after SIGKILL; past this bound (SLURM's
+# default: 60 s) the node is drained ("Kill task failed") and no later job starts on it
+UnkillableStepTimeout=300
 MinJobAge=300
 InactiveLimit=0
 SlurmctldTimeout=30
