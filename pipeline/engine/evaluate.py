@@ -29,6 +29,10 @@ raw, unflipped heatmaps (:mod:`pipeline.engine.mechanism`), beside the other out
 - ``sinkhorn_convergence.json`` (HDM runs, sub-pixel demanders): Sinkhorn iterations needed per
   tolerance on the first 200 people's weighted heatmaps, ``{"tolerances", "iterations_median",
   "iterations_p95", "iterations_max", "cap", "heatmaps", "epsilon_effective", ...}``.
+
+Beside ``metrics.json`` (every metric: ground-truth boxes, decoding variants, per-joint diagnostics),
+``headline.json`` holds each evaluated split's headline numbers only (:func:`headline_metrics`): it is
+the file DVC lists as the stage's metric, so ``dvc metrics show`` and ``dvc exp show`` stay readable.
 """
 from __future__ import annotations
 
@@ -241,6 +245,26 @@ def _mpii_metrics(prefix: str, coords: np.ndarray, gt_valid: Path) -> dict[str, 
     return {f"{prefix}.{k.replace('@', '_at_')}": v for k, v in stats.items()}
 
 
+# headline.json: the numbers a reader compares runs by, per evaluated split (the run's own decoding;
+# a split without ground truth, such as real test-dev, has none). COCO's AP..AR as
+# pipeline.metrics.coco names them, MPII's PCKh total and PCKh@0.1 as _mpii_metrics names them.
+HEADLINE_FILE = "headline.json"
+_HEADLINE_SPLITS = ("coco_val", "coco_testdev", "coco_tune", "mpii_val", "mpii_tune")
+_HEADLINE_STATS = {"coco": ("AP", "AP50", "AP75", "APM", "APL", "AR"), "mpii": ("Mean", "Mean_at_0.1")}
+
+
+def headline_metrics(metrics: dict[str, float | None]) -> dict[str, float | None]:
+    """The headline subset of a run's metrics, in the same flat names (``coco_val.AP``): the one file
+    DVC shows as a metric, since metrics.json's per-joint diagnostics make tables hundreds of columns wide."""
+    names = [f"{split}.{stat}" for split in _HEADLINE_SPLITS for stat in _HEADLINE_STATS[split.split("_")[0]]]
+    return {name: metrics[name] for name in names if name in metrics}
+
+
+def _strict_json(metrics: dict[str, float]) -> dict[str, float | None]:
+    """Strict JSON (DVC reads it): an undefined metric (no person of that size) becomes null."""
+    return {k: (v if v == v else None) for k, v in metrics.items()}
+
+
 def evaluate_run(cfg: dict[str, Any], *, tracking_uri: str, experiment: str, progress: bool = True,
                  extra_tags: dict[str, str] | None = None) -> dict:
     """:func:`_evaluate_run` under the run's lock (:mod:`.run_lock`): never while the run trains (which
@@ -253,7 +277,7 @@ def evaluate_run(cfg: dict[str, Any], *, tracking_uri: str, experiment: str, pro
 
 def _evaluate_run(cfg: dict[str, Any], *, tracking_uri: str, experiment: str, progress: bool,
                   extra_tags: dict[str, str] | None) -> dict:
-    """Evaluate the run's final checkpoint; writes metrics.json and prediction files.
+    """Evaluate the run's final checkpoint; writes metrics.json, headline.json and prediction files.
 
     Every input (checkpoint, annotations, detections, ``gt_valid.mat``, the MLflow run) is checked
     before the first prediction; outputs are made in a temporary folder and moved into the
@@ -335,9 +359,10 @@ def _evaluate_run(cfg: dict[str, Any], *, tracking_uri: str, experiment: str, pr
             for f in sorted(submission.glob("*.zip")) if submission.is_dir() else []:
                 mlflow.log_artifact(str(f), artifact_path=coco_server.SUBMISSION_DIR)
             run_id = mlflow.active_run().info.run_id
+        strict = _strict_json(metrics)
+        io.write_json(stage / HEADLINE_FILE, headline_metrics(strict))  # published with the others
         io.publish(stage, out_dir)
-    # Strict JSON (DVC reads it): undefined metrics (no person of that size) become null.
     result = {"run": cfg["name"], "seed": seed, "profile": cfg["profile"], "mlflow_run_id": run_id,
-              "metrics": {k: (v if v == v else None) for k, v in metrics.items()}}
+              "metrics": strict}
     io.write_json(paths.eval_metrics(cfg["name"], seed), result)
     return result

@@ -1,11 +1,13 @@
 # Evaluation: the paper's test protocol on the final checkpoint, logged to the same MLflow run. A split: tune
-# run is evaluated on the tune split only (no val, test-dev or submission files): its one declared output,
-# metrics.json, is the same file, so the rule serves both.
+# run is evaluated on the tune split only (no val, test-dev or submission files): its declared outputs,
+# metrics.json (every metric) and headline.json (DVC's metric: the headline numbers), are the same files,
+# so the rule serves both.
 rule evaluate:
     input:
         "results/{profile}/runs/{run}/seed{seed}/final.pth",
     output:
         "results/{profile}/eval/{run}/seed{seed}/metrics.json",
+        "results/{profile}/eval/{run}/seed{seed}/headline.json",
     params:
         config=run_config,
     log:
