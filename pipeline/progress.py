@@ -1,12 +1,12 @@
 """Progress of long loops: a bar redrawn on a terminal, plain lines anywhere else.
 
 A progress bar redraws its line with carriage returns. On a terminal that is one line that changes;
-in a log file, a pipe or a cluster job's output file every redraw stays as text (a six-epoch demo
-training wrote 67 KB of them, and ``tail -f`` shows a smear). So every loop of the pipeline asks
+in a log file, a pipe or a cluster job's output file every redraw stays as text (a bar over a six-epoch demo
+training leaves about 67 KB of them, and ``tail -f`` shows a smear). So every loop of the pipeline asks
 :func:`bars_wanted` whether to draw: only when progress is asked for (no ``--quiet``) and stderr is a
 terminal. Elsewhere a loop logs a line when it starts and one when it ends (:class:`Progress`), and
 training logs one line per epoch with its elapsed time and ETA (:class:`EpochClock`). ``--quiet``
-shows neither bars nor these lines.
+shows neither bars nor the start and end lines; the epoch lines stay (they are the training's record).
 """
 from __future__ import annotations
 
