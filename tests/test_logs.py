@@ -130,6 +130,7 @@ def test_the_log_of_a_full_demo_training_job_fits_in_5_kb(project):
     text = (project / "logs/train.log").read_text()
     lines = [line + "\n" for line in text.splitlines()]
     epoch_lines = [line for line in lines if EPOCH_LINE.search(line)]
+    assert epoch_lines, text
     other = sum(len(line.encode()) for line in lines if line not in epoch_lines)
     demo = load_params(Path(__file__).resolve().parent.parent / "params.yaml", "demo")
     names = run_names(demo, verdict=True)
