@@ -30,6 +30,7 @@ from . import io
 from .config import (Paths, experiment_name, load_params, report_run_names, resolve_run, run_label, run_names,
                      seeds, tracking_uri)
 from .errors import PipelineError, Terminated, shorten
+from .progress import quiet_library_bars
 from .termination import on_sigterm, run_child
 from .tracking import check_server
 
@@ -390,6 +391,7 @@ def _os_error_line(exc: OSError) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one stage; every failure the user can fix ends as one ``error:`` line and a non-zero status."""
     args = build_parser().parse_args(argv)
+    quiet_library_bars(not args.quiet)  # before a stage imports the libraries that draw bars
     # SIGTERM (SLURM's time limit, ``kill``) unwinds like Ctrl-C: temporary files are removed and the
     # MLflow run is marked KILLED before the process exits (held back during a store write; training
     # stops at its next step boundary, every process of a torchrun job at the same one)

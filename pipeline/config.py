@@ -1,7 +1,8 @@
 """params.yaml: loading, schema validation, profile resolution and the output paths.
 
-``params.yaml`` is the single source of configuration. Snakemake, DVC and the CLI all go through
-:func:`load_params` (schema-validated, one-line errors naming the key) and :func:`resolve_run`
+``params.yaml`` is the single source of configuration. The CLI (which every DVC stage runs) reads it with
+:func:`load_params`, the Snakefile with :func:`read_yaml` and :func:`validate_params` on Snakemake's
+config: the same schema check, one-line errors naming the key. Both resolve runs with :func:`resolve_run`
 (profile defaults ← architecture overrides ← run overrides), and all output locations come from
 :class:`Paths`, so the two front-ends cannot drift apart.
 """

@@ -208,7 +208,7 @@ def test_train_benchmark_errors_and_cli(tmp_path):
 
 
 def test_hdm_optimum_sharpens_at_one_heatmap_pixel_and_matches_demanders_at_a_quarter():
-    """The issue's numbers for a dot offset by (0.25, 0.25): 0.714/0.143/0.143/0 at eps = 1 heatmap px,
+    """The worked example's numbers for a dot offset by (0.25, 0.25): 0.714/0.143/0.143/0 at eps = 1 heatmap px,
     the demanders 0.5625/0.1875/0.1875/0.0625 at eps = 1 input px = 0.25 heatmap px (stride 4)."""
     from pipeline.bench.hdm_optimum import ORIGIN, demander_masses, optimise_free_heatmaps
 

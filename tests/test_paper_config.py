@@ -30,7 +30,7 @@ def test_every_paper_run_equals_its_reference(params):
     runs = pc.paper_runs(params)
     assert len(runs) == len(params["runs"]) == 19  # 17 paper runs and the two UDP runs
     assert {pc.reference_id(pc.resolve_run(params, r, "paper")) for r in runs} == set(pc.SOURCES) == set(pc.REFERENCE)
-    # the settings of the issue, as the references have them
+    # settings each paper run takes from its official config (batch size, SyncBN, load shift, backbone, half body)
     assert runs["mpii_hrnet_w48_hdm"]["train.batch_size"] == 32 and runs["coco_hrnet_w48_hdm"]["train.batch_size"] == 24
     hrt = runs["coco_hrformer_base_mse"]
     assert (hrt["train.batch_size"], hrt["train.gpus"], hrt["train.total_batch"], hrt["train.lr"]) == (8, 8, 64, 0.0005)

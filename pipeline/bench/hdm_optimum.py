@@ -164,7 +164,8 @@ def run_hdm_optimum_benchmark(params: Mapping[str, Any] | None = None, *, profil
 
 
 def _check_quarter(report: Mapping[str, Any], offs: Tensor) -> dict[str, Any] | None:
-    """The issue's example: masses at the 4 demander pixels for the dot offset by (0.25, 0.25)."""
+    """The worked example the JSON keeps (check_dot_0.25_0.25): masses at the 4 demander pixels for the dot
+    offset by (0.25, 0.25)."""
     hit = ((offs - torch.tensor([0.25, 0.25], dtype=offs.dtype)).abs().sum(1) < 1e-9).nonzero().reshape(-1)
     if hit.numel() == 0:
         return None

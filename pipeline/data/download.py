@@ -47,6 +47,7 @@ import urllib3
 
 from ..errors import PipelineError
 from ..io import atomic_path, sha256_file
+from ..progress import Progress, track
 
 log = logging.getLogger(__name__)
 
@@ -299,8 +300,6 @@ def _download(
     errors, cut streams, 5xx) and :class:`PipelineError` for those that are not
     (404 and other client errors).
     """
-    from tqdm import tqdm  # imported here so the module imports without tqdm
-
     have = part.stat().st_size if part.exists() else 0
     if source.size is not None and have > source.size:
         part.unlink()  # longer than the archive can be: garbage, not a prefix
@@ -344,25 +343,21 @@ def _download(
             if total is None and resp.headers.get("Content-Length", "").isdigit():
                 total = int(resp.headers["Content-Length"])
 
-        bar = tqdm(
-            total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
-            desc=source.name, disable=not progress, leave=False,
-        )
-        try:
-            with part.open(mode) as fh:
-                # The bytes as sent, never decoded: a server labelling a .tar.gz "Content-Encoding: gzip"
-                # (Apache's AddEncoding) still sends the archive itself, which must land as it is.
-                for block in resp.raw.stream(chunk, decode_content=False):
-                    if block:
-                        fh.write(block)
-                        bar.update(len(block))
-        except (requests.RequestException, urllib3.exceptions.HTTPError, ConnectionError) as exc:
-            # network errors (requests', urllib3's, the socket's) before OSError, which some of them subclass
-            raise _Retryable(f"connection lost at byte {part.stat().st_size} ({type(exc).__name__})") from None
-        except OSError as exc:
-            raise PipelineError(str(part), f"cannot write download ({exc})") from None
-        finally:
-            bar.close()
+        # a bar on a terminal; a log file gets a line at the start and one at the end
+        with Progress(source.name, total=total, initial=have, unit="B", enabled=progress) as shown:
+            try:
+                with part.open(mode) as fh:
+                    # The bytes as sent, never decoded: a server labelling a .tar.gz "Content-Encoding: gzip"
+                    # (Apache's AddEncoding) still sends the archive itself, which must land as it is.
+                    for block in resp.raw.stream(chunk, decode_content=False):
+                        if block:
+                            fh.write(block)
+                            shown.update(len(block))
+            except (requests.RequestException, urllib3.exceptions.HTTPError, ConnectionError) as exc:
+                # network errors (requests', urllib3's, the socket's) before OSError, which some of them subclass
+                raise _Retryable(f"connection lost at byte {part.stat().st_size} ({type(exc).__name__})") from None
+            except OSError as exc:
+                raise PipelineError(str(part), f"cannot write download ({exc})") from None
     return total
 
 
@@ -421,9 +416,7 @@ def _select(archive: Path, items: list, name_of, members: Sequence[str] | None) 
 
 
 def _bar(items: list, archive: Path, progress: bool) -> Iterable:
-    from tqdm import tqdm
-
-    return tqdm(items, desc=f"extract {archive.name}", unit="file", disable=not progress, leave=False)
+    return track(items, f"extract {archive.name}", unit="file", enabled=progress)
 
 
 def extract(archive: Path, into: Path, *, members: Sequence[str] | None = None, progress: bool = False) -> Path:

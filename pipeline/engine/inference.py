@@ -16,11 +16,11 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from ..codecs import flip as flip_codec
 from ..codecs import Codec
 from ..data.transforms import heatmap_to_image
+from ..progress import Progress
 from ..termination import loader_worker_init
 from . import builders
 
@@ -61,7 +61,9 @@ def predict(net: nn.Module, cfg: dict[str, Any], recs: list[dict], *, flip_test:
     coords, scores, centers, scales, peaks = [], [], [], [], []
     extra: dict[str, tuple[list, list]] = {name: ([], []) for name in variants}
     box_scores, areas, image_ids = [], [], []
-    for batch in tqdm(loader, desc=desc, disable=not progress, leave=False, mininterval=2.0):
+    # a bar on a terminal; a log file gets a line at the start and one at the end
+    shown = Progress(desc, total=len(ds), unit="person", enabled=progress, mininterval=2.0)
+    for batch in shown.over(loader, weigh=lambda batch: len(batch["image"])):
         images = batch["image"].to(dev, non_blocking=True, memory_format=torch.channels_last)
         heat = net(images).float()
         if on_batch is not None:

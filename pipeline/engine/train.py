@@ -58,13 +58,13 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
-from tqdm import tqdm
 
 from .. import io
 from ..checkpoint import UnsafeCheckpointError, load_weights, save_checkpoint
 from ..config import Paths, run_label
 from ..errors import PipelineError
 from ..models import pretrained_weights
+from ..progress import EpochClock, Progress
 from ..termination import deferred_termination, loader_worker_init, sigterm_pending, stop_now
 from ..tracking import flatten, logged_steps, open_run
 from . import builders, identity, sync_bn
@@ -476,6 +476,7 @@ class _Run:
     history: list[dict[str, Any]] = field(default_factory=list)
     run_id: str | None = None
     resumed_from: Path | None = None
+    clock: EpochClock | None = None  # started with the first epoch this process trains
 
     @property
     def t(self) -> dict[str, Any]:
@@ -521,6 +522,7 @@ def _train_stages(cfg: dict[str, Any], env: DistEnv, dev: torch.device, *, track
         _remove_stale_outputs(run.run_dir / "train_summary.json", run.paths.checkpoint(cfg["name"], run.seed))
     with _open_tracking(run, tracking_uri, experiment, extra_tags) as mlflow:
         logged = _start_tracking(run, mlflow) if mlflow is not None else set()
+        run.clock = EpochClock(run.start_epoch, run.t["epochs"])
         for epoch in range(run.start_epoch, run.t["epochs"] + 1):
             stats = _reduce_stats(run, _train_epoch(run, epoch, progress))
             _end_epoch(run, mlflow, epoch, stats, logged)
@@ -693,9 +695,10 @@ def _train_epoch(run: _Run, epoch: int, progress: bool) -> _EpochStats:
     t0 = time.time()
     total, count, dead = 0.0, 0, 0
     step, step_lr, fault = 0, run.opt.param_groups[0]["lr"], FINITE
-    bar = tqdm(_batches(data.loader), total=len(data.loader), desc=f"{run.cfg['name']} epoch {epoch}/{t['epochs']}",
-               disable=not (progress and run.env.is_main), mininterval=5.0, leave=False)
-    for batch in bar:
+    # a bar on a terminal only; a log file gets the epoch's one line (_end_epoch)
+    bar = Progress(f"{run.cfg['name']} epoch {epoch}/{t['epochs']}", total=len(data.loader), unit="batch",
+                   enabled=progress and run.env.is_main, lines=False, mininterval=5.0)
+    for batch in bar.over(_batches(data.loader)):
         _stop_if_requested(run, fault, epoch, step, step_lr)
         step, step_lr = step + 1, run.opt.param_groups[0]["lr"]
         loss = train_step(run.model, run.crit, run.opt, run.scaler, batch, run.cfg, dev, run.amp_dtype)
@@ -705,7 +708,7 @@ def _train_epoch(run: _Run, epoch: int, progress: bool) -> _EpochStats:
         total += value * len(batch["image"])
         count += len(batch["image"])
         dead += int(getattr(run.crit, "last_dead_joints", 0))
-        bar.set_postfix(loss=f"{total / count:.4g}")
+        bar.postfix(loss=f"{total / count:.4g}")
     # before the epoch's end: a stop takes at most one step (then validation and the checkpoint go on, a
     # SIGTERM during them stops at the next step); so does a last step that left the model diverged
     if fault == FINITE and step:
@@ -832,7 +835,7 @@ def _end_epoch(run: _Run, mlflow: Any, epoch: int, stats: _EpochStats, logged: s
     if env.is_main:
         row = _metrics_row(run, stats, val)
         run.history.append({"epoch": epoch, **row})
-        log.info("epoch %d/%d  %s", epoch, run.t["epochs"], _log_line(row))
+        log.info("%s %s  %s", run_label(run.cfg["name"], run.seed), run.clock.status(epoch), _log_line(row))
         _save_checkpoint(run, epoch, rng)
         # after the checkpoint: a stop in between leaves an epoch the resume replays, never
         # one the run logs twice (an epoch trained again reproduces the logged values)

@@ -30,6 +30,7 @@ from torch import nn
 from ..config import Paths
 from ..data.dataset import IMAGENET_MEAN, IMAGENET_STD
 from ..models import build_model
+from ..progress import EpochClock
 from ..tracking import flatten, open_run
 from . import shapes, spec, weights
 
@@ -171,6 +172,7 @@ def fit(cfg: dict[str, Any], *, on_epoch=None) -> tuple[Pretrainer, list[dict[st
     val = (to_tensor(val_images), torch.from_numpy(val_masks).long(), torch.from_numpy(val_labels))
     gen = torch.Generator().manual_seed(seed)
     history = []
+    clock = EpochClock(1, p["epochs"])
     for epoch in range(1, p["epochs"] + 1):
         t0 = time.time()
         images, masks, labels = shapes.make_split(seed, "train", epoch, p["train_images"], size)
@@ -189,8 +191,9 @@ def fit(cfg: dict[str, Any], *, on_epoch=None) -> tuple[Pretrainer, list[dict[st
         row = {"train_loss": total / max(count, 1), "lr": lr, "epoch_time_s": time.time() - t0,
                **evaluate(model, *val)}
         history.append({"epoch": epoch, **row})
-        log.info("pretrain %s epoch %d/%d  %s", cfg["arch"], epoch, p["epochs"],
-                 "  ".join(f"{k}={v:.4g}" for k, v in row.items()))
+        speed = {"images_per_s": count / max(row["epoch_time_s"], 1e-9)}  # the log line's, not the history's
+        log.info("pretrain %s %s  %s", cfg["arch"], clock.status(epoch),
+                 "  ".join(f"{k}={v:.4g}" for k, v in {**row, **speed}.items()))
         if on_epoch is not None:
             on_epoch(epoch, row)
     return model, history

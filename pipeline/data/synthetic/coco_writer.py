@@ -5,9 +5,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from ...io import atomic_path
+from ...progress import track
 from ..skeleton import COCO
 from . import files
 from .arguments import _check_args
@@ -61,7 +61,7 @@ def _render_coco_split(root: Path, seed: int, split: str, base: int, n: int, wid
     image_dir = root / "images" / split
     image_dir.mkdir(parents=True)
     images, anns = [], []
-    for i in tqdm(range(n), desc=f"synthetic coco {split}", disable=not progress, leave=False):
+    for i in track(range(n), f"synthetic coco {split}", unit="image", enabled=progress):
         rng = _image_rng(seed, "coco", split, i)
         img, people = _render_scene(rng, width, height, max_people, style)
         image_id = base + i

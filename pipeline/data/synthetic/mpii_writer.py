@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import scipy.io
-from tqdm import tqdm
 
 from ...io import atomic_path
+from ...progress import track
 from . import files
 from .anatomy import _P
 from .arguments import _check_args
@@ -61,7 +61,7 @@ def _head_length(person: _Person) -> float:
 def _render_mpii_split(root: Path, seed: int, split: str, base: int, n: int, width: int, height: int,
                        max_people: int, progress: bool, style: _Style = _MPII_STYLE) -> list[_MpiiRecord]:
     records: list[_MpiiRecord] = []
-    for i in tqdm(range(n), desc=f"synthetic mpii {split}", disable=not progress, leave=False):
+    for i in track(range(n), f"synthetic mpii {split}", unit="image", enabled=progress):
         rng = _image_rng(seed, "mpii", split, i)
         img, people = _render_scene(rng, width, height, max_people, style)
         name = f"{base + i:09d}.jpg"
