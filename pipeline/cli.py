@@ -293,6 +293,51 @@ def cmd_paper_config(args, params) -> None:
         log.warning("undocumented difference from the reference: %s", line)
 
 
+def _add_bench_parser(sub: argparse._SubParsersAction) -> None:
+    """The ``bench`` stage: one sub-command for four benchmarks, each option naming the one it serves."""
+    b = sub.add_parser("bench", help="benchmarks: speed and memory against a reference, JSON in reports/benchmarks/")
+    b.add_argument("what", choices=["loss", "data", "train", "hdm-optimum"], help="loss: the HDM loss engine against "
+                   "a naive autograd Sinkhorn | data: training-data loading, images/s per DataLoader worker count | "
+                   "hdm-optimum: the loss's optimum over a free heatmap and its decoded bias, for both "
+                   "hdm.epsilon_units (eps and stride of coco_hrnet_w48_hdm in the profile) | "
+                   "train: training steps of each run at its own config (images/s, peak memory, GPU-hours)")
+    b.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's setting)")
+    b.add_argument("--sizes", nargs="+", default=None, metavar="HxW",
+                   help="heatmap sizes, e.g. demo 64x48 96x72 (the default)")
+    b.add_argument("--repeats", type=int, default=3, help="timed repetitions per measurement (median)")
+    b.add_argument("--dataset", choices=["coco", "mpii"], default="coco", help="data: which dataset (default coco)")
+    b.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2], help="data: DataLoader worker counts")
+    b.add_argument("--seconds", type=float, default=5.0, help="data: about how long each in-process timed loop runs")
+    b.add_argument("--batches", type=int, default=None,
+                   help="data: timed batches per worker count (overrides --seconds)")
+    b.add_argument("--cv2-threads", nargs="+", default=["default", "0"], metavar="N|default",
+                   help="data: cv2.setNumThreads in the loading processes ('default': untouched, as in training)")
+    b.add_argument("--runs", nargs="+", default=None, metavar="RUN",
+                   help="train: runs to measure (default: the COCO runs of Table 1)")
+    b.add_argument("--iters", type=int, default=200, help="train: timed training steps per run")
+    b.add_argument("--warmup", type=int, default=20, help="train: untimed steps first")
+    b.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None,
+                   help="train: override the profile's device")
+    b.add_argument("--offset-step", type=float, default=0.125,
+                   help="hdm-optimum: spacing of the dot's sub-pixel offsets in [0, 1)^2")
+    b.add_argument("--steps", type=int, default=1000, help="hdm-optimum: Adam steps on the free heatmap's logits")
+    b.add_argument("--out-dir", default="reports/benchmarks", help="output folder (default: reports/benchmarks)")
+    b.set_defaults(func=cmd_bench)
+
+
+def _add_testdev_scores_parser(sub: argparse._SubParsersAction) -> None:
+    """The ``testdev-scores`` stage: scores from the COCO server, which the pipeline cannot compute."""
+    t = sub.add_parser("testdev-scores", help="load the COCO server's test-dev scores of one run into MLflow")
+    t.add_argument("--run", required=True, help="a COCO key of params.yaml's runs or study.runs")
+    t.add_argument("--seed", type=_nonneg_int, default=None,
+                   help="training seed of the evaluated run (default: the first of params.yaml's seeds)")
+    t.add_argument("--scores", required=True, help="the server's scores: JSON (metrics or COCOeval.stats) or "
+                                                    "COCOeval's printed summary; values > 1 are read as percent")
+    t.add_argument("--variant", choices=["dark"], default=None,
+                   help="the scores of the run's DARK-decoded submission (its own zip; Table 2's '+ DARK' line)")
+    t.set_defaults(func=cmd_testdev_scores)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m pipeline", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--params", default="params.yaml", help="configuration file (default: params.yaml)")
@@ -330,47 +375,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the verdict target: every run, study.runs and verdict.runs with study.seeds, into "
                         "reports/<profile>/verdict/")
     r.set_defaults(func=cmd_report)
-    b = sub.add_parser("bench", help="benchmarks: speed and memory against a reference, JSON in reports/benchmarks/")
-    b.add_argument("what", choices=["loss", "data", "train", "hdm-optimum"], help="loss: the HDM loss engine against "
-                   "a naive autograd Sinkhorn | data: training-data loading, images/s per DataLoader worker count | "
-                   "hdm-optimum: the loss's optimum over a free heatmap and its decoded bias, for both "
-                   "hdm.epsilon_units (eps and stride of coco_hrnet_w48_hdm in the profile) | "
-                   "train: training steps of each run at its own config (images/s, peak memory, GPU-hours)")
-    b.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's setting)")
-    b.add_argument("--sizes", nargs="+", default=None, metavar="HxW",
-                   help="heatmap sizes, e.g. demo 64x48 96x72 (the default)")
-    b.add_argument("--repeats", type=int, default=3, help="timed repetitions per measurement (median)")
-    b.add_argument("--dataset", choices=["coco", "mpii"], default="coco", help="data: which dataset (default coco)")
-    b.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2], help="data: DataLoader worker counts")
-    b.add_argument("--seconds", type=float, default=5.0, help="data: about how long each in-process timed loop runs")
-    b.add_argument("--batches", type=int, default=None,
-                   help="data: timed batches per worker count (overrides --seconds)")
-    b.add_argument("--cv2-threads", nargs="+", default=["default", "0"], metavar="N|default",
-                   help="data: cv2.setNumThreads in the loading processes ('default': untouched, as in training)")
-    b.add_argument("--runs", nargs="+", default=None, metavar="RUN",
-                   help="train: runs to measure (default: the COCO runs of Table 1)")
-    b.add_argument("--iters", type=int, default=200, help="train: timed training steps per run")
-    b.add_argument("--warmup", type=int, default=20, help="train: untimed steps first")
-    b.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None,
-                   help="train: override the profile's device")
-    b.add_argument("--offset-step", type=float, default=0.125,
-                   help="hdm-optimum: spacing of the dot's sub-pixel offsets in [0, 1)^2")
-    b.add_argument("--steps", type=int, default=1000, help="hdm-optimum: Adam steps on the free heatmap's logits")
-    b.add_argument("--out-dir", default="reports/benchmarks", help="output folder (default: reports/benchmarks)")
-    b.set_defaults(func=cmd_bench)
+    _add_bench_parser(sub)
     c = sub.add_parser("paper-config", help="write docs/paper-config.md: each paper run against its official config")
     c.add_argument("--output", default="docs/paper-config.md", help="where (default: docs/paper-config.md)")
     c.add_argument("--check", action="store_true", help="only check that the file is current (exit 1 if stale)")
     c.set_defaults(func=cmd_paper_config)
-    t = sub.add_parser("testdev-scores", help="load the COCO server's test-dev scores of one run into MLflow")
-    t.add_argument("--run", required=True, help="a COCO key of params.yaml's runs or study.runs")
-    t.add_argument("--seed", type=_nonneg_int, default=None,
-                   help="training seed of the evaluated run (default: the first of params.yaml's seeds)")
-    t.add_argument("--scores", required=True, help="the server's scores: JSON (metrics or COCOeval.stats) or "
-                                                    "COCOeval's printed summary; values > 1 are read as percent")
-    t.add_argument("--variant", choices=["dark"], default=None,
-                   help="the scores of the run's DARK-decoded submission (its own zip; Table 2's '+ DARK' line)")
-    t.set_defaults(func=cmd_testdev_scores)
+    _add_testdev_scores_parser(sub)
     return p
 
 

@@ -16,18 +16,18 @@ W, H = 24, 32
 def test_subpixel_demanders_masses_and_mean():
     rng = np.random.default_rng(0)
     kp = rng.uniform(-1, 30, (5, 7, 2))
-    pos, mass = hdm.subpixel_demanders(kp)
+    pos, mass = (t.numpy() for t in hdm.subpixel_demanders(torch.from_numpy(kp)))
     assert pos.shape == (5, 7, 4, 2) and mass.shape == (5, 7, 4)
     np.testing.assert_allclose(mass.sum(-1), 1.0, atol=1e-12)
     np.testing.assert_allclose((pos * mass[..., None]).sum(-2), kp, atol=1e-12)
     np.testing.assert_array_equal(pos[..., 0, :], np.floor(kp))
     np.testing.assert_array_equal(pos[..., 3, :], np.floor(kp) + 1)
-    tpos, tmass = hdm.subpixel_demanders(torch.from_numpy(kp))
-    np.testing.assert_allclose(tpos.numpy(), pos)
-    np.testing.assert_allclose(tmass.numpy(), mass, atol=1e-12)
+    # by hand: a dot a quarter past a pixel centre in x and y
+    _, m = hdm.subpixel_demanders(torch.tensor([2.25, 6.25], dtype=torch.float64))
+    np.testing.assert_allclose(m.numpy(), [0.5625, 0.1875, 0.1875, 0.0625], rtol=0, atol=1e-15)
     # dot on a grid line: two zero masses
-    _, m = hdm.subpixel_demanders(np.array([3.0, 4.5]))
-    np.testing.assert_allclose(m, [0.5, 0.0, 0.5, 0.0])
+    _, m = hdm.subpixel_demanders(torch.tensor([3.0, 4.5], dtype=torch.float64))
+    np.testing.assert_allclose(m.numpy(), [0.5, 0.0, 0.5, 0.0])
 
 
 def _interior_dots(rng, n):
@@ -43,51 +43,80 @@ def test_hdm_round_trip_is_exact():
     w = np.ones(len(dots))
     kp, wt = hdm.encode_dots(dots, w, (W, H))
     np.testing.assert_array_equal(wt, 1)
-    hm = np.stack([hdm.render_demanders(p, (W, H)) for p in dots])[None]  # (1,K,H,W)
+    hm = torch.from_numpy(np.stack([hdm.render_demanders(p, (W, H)) for p in dots])[None])  # (1,K,H,W)
     coords, scores = hdm.decode(hm)
-    np.testing.assert_allclose(coords[0], dots, atol=1e-6)
-    np.testing.assert_allclose(scores, 1.0, atol=1e-12)
-    tc, ts = hdm.decode(torch.from_numpy(hm))
-    np.testing.assert_allclose(tc.numpy()[0], dots, atol=1e-6)
-    # float32 torch: still well below a thousandth of a pixel
-    tc32, _ = hdm.decode(torch.from_numpy(hm).float())
+    np.testing.assert_allclose(coords.numpy()[0], dots, atol=1e-6)
+    np.testing.assert_allclose(scores.numpy(), 1.0, atol=1e-12)
+    # float32: still well below a thousandth of a pixel
+    tc32, _ = hdm.decode(hm.float())
     np.testing.assert_allclose(tc32.numpy()[0], dots, atol=1e-4)
     # the absolute scale is free: scaling the heatmap changes nothing
     c7, s7 = hdm.decode(7.5 * hm)
-    np.testing.assert_allclose(c7, coords, atol=1e-9)
-    np.testing.assert_allclose(s7, scores)
+    np.testing.assert_allclose(c7.numpy(), coords.numpy(), atol=1e-9)
+    np.testing.assert_allclose(s7.numpy(), scores.numpy())
 
 
 def test_hdm_decode_ignores_negative_values_and_scores_mass_fraction():
     r = hdm.render_demanders([10.3, 20.6], (W, H)) * 2.0
     hm = np.where(r > 0, r, -0.3)[None, None]  # negative background
     hm[0, 0, 2, 2] = 0.5  # isolated mass elsewhere
-    for inp in (hm, torch.from_numpy(hm)):
-        coords, scores = hdm.decode(inp)
-        np.testing.assert_allclose(np.asarray(coords)[0, 0], [10.3, 20.6], atol=1e-6)
-        np.testing.assert_allclose(np.asarray(scores)[0, 0], 2.0 / 2.5)
+    coords, scores = hdm.decode(torch.from_numpy(hm))
+    np.testing.assert_allclose(coords.numpy()[0, 0], [10.3, 20.6], atol=1e-6)
+    np.testing.assert_allclose(scores.numpy()[0, 0], 2.0 / 2.5)
 
 
 def test_hdm_decode_degenerate_heatmaps():
     hm = np.zeros((2, 2, 6, 5))
     hm[1, 0] = -1.0
     hm[1, 0, 4, 3] = -0.2  # all negative: raw argmax, score 0
-    for inp in (hm, torch.from_numpy(hm)):
-        c, s = hdm.decode(inp)
-        c, s = np.asarray(c), np.asarray(s)
-        assert np.isfinite(c).all() and (s == 0).all()
-        np.testing.assert_allclose(c[0, 0], [0, 0])
-        np.testing.assert_allclose(c[1, 0], [3, 4])
+    c, s = (t.numpy() for t in hdm.decode(torch.from_numpy(hm)))
+    assert np.isfinite(c).all() and (s == 0).all()
+    np.testing.assert_allclose(c[0, 0], [0, 0])
+    np.testing.assert_allclose(c[1, 0], [3, 4])
     # one-pixel-wide and one-pixel-high heatmaps
     col = np.zeros((1, 1, 5, 1))
     col[0, 0, 2, 0], col[0, 0, 3, 0] = 0.25, 0.75
     row = np.zeros((1, 1, 1, 5))
     row[0, 0, 0, 1], row[0, 0, 0, 2] = 0.5, 0.5
     for inp, expect in ((col, [0.0, 2.75]), (row, [1.5, 0.0])):
-        for x in (inp, torch.from_numpy(inp)):
-            c, s = hdm.decode(x)
-            np.testing.assert_allclose(np.asarray(c)[0, 0], expect, atol=1e-12)
-            np.testing.assert_allclose(np.asarray(s)[0, 0], 1.0)
+        c, s = hdm.decode(torch.from_numpy(inp))
+        np.testing.assert_allclose(c.numpy()[0, 0], expect, atol=1e-12)
+        np.testing.assert_allclose(s.numpy()[0, 0], 1.0)
+
+
+def _brute_force_hdm(hm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The 2x2-window decoding by its definition, window by window in plain Python loops."""
+    b, k, h, w = hm.shape
+    coords, scores = np.zeros((b, k, 2)), np.zeros((b, k))
+    for i in range(b):
+        for j in range(k):
+            r = np.maximum(hm[i, j], 0.0)
+            best, where = -1.0, (0, 0)
+            for y in range(h - 1):
+                for x in range(w - 1):
+                    mass = r[y, x] + r[y, x + 1] + r[y + 1, x] + r[y + 1, x + 1]
+                    if mass > best:
+                        best, where = mass, (y, x)
+            y, x = where
+            coords[i, j] = [x + (r[y, x + 1] + r[y + 1, x + 1]) / best, y + (r[y + 1, x] + r[y + 1, x + 1]) / best]
+            scores[i, j] = best / r.sum()
+    return coords, scores
+
+
+def test_hdm_decode_matches_the_window_search_done_by_hand():
+    hm = np.random.default_rng(5).normal(size=(2, 3, 6, 7)) - 0.3  # negative values too, no ties
+    coords, scores = hdm.decode(torch.from_numpy(hm))
+    want_coords, want_scores = _brute_force_hdm(hm)
+    np.testing.assert_allclose(coords.numpy(), want_coords, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(scores.numpy(), want_scores, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("decode", [hdm.decode, gaussian.decode])
+def test_a_decoder_has_one_implementation_an_array_is_decoded_as_its_tensor(decode):
+    hm = np.random.default_rng(6).normal(size=(2, 3, 5, 4))
+    from_array, from_tensor = decode(hm), decode(torch.from_numpy(hm))
+    for got, want in zip(from_array, from_tensor):
+        assert isinstance(got, torch.Tensor) and torch.equal(got, want)
 
 
 def test_hdm_encode_dots_outside_weight_zero_and_render_drops_outside():
@@ -121,12 +150,10 @@ def test_gaussian_round_trip_is_nearest_pixel():
     rng = np.random.default_rng(2)
     kp = np.stack([rng.uniform(0, W - 1, 100), rng.uniform(0, H - 1, 100)], -1)
     target, w = gaussian.encode(kp, np.ones(100), (W, H), 2.0)
-    coords, scores = gaussian.decode(target[None])
+    coords, scores = (t.numpy() for t in gaussian.decode(torch.from_numpy(target[None])))
     np.testing.assert_array_equal(coords[0], np.floor(kp + 0.5))
     assert np.abs(coords[0] - kp).max() <= 0.5
     np.testing.assert_allclose(scores, 1.0)
-    tc, ts = gaussian.decode(torch.from_numpy(target[None]))
-    np.testing.assert_array_equal(tc.numpy()[0], np.floor(kp + 0.5))
 
 
 def test_gaussian_quarter_offset_rule():
@@ -139,12 +166,24 @@ def test_gaussian_quarter_offset_rule():
     hm[0, 2, 5, 6] = 0.9  # bottom-right corner: no shift at all
     hm[0, 2, 5, 5] = 0.3
     expect = np.array([[3.25, 1.75], [0.0, 4.25], [6.0, 5.0]])
-    coords, scores = gaussian.decode(hm)
-    np.testing.assert_allclose(coords[0], expect)
-    np.testing.assert_allclose(scores[0], [1.0, 1.0, 0.9])
     tc, ts = gaussian.decode(torch.from_numpy(hm))
     np.testing.assert_allclose(tc.numpy()[0], expect)
     np.testing.assert_allclose(ts.numpy()[0], [1.0, 1.0, 0.9])
+
+
+def test_gaussian_decode_matches_a_brute_force_argmax():
+    hm = np.random.default_rng(7).random((2, 3, 6, 5))  # continuous values: no ties
+    coords, scores = gaussian.decode(torch.from_numpy(hm))
+    for i in range(2):
+        for j in range(3):
+            m = hm[i, j]
+            y, x = divmod(int(np.argmax(m)), m.shape[1])
+            want = [float(x), float(y)]
+            if 0 < x < m.shape[1] - 1:
+                want[0] += 0.25 if m[y, x + 1] > m[y, x - 1] else -0.25
+            if 0 < y < m.shape[0] - 1:
+                want[1] += 0.25 if m[y + 1, x] > m[y - 1, x] else -0.25
+            assert coords[i, j].tolist() == want and float(scores[i, j]) == m.max()
 
 
 # ------------------------------------------------------------------ flip
@@ -172,7 +211,7 @@ def test_flip_back_of_flipped_rendering_equals_original(joint_set, codec):
     # the averaged flip test decodes to what the plain heatmaps give
     avg = (back + torch.from_numpy(orig)) / 2
     dec = hdm.decode if codec == "hdm" else gaussian.decode
-    np.testing.assert_allclose(dec(avg)[0].numpy(), dec(orig)[0], atol=1e-9)
+    np.testing.assert_allclose(dec(avg)[0].numpy(), dec(torch.from_numpy(orig))[0].numpy(), atol=1e-9)
     if codec == "hdm":
         np.testing.assert_allclose(dec(avg)[0].numpy()[0], kp, atol=1e-6)
 
@@ -195,7 +234,7 @@ def test_get_codec_interface():
         else:
             np.testing.assert_allclose(target, kp, atol=1e-6)
             hm = np.stack([hdm.render_demanders(p, (W, H)) for p in kp])[None]
-        coords, scores = codec.decode(hm)
+        coords, scores = codec.decode(torch.from_numpy(hm))
         assert coords.shape == (1, 2, 2) and scores.shape == (1, 2)
     with pytest.raises(PipelineError, match="codec"):
         get_codec("dark")

@@ -262,6 +262,35 @@ def _check_cv2_threads(values: Sequence[str | int]) -> list[str | int]:
     return out or ["default"]
 
 
+def _opencv_threads(modes: list) -> dict[str, Any]:
+    """OpenCV's thread count in the main process and in a worker under each setting: the report says
+    what the measured loaders actually ran with."""
+    return {"main_process": cv2.getNumThreads(),
+            "in_worker": {str(m): opencv_threads_in_worker(m) for m in modes},
+            "dataset_sets_threads": False,
+            "note": "the dataset leaves OpenCV's thread pool alone; forked workers inherit the main process's "
+                    "setting; torch sets only its own threads to 1 in workers"}
+
+
+def _loader_rows(ds: Any, counts: list[int], modes: list, *, batch_size: int, batches: int, seed: int,
+                 verbose: bool) -> list[dict[str, Any]]:
+    """One measured row per OpenCV setting and worker count, each with its speed relative to the
+    in-process loader (worker count 0, measured first) of the same setting."""
+    rows: list[dict[str, Any]] = []
+    for mode in modes:
+        ref = None
+        for w in counts:
+            row = measure_loader(ds, w, batch_size=batch_size, batches=batches, cv2_threads=mode, seed=seed)
+            if w == 0:
+                ref = row["images_per_s"]
+            row["ratio_vs_workers0"] = row["images_per_s"] / ref
+            row["ratio_per_worker"] = row["ratio_vs_workers0"] / max(1, w)
+            rows.append(row)
+            if verbose:
+                print(f"  cv2 threads {mode}, workers {w}: {row['images_per_s']:.1f} images/s", flush=True)
+    return rows
+
+
 def run_data_benchmark(params: Mapping[str, Any], *, dataset: str = "coco", profile: str | None = None,
                        workers: Sequence[int] = DEFAULT_WORKERS, seconds: float = 5.0, batches: int | None = None,
                        batch_size: int | None = None, split_samples: int = 64,
@@ -306,24 +335,8 @@ def run_data_benchmark(params: Mapping[str, Any], *, dataset: str = "coco", prof
                 "timing": "after max(1, workers) warm-up batches, wall time of `batches` batches "
                           "(rounded up to a multiple of the worker count)",
                 "sampler": f"RandomSampler without replacement, generator seed {cfg['seed']}, drop_last"}
-    opencv = {"main_process": cv2.getNumThreads(),
-              "in_worker": {str(m): opencv_threads_in_worker(m) for m in modes},
-              "dataset_sets_threads": False,
-              "note": "the dataset leaves OpenCV's thread pool alone; forked workers inherit the main process's "
-                      "setting; torch sets only its own threads to 1 in workers"}
-
-    rows: list[dict[str, Any]] = []
-    for mode in modes:
-        ref = None
-        for w in counts:
-            row = measure_loader(ds, w, batch_size=bs, batches=int(batches), cv2_threads=mode, seed=cfg["seed"])
-            if w == 0:
-                ref = row["images_per_s"]
-            row["ratio_vs_workers0"] = row["images_per_s"] / ref
-            row["ratio_per_worker"] = row["ratio_vs_workers0"] / max(1, w)
-            rows.append(row)
-            if verbose:
-                print(f"  cv2 threads {mode}, workers {w}: {row['images_per_s']:.1f} images/s", flush=True)
+    opencv = _opencv_threads(modes)
+    rows = _loader_rows(ds, counts, modes, batch_size=bs, batches=int(batches), seed=cfg["seed"], verbose=verbose)
 
     report = {"benchmark": "data_loading", "created_unix": time.time(), "environment": environment(),
               "settings": settings, "opencv_threads": opencv, "sample_time_split": split, "loader": rows}

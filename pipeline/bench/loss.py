@@ -239,25 +239,11 @@ def _naive_batch(batch: int, joints: int, pixels: int, itemsize: int, n2: int, b
     return b
 
 
-def bench_size(label: str, height: int, width: int, *, batch: int, joints: int, iterations: int,
-               repeats: int, device: torch.device, naive_iterations: tuple[int, int],
-               naive_memory_budget: int, memory_iterations: Sequence[int], full_loop_memory: bool,
-               marginal_iterations: Sequence[int], seed: int = 0) -> dict[str, Any]:
-    dtype = torch.float32
-    hm, kp, w = make_inputs(batch, joints, height, width, dtype=dtype, device=device, seed=seed)
+def _ours_memory(hm: torch.Tensor, kp: torch.Tensor, w: torch.Tensor, device: torch.device,
+                 memory_iterations: Sequence[int], full_loop_memory: bool) -> dict[str, Any]:
+    """Peak extra memory of our loss at several iteration counts, with the early stop and (optionally)
+    the full loop: the claim checked is that it does not grow with the iteration count."""
     hm_bytes = hm.numel() * hm.element_size()
-    row: dict[str, Any] = {"label": label, "height": height, "width": width, "batch": batch, "joints": joints,
-                           "heatmap_bytes": hm_bytes, "relu_zero_fraction": float((hm <= 0).double().mean())}
-
-    # ours: time
-    loss_fn = HDMLoss(iterations=iterations)
-    times = time_call(lambda: _hdm_step(loss_fn, hm, kp, w), repeats, device)
-    loss_ours, _ = _hdm_step(loss_fn, hm, kp, w)
-    ours = {"fwd_bwd_s": _median(times), "times_s": times, "iterations": iterations,
-            "iterations_run": int(loss_fn.last_iterations_run), "loss": float(loss_ours),
-            "dead_joints": int(loss_fn.last_dead_joints)}
-
-    # ours: memory at several iteration counts
     mem: dict[str, Any] = {"method": ("torch.cuda.max_memory_allocated" if device.type == "cuda" else
                                       "torch profiler allocator events (profile_memory=True), running-sum peak")}
     peaks, flat = [], True
@@ -278,29 +264,40 @@ def bench_size(label: str, height: int, width: int, *, batch: int, joints: int, 
     # Within each mode the same peak for every iteration count (the early stop adds a small ring
     # of past states, 65 x J x M, that the full loop does not keep).
     mem["independent_of_iterations"] = flat
-    ours["memory"] = mem
-    row["ours"] = ours
+    return mem
 
-    # naive reference
-    n1, n2 = naive_iterations
-    nb = _naive_batch(batch, joints, height * width, hm.element_size(), n2, naive_memory_budget)
-    sub = (hm[:nb], kp[:nb], w[:nb])
-    t_n = {}
-    for n in (n1, n2):
-        t_n[n] = _median(time_call(lambda: _naive_step(*sub, n), repeats, device))
+
+def _naive_extrapolation(t_n: dict[int, float], iterations: int, n1: int, n2: int) -> tuple[float, str]:
+    """The naive solver's time at ``iterations``, extrapolated from two measured counts, and how: the
+    two-point line, or proportional scaling when timing noise makes its slope not positive."""
     slope = (t_n[n2] - t_n[n1]) / (n2 - n1)
-    batch_scale = batch / nb
     if slope > 0:
         t_extrap = t_n[n2] + (iterations - n2) * slope
         method = f"t({iterations}) = t({n2}) + ({iterations} - {n2}) * (t({n2}) - t({n1})) / ({n2} - {n1})"
     else:  # timing noise: fall back to proportional scaling
         t_extrap = t_n[n2] * iterations / n2
         method = f"t({iterations}) = t({n2}) * {iterations} / {n2} (the two-point slope was not positive)"
+    return t_extrap, method
+
+
+def _naive_reference(hm: torch.Tensor, kp: torch.Tensor, w: torch.Tensor, *, batch: int, joints: int,
+                     height: int, width: int, iterations: int, repeats: int, device: torch.device,
+                     naive_iterations: tuple[int, int], naive_memory_budget: int) -> dict[str, Any]:
+    """The naive (autograd through every iteration) solver, measured where it fits (fewer people, two
+    iteration counts) and extrapolated to the full batch and count, with its loss next to ours."""
+    n1, n2 = naive_iterations
+    nb = _naive_batch(batch, joints, height * width, hm.element_size(), n2, naive_memory_budget)
+    sub = (hm[:nb], kp[:nb], w[:nb])
+    t_n = {}
+    for n in (n1, n2):
+        t_n[n] = _median(time_call(lambda: _naive_step(*sub, n), repeats, device))
+    batch_scale = batch / nb
+    t_extrap, method = _naive_extrapolation(t_n, iterations, n1, n2)
     mem_n = {n: peak_extra_bytes(lambda: _naive_step(*sub, n)[1], device) for n in (n1, n2)}
     per_iter = (mem_n[n2] - mem_n[n1]) / (n2 - n1)
     naive_loss, naive_grad = _naive_step(*sub, n2)
     ours_sub, _ = _hdm_step(HDMLoss(iterations=iterations), *sub)
-    naive = {
+    return {
         "measured_batch": nb,
         "measured_iterations": [n1, n2],
         "measured_fwd_bwd_s": {str(n1): t_n[n1], str(n2): t_n[n2]},
@@ -317,6 +314,35 @@ def bench_size(label: str, height: int, width: int, *, batch: int, joints: int, 
         "loss_relative_difference": abs(float(naive_loss) - float(ours_sub)) / max(abs(float(ours_sub)), 1e-30),
         "gradient_finite": bool(torch.isfinite(naive_grad).all()),
     }
+
+
+def bench_size(label: str, height: int, width: int, *, batch: int, joints: int, iterations: int,
+               repeats: int, device: torch.device, naive_iterations: tuple[int, int],
+               naive_memory_budget: int, memory_iterations: Sequence[int], full_loop_memory: bool,
+               marginal_iterations: Sequence[int], seed: int = 0) -> dict[str, Any]:
+    dtype = torch.float32
+    hm, kp, w = make_inputs(batch, joints, height, width, dtype=dtype, device=device, seed=seed)
+    hm_bytes = hm.numel() * hm.element_size()
+    row: dict[str, Any] = {"label": label, "height": height, "width": width, "batch": batch, "joints": joints,
+                           "heatmap_bytes": hm_bytes, "relu_zero_fraction": float((hm <= 0).double().mean())}
+
+    # ours: time
+    loss_fn = HDMLoss(iterations=iterations)
+    times = time_call(lambda: _hdm_step(loss_fn, hm, kp, w), repeats, device)
+    loss_ours, _ = _hdm_step(loss_fn, hm, kp, w)
+    ours = {"fwd_bwd_s": _median(times), "times_s": times, "iterations": iterations,
+            "iterations_run": int(loss_fn.last_iterations_run), "loss": float(loss_ours),
+            "dead_joints": int(loss_fn.last_dead_joints)}
+
+    # ours: memory at several iteration counts
+    mem = _ours_memory(hm, kp, w, device, memory_iterations, full_loop_memory)
+    ours["memory"] = mem
+    row["ours"] = ours
+
+    # naive reference
+    naive = _naive_reference(hm, kp, w, batch=batch, joints=joints, height=height, width=width,
+                             iterations=iterations, repeats=repeats, device=device,
+                             naive_iterations=naive_iterations, naive_memory_budget=naive_memory_budget)
     row["naive"] = naive
     row["ratio_naive_over_ours"] = naive["fwd_bwd_s_extrapolated"] / ours["fwd_bwd_s"]
 
@@ -490,6 +516,47 @@ def _size_items(sizes: Sequence[str] | Mapping[str, tuple[int, int]] | None) -> 
     return [parse_size(s) for s in sizes]
 
 
+def _loss_settings(batch: int, joints: int, iterations: int, repeats: int, naive_iterations: tuple[int, int],
+                   naive_memory_budget: int, memory_iterations: Sequence[int],
+                   marginal_iterations: Sequence[int]) -> dict[str, Any]:
+    """The report's ``settings``: what was measured and how, so a reader can rerun it."""
+    n1, n2 = naive_iterations
+    return {"batch": batch, "joints": joints, "iterations": iterations, "repeats": repeats,
+            "epsilon": 1.0, "dtype": "float32", "demanders": "subpixel",
+            "heatmaps": f"randn + {_ZERO_SHIFT} (about 40 % relu zeros), dots uniform in the grid, weights 1",
+            "timing": "median wall time of `repeats` forward+backward calls after one warm-up",
+            "naive_iterations": [n1, n2], "naive_memory_budget_bytes": naive_memory_budget,
+            "memory_iterations": list(memory_iterations), "marginal_iterations": list(marginal_iterations)}
+
+
+def _bench_devices(cuda: bool | None) -> list[torch.device]:
+    """The CPU, and CUDA when asked for (``None``: whenever a device is visible)."""
+    devices = [torch.device("cpu")]
+    want_cuda = torch.cuda.is_available() if cuda is None else cuda
+    if want_cuda and torch.cuda.is_available():  # pragma: no cover - CUDA only: a CUDA device is visible
+        devices.append(torch.device("cuda"))
+    return devices
+
+
+def _demo_report(params: Mapping[str, Any] | None, profile: str, repeats: int) -> dict[str, Any]:
+    """The demo training step's timing, with ``params.yaml`` read only when the caller gave none."""
+    if params is None:
+        from ..config import load_params
+
+        params = load_params()
+    return demo_training_step(params, profile=profile, repeats=max(10, 3 * repeats))
+
+
+def _print_summary(report: dict[str, Any], reports: dict[str, dict[str, Any]], out_dir: Path) -> None:
+    """The tables of each measured device on stdout, and where the report went."""
+    print(_table(report))
+    if "cuda" in reports:  # pragma: no cover - CUDA only: measured on a CUDA device
+        print(_table(reports["cuda"]))
+    else:
+        print(f"CUDA: skipped ({report['cuda']['skipped']})")
+    print(f"wrote {out_dir / 'loss_cpu.json'}")
+
+
 def run_loss_benchmark(sizes: Sequence[str] | Mapping[str, tuple[int, int]] | None = None, batch: int = 32,
                        joints: int = 17, iterations: int = 1000, threads: int | None = None, repeats: int = 3,
                        out_dir: str | os.PathLike = Path("reports/benchmarks"), *,
@@ -515,16 +582,9 @@ def run_loss_benchmark(sizes: Sequence[str] | Mapping[str, tuple[int, int]] | No
     if threads is not None:
         torch.set_num_threads(int(threads))
     try:
-        settings = {"batch": batch, "joints": joints, "iterations": iterations, "repeats": repeats,
-                    "epsilon": 1.0, "dtype": "float32", "demanders": "subpixel",
-                    "heatmaps": f"randn + {_ZERO_SHIFT} (about 40 % relu zeros), dots uniform in the grid, weights 1",
-                    "timing": "median wall time of `repeats` forward+backward calls after one warm-up",
-                    "naive_iterations": [n1, n2], "naive_memory_budget_bytes": naive_memory_budget,
-                    "memory_iterations": list(memory_iterations), "marginal_iterations": list(marginal_iterations)}
-        devices = [torch.device("cpu")]
-        want_cuda = torch.cuda.is_available() if cuda is None else cuda
-        if want_cuda and torch.cuda.is_available():  # pragma: no cover - CUDA only: a CUDA device is visible
-            devices.append(torch.device("cuda"))
+        settings = _loss_settings(batch, joints, iterations, repeats, (n1, n2), naive_memory_budget,
+                                  memory_iterations, marginal_iterations)
+        devices = _bench_devices(cuda)
         reports: dict[str, dict[str, Any]] = {}
         for dev in devices:
             rows = {}
@@ -536,13 +596,7 @@ def run_loss_benchmark(sizes: Sequence[str] | Mapping[str, tuple[int, int]] | No
                                          marginal_iterations=marginal_iterations)
             reports[dev.type] = {"benchmark": "hdm_loss", "created_unix": time.time(),
                                  "environment": environment(dev), "settings": settings, "sizes": rows}
-        demo = None
-        if demo_step:
-            if params is None:
-                from ..config import load_params
-
-                params = load_params()
-            demo = demo_training_step(params, profile=profile, repeats=max(10, 3 * repeats))
+        demo = _demo_report(params, profile, repeats) if demo_step else None
         report = reports["cpu"]
         if demo is not None:
             report["demo_training_step"] = demo
@@ -556,12 +610,7 @@ def run_loss_benchmark(sizes: Sequence[str] | Mapping[str, tuple[int, int]] | No
             report["cuda"] = {"skipped": ("disabled (cuda=False)" if cuda is False else "no CUDA device visible")}
         io.write_json(out_dir / "loss_cpu.json", report)
         if verbose:
-            print(_table(report))
-            if "cuda" in reports:  # pragma: no cover - CUDA only: measured on a CUDA device
-                print(_table(reports["cuda"]))
-            else:
-                print(f"CUDA: skipped ({report['cuda']['skipped']})")
-            print(f"wrote {out_dir / 'loss_cpu.json'}")
+            _print_summary(report, reports, out_dir)
         return report
     finally:
         torch.set_num_threads(old_threads)

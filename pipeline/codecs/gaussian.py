@@ -61,28 +61,6 @@ def encode(
     return target.astype(np.float32), weights_out
 
 
-def _decode_numpy(hm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    b, k, h, w = hm.shape
-    flat = hm.reshape(b, k, h * w)
-    idx = np.argmax(flat, axis=-1)
-    scores = np.take_along_axis(flat, idx[..., None], axis=-1)[..., 0]
-    px, py = idx % w, idx // w
-    coords = np.stack([px, py], axis=-1).astype(np.float64)
-
-    def val(yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
-        yy = np.clip(yy, 0, h - 1)
-        xx = np.clip(xx, 0, w - 1)
-        return np.take_along_axis(flat, (yy * w + xx)[..., None], axis=-1)[..., 0]
-
-    inx = (px > 0) & (px < w - 1)
-    iny = (py > 0) & (py < h - 1)
-    diff_x = val(py, px + 1) - val(py, px - 1)
-    diff_y = val(py + 1, px) - val(py - 1, px)
-    coords[..., 0] += np.where(inx, 0.25 * np.sign(diff_x), 0.0)
-    coords[..., 1] += np.where(iny, 0.25 * np.sign(diff_y), 0.0)
-    return coords, scores
-
-
 def _decode_torch(hm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     b, k, h, w = hm.shape
     flat = hm.reshape(b, k, h * w)
@@ -105,16 +83,13 @@ def _decode_torch(hm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return coords, scores
 
 
-def decode(heatmaps):
-    """``(B,K,h,w)`` heatmaps (numpy or torch) -> ``(coords (B,K,2) heatmap px, scores (B,K))``.
+def decode(heatmaps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(B,K,h,w)`` heatmaps -> ``(coords (B,K,2) heatmap px, scores (B,K))``, torch tensors.
 
-    Returns the same array library as the input (numpy coordinates are float64).
+    One implementation, in torch (what inference decodes with); an array is taken as a tensor of its
+    dtype, so tools and tests check the very code that runs.
     """
-    if isinstance(heatmaps, torch.Tensor):
-        if heatmaps.dim() != 4:
-            raise ValueError(f"heatmaps must be (B,K,h,w), got {tuple(heatmaps.shape)}")
-        return _decode_torch(heatmaps.detach())
-    hm = np.asarray(heatmaps)
-    if hm.ndim != 4:
-        raise ValueError(f"heatmaps must be (B,K,h,w), got {hm.shape}")
-    return _decode_numpy(hm)
+    hm = torch.as_tensor(heatmaps)
+    if hm.dim() != 4:
+        raise ValueError(f"heatmaps must be (B,K,h,w), got {tuple(hm.shape)}")
+    return _decode_torch(hm.detach())

@@ -28,19 +28,16 @@ import torch
 _OFFSETS = ((0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 1.0))
 
 
-def subpixel_demanders(keypoints):
-    """``(..., 2)`` dots -> ``(positions (..., 4, 2), masses (..., 4))``; numpy or torch."""
-    if isinstance(keypoints, torch.Tensor):
-        kp = keypoints if keypoints.is_floating_point() else keypoints.float()
-        base = torch.floor(kp)
-        off = torch.tensor(_OFFSETS, dtype=kp.dtype, device=kp.device)
-        pos = base[..., None, :] + off
-        d = (1.0 - (kp[..., None, :] - pos).abs()).clamp(min=0.0)
-        return pos, d[..., 0] * d[..., 1]
-    kp = np.asarray(keypoints, dtype=np.float64)
-    base = np.floor(kp)
-    pos = base[..., None, :] + np.asarray(_OFFSETS)
-    d = np.clip(1.0 - np.abs(kp[..., None, :] - pos), 0.0, None)
+def subpixel_demanders(keypoints: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(..., 2)`` dots -> ``(positions (..., 4, 2), masses (..., 4))``, torch tensors (an array is
+    taken as a tensor; integer dots become float32): one definition of Eq. 4 for the loss, the
+    renderer and the tests."""
+    kp = torch.as_tensor(keypoints)
+    kp = kp if kp.is_floating_point() else kp.float()
+    base = torch.floor(kp)
+    off = torch.tensor(_OFFSETS, dtype=kp.dtype, device=kp.device)
+    pos = base[..., None, :] + off
+    d = (1.0 - (kp[..., None, :] - pos).abs()).clamp(min=0.0)
     return pos, d[..., 0] * d[..., 1]
 
 
@@ -81,45 +78,12 @@ def render_demanders(keypoint: Sequence[float], heatmap_size: Sequence[int]) -> 
     """
     w, h = int(heatmap_size[0]), int(heatmap_size[1])
     out = np.zeros((h, w), dtype=np.float64)
-    pos, mass = subpixel_demanders(np.asarray(keypoint, dtype=np.float64).reshape(2))
-    for (x, y), m in zip(pos, mass):
+    pos, mass = subpixel_demanders(torch.from_numpy(np.asarray(keypoint, dtype=np.float64).reshape(2)))
+    for (x, y), m in zip(pos.tolist(), mass.tolist()):
         xi, yi = int(x), int(y)
         if 0 <= xi < w and 0 <= yi < h:
             out[yi, xi] += m
     return out
-
-
-def _decode_numpy(hm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    raw = hm.astype(np.float64, copy=False)
-    b, k, h, w = raw.shape
-    r = np.maximum(raw, 0.0)
-    if h < 2 or w < 2:
-        r = np.pad(r, ((0, 0), (0, 0), (0, max(0, 2 - h)), (0, max(0, 2 - w))))
-    wp = r.shape[-1]
-    a, bb = r[..., :-1, :-1], r[..., :-1, 1:]
-    c, d = r[..., 1:, :-1], r[..., 1:, 1:]
-    sums = (a + bb + c + d).reshape(b, k, -1)
-    ww = wp - 1
-    idx = np.argmax(sums, axis=-1)
-    s = np.take_along_axis(sums, idx[..., None], -1)[..., 0]
-
-    def take(x: np.ndarray) -> np.ndarray:
-        return np.take_along_axis(x.reshape(b, k, -1), idx[..., None], -1)[..., 0]
-
-    vb, vc, vd = take(bb), take(c), take(d)
-    jx = (idx % ww).astype(np.float64)
-    iy = (idx // ww).astype(np.float64)
-    total = r.reshape(b, k, -1).sum(-1)
-    ok = s > 0
-    safe = np.where(ok, s, 1.0)
-    x = jx + (vb + vd) / safe
-    y = iy + (vc + vd) / safe
-    # no positive mass: centre of the raw argmax pixel, score 0
-    amax = np.argmax(raw.reshape(b, k, -1), axis=-1)
-    x = np.where(ok, x, (amax % w).astype(np.float64))
-    y = np.where(ok, y, (amax // w).astype(np.float64))
-    score = np.where(ok, s / np.where(total > 0, total, 1.0), 0.0)
-    return np.stack([x, y], axis=-1), np.clip(score, 0.0, 1.0)
 
 
 def _decode_torch(hm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -154,42 +118,34 @@ def _decode_torch(hm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack([x, y], dim=-1), score.clamp(0.0, 1.0)
 
 
-def decode(heatmaps):
-    """``(B,K,h,w)`` heatmaps (numpy or torch) -> ``(coords (B,K,2), scores (B,K))``.
+def decode(heatmaps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(B,K,h,w)`` heatmaps -> ``(coords (B,K,2), scores (B,K))``, torch tensors.
 
-    Returns the input's array library; numpy results are float64.
+    One implementation, in torch (what inference decodes with); an array is taken as a tensor of its
+    dtype, so tools and tests check the very code that runs.
     """
-    if isinstance(heatmaps, torch.Tensor):
-        if heatmaps.dim() != 4:
-            raise ValueError(f"heatmaps must be (B,K,h,w), got {tuple(heatmaps.shape)}")
-        return _decode_torch(heatmaps.detach())
-    hm = np.asarray(heatmaps)
-    if hm.ndim != 4:
-        raise ValueError(f"heatmaps must be (B,K,h,w), got {hm.shape}")
-    return _decode_numpy(hm)
+    hm = torch.as_tensor(heatmaps)
+    if hm.dim() != 4:
+        raise ValueError(f"heatmaps must be (B,K,h,w), got {tuple(hm.shape)}")
+    return _decode_torch(hm.detach())
 
 
-def softmax_heatmaps(heatmaps):
-    """``softmax`` over each ``(h, w)`` map of ``(B,K,h,w)`` heatmaps, in float64 (numpy or torch).
+def softmax_heatmaps(heatmaps: torch.Tensor) -> torch.Tensor:
+    """``softmax`` over each ``(h, w)`` map of ``(B,K,h,w)`` heatmaps, in float64 (an array is taken
+    as a tensor).
 
     The distribution that HDM's ``suppliers: softmax`` and integral regression train on; decoders
     of those runs read it rather than the raw logits, so the decoder sees what the loss saw.
     """
-    if isinstance(heatmaps, torch.Tensor):
-        if heatmaps.dim() != 4:
-            raise ValueError(f"heatmaps must be (B,K,h,w), got {tuple(heatmaps.shape)}")
-        hm = heatmaps.detach().double()
-        b, k, h, w = hm.shape
-        return torch.softmax(hm.reshape(b, k, h * w), dim=-1).reshape(b, k, h, w)
-    hm = np.asarray(heatmaps, dtype=np.float64)
-    if hm.ndim != 4:
-        raise ValueError(f"heatmaps must be (B,K,h,w), got {hm.shape}")
-    flat = hm.reshape(*hm.shape[:2], -1)
-    e = np.exp(flat - flat.max(-1, keepdims=True))
-    return (e / e.sum(-1, keepdims=True)).reshape(hm.shape)
+    heatmaps = torch.as_tensor(heatmaps)
+    if heatmaps.dim() != 4:
+        raise ValueError(f"heatmaps must be (B,K,h,w), got {tuple(heatmaps.shape)}")
+    hm = heatmaps.detach().double()
+    b, k, h, w = hm.shape
+    return torch.softmax(hm.reshape(b, k, h * w), dim=-1).reshape(b, k, h, w)
 
 
-def decode_softmax(heatmaps):
+def decode_softmax(heatmaps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The 2x2-window decoding of :func:`decode` on ``softmax(h)`` (codec ``hdm_softmax``).
 
     Softmax is positive and sums to 1, so the score (window sum / total mass) is the probability

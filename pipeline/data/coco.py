@@ -89,6 +89,21 @@ def load_image_ids(ann_or_info_file: str | Path) -> list[int]:
     return sorted(_image_table(path, _read_coco(path)))
 
 
+def _clipped_box(bbox: list, width: float, height: float, area: float, min_area: float
+                 ) -> tuple[float, float, float, float] | None:
+    """``(x1, y1, x2, y2)`` of a ground-truth box clipped to the image as HRNet clips it, or ``None``
+    for a box HRNet drops (area not above ``min_area``) or one without positive size in the image."""
+    x, y, w, h = (float(v) for v in bbox)
+    x1, y1 = max(0.0, x), max(0.0, y)
+    x2 = min(width - 1.0, x1 + max(0.0, w - 1.0))
+    y2 = min(height - 1.0, y1 + max(0.0, h - 1.0))
+    # HRNet's test, plus a box of positive size: a negative or zero width/height would be clamped
+    # to a point (crop scale [0, 0]); a box wholly outside the image fails x2 >= x1 / y2 >= y1
+    if not (area > min_area and w > 0 and h > 0 and x2 >= x1 and y2 >= y1):
+        return None
+    return x1, y1, x2, y2
+
+
 def _gt_records(
     path: Path, data: dict, images: dict[int, dict], image_dir: Path,
     aspect_ratio: float, min_area: float, pixel_std: float, padding: float,
@@ -124,15 +139,11 @@ def _gt_records(
             continue
         img = images[iid]
         width, height = float(img["width"]), float(img["height"])
-        x, y, w, h = (float(v) for v in bbox)
-        x1, y1 = max(0.0, x), max(0.0, y)
-        x2 = min(width - 1.0, x1 + max(0.0, w - 1.0))
-        y2 = min(height - 1.0, y1 + max(0.0, h - 1.0))
-        # HRNet's test, plus a box of positive size: a negative or zero width/height would be clamped
-        # to a point (crop scale [0, 0]); a box wholly outside the image fails x2 >= x1 / y2 >= y1
-        if not (float(area) > min_area and w > 0 and h > 0 and x2 >= x1 and y2 >= y1):
+        box = _clipped_box(bbox, width, height, float(area), min_area)
+        if box is None:
             dropped.append(aid)
             continue
+        x1, y1, x2, y2 = box
         center, scale = box_to_center_scale(
             [x1, y1, x2 - x1, y2 - y1], aspect_ratio, pixel_std=pixel_std, padding=padding)
         records.append({

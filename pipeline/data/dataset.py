@@ -107,6 +107,27 @@ def read_image(path: str, color_rgb: bool = True, expected_size: Sequence[float]
     return img
 
 
+def _sample_tensors(rec: dict, index: int, image: np.ndarray, target: np.ndarray, kp: np.ndarray,
+                    weight: np.ndarray, center: np.ndarray, scale: np.ndarray, rotation: float,
+                    flipped: bool) -> dict[str, torch.Tensor]:
+    """One sample as the tensors the collate function stacks, with what inference needs to map the
+    prediction back to the image (centre, scale, rotation, flip) and to score it (ids, area)."""
+    return {
+        "image": torch.from_numpy(image),
+        "target": torch.from_numpy(target),
+        "keypoints": torch.from_numpy(kp.astype(np.float32)),
+        "weight": torch.from_numpy(np.asarray(weight, dtype=np.float32)),
+        "center": torch.from_numpy(center.copy()),
+        "scale": torch.from_numpy(scale.copy()),
+        "rotation": torch.tensor(float(rotation), dtype=torch.float64),
+        "flipped": torch.tensor(bool(flipped)),
+        "box_score": torch.tensor(float(rec.get("box_score", 1.0)), dtype=torch.float64),
+        "image_id": torch.tensor(int(rec["image_id"]), dtype=torch.int64),
+        "area": torch.tensor(float(rec.get("area", 0.0)), dtype=torch.float64),
+        "index": torch.tensor(int(index), dtype=torch.int64),
+    }
+
+
 class TopDownDataset(Dataset):
     """Crops person boxes for a top-down pose network (see the module docstring)."""
 
@@ -201,6 +222,17 @@ class TopDownDataset(Dataset):
 
         kp = affine_points(joints, get_affine_matrix(center, scale, rotation, self.heatmap_size,
                                                      convention=self.convention))
+        target, weight = self._encode_target(kp, vis)
+        lap("target_encoding")
+
+        item = _sample_tensors(rec, index, image, target, kp, weight, center, scale, rotation, flipped)
+        lap("to_tensors")
+        return item
+
+    def _encode_target(self, kp: np.ndarray, vis: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(target, weight)`` of one person's heatmap-frame joints: visible joints inside the crop
+        count; Gaussian codecs get their heatmaps, the dot codecs an empty placeholder (their loss
+        builds the demanders from the keypoints)."""
         weight = ((vis > 0) & hdm.inside_heatmap(kp, self.heatmap_size, self.crop_margin())).astype(np.float32)
         if self.codec in ("gaussian", "udp"):
             target, weight = gaussian.encode(kp, weight, self.heatmap_size, self.sigma,
@@ -208,21 +240,4 @@ class TopDownDataset(Dataset):
         else:
             _, weight = hdm.encode_dots(kp, weight, self.heatmap_size)
             target = np.zeros((self.num_joints, 1, 1), dtype=np.float32)
-        lap("target_encoding")
-
-        item = {
-            "image": torch.from_numpy(image),
-            "target": torch.from_numpy(target),
-            "keypoints": torch.from_numpy(kp.astype(np.float32)),
-            "weight": torch.from_numpy(np.asarray(weight, dtype=np.float32)),
-            "center": torch.from_numpy(center.copy()),
-            "scale": torch.from_numpy(scale.copy()),
-            "rotation": torch.tensor(float(rotation), dtype=torch.float64),
-            "flipped": torch.tensor(bool(flipped)),
-            "box_score": torch.tensor(float(rec.get("box_score", 1.0)), dtype=torch.float64),
-            "image_id": torch.tensor(int(rec["image_id"]), dtype=torch.int64),
-            "area": torch.tensor(float(rec.get("area", 0.0)), dtype=torch.float64),
-            "index": torch.tensor(int(index), dtype=torch.int64),
-        }
-        lap("to_tensors")
-        return item
+        return target, weight

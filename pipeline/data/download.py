@@ -217,6 +217,43 @@ def _local_path(url: str) -> Path | None:
     return Path(url).expanduser()
 
 
+def _verified_local(source: Source, local: Path) -> Path:
+    """A local source is used where it is, never copied: it must exist and pass verification."""
+    if not local.is_file():
+        raise PipelineError(str(local), f"{source.name}: local copy not found")
+    problem = _problem(local, source.size, source.sha256)
+    if problem is not None:
+        raise PipelineError(str(local), f"{source.name}: {problem}")
+    log.info("%s: using local copy %s", source.name, local)
+    return local
+
+
+def _valid_existing(source: Source, final: Path) -> bool:
+    """Whether an earlier run's download at ``final`` passes verification; an invalid one is removed,
+    so that the download starts afresh instead of trusting it."""
+    if not final.exists():
+        return False
+    problem = _problem(final, source.size, source.sha256)
+    if problem is None:
+        log.info("%s: already present at %s", source.name, final)
+        return True
+    log.warning("%s: existing file %s is invalid (%s); downloading it again", source.name, final, problem)
+    final.unlink()
+    return False
+
+
+def _part_problem(source: Source, part: Path, expected: int | None) -> str | None:
+    """What is wrong with the ``.part`` after one attempt (``None``: complete and verified). A short one
+    is kept for the next attempt to resume; a corrupt one is deleted, as resuming would keep bad bytes."""
+    if expected is not None and part.stat().st_size < expected:
+        # Stream ended cleanly but short: keep the bytes, resume next time.
+        return f"incomplete download ({part.stat().st_size} of {expected} bytes)"
+    problem = _problem(part, expected, source.sha256)
+    if problem is not None:
+        part.unlink(missing_ok=True)  # corrupt: resuming would keep the bad bytes
+    return problem
+
+
 def fetch(
     source: Source,
     dest_dir: Path,
@@ -235,23 +272,12 @@ def fetch(
     """
     local = _local_path(source.url)
     if local is not None:
-        if not local.is_file():
-            raise PipelineError(str(local), f"{source.name}: local copy not found")
-        problem = _problem(local, source.size, source.sha256)
-        if problem is not None:
-            raise PipelineError(str(local), f"{source.name}: {problem}")
-        log.info("%s: using local copy %s", source.name, local)
-        return local
+        return _verified_local(source, local)
 
     dest_dir = Path(dest_dir)
     final = dest_dir / source.name
-    if final.exists():
-        problem = _problem(final, source.size, source.sha256)
-        if problem is None:
-            log.info("%s: already present at %s", source.name, final)
-            return final
-        log.warning("%s: existing file %s is invalid (%s); downloading it again", source.name, final, problem)
-        final.unlink()
+    if _valid_existing(source, final):
+        return final
 
     dest_dir.mkdir(parents=True, exist_ok=True)
     part = dest_dir / (source.name + ".part")
@@ -269,13 +295,8 @@ def fetch(
             except _Retryable as exc:
                 last_error = str(exc)
                 continue
-            if expected is not None and part.stat().st_size < expected:
-                # Stream ended cleanly but short: keep the bytes, resume next time.
-                last_error = f"incomplete download ({part.stat().st_size} of {expected} bytes)"
-                continue
-            problem = _problem(part, expected, source.sha256)
+            problem = _part_problem(source, part, expected)
             if problem is not None:
-                part.unlink(missing_ok=True)  # corrupt: resuming would keep the bad bytes
                 last_error = problem
                 continue
             os.replace(part, final)
@@ -316,49 +337,71 @@ def _download(
     except requests.RequestException as exc:
         raise _Retryable(f"connection to {url} failed ({type(exc).__name__})") from None
     with resp:
-        status = resp.status_code
-        if status == 404:
-            raise PipelineError(source.name, f"not found at {url} (HTTP 404)")
-        _refuse_announced(resp, source, part)
-        if status == 416 and have:
-            if _content_range_total(resp.headers.get("Content-Range")) == have:
-                return have  # the .part already holds every byte (a run stopped before renaming it)
-            part.unlink(missing_ok=True)  # our prefix is not a prefix of theirs: start over
-            raise _Retryable(f"HTTP 416 from {url} (range {have}- not satisfiable)")
-        if status >= 500 or status in (408, 429):
-            raise _Retryable(f"HTTP {status} from {url}")
-        if status not in (200, 206):
-            raise PipelineError(source.name, f"HTTP {status} from {url}")
-
-        total = source.size
-        if status == 206:
-            start = _content_range_start(resp.headers.get("Content-Range"))
-            if start != have:
-                raise _Retryable(f"server answered range from byte {start}, asked for {have}")
-            mode = "ab"
-            if total is None:
-                total = _content_range_total(resp.headers.get("Content-Range"))
-        else:  # 200: the server sent the whole file (ignored or got no Range)
-            have, mode = 0, "wb"
-            if total is None and resp.headers.get("Content-Length", "").isdigit():
-                total = int(resp.headers["Content-Length"])
+        if _already_complete(resp, source, part, have):
+            return have  # the .part already holds every byte (a run stopped before renaming it)
+        total, have, mode = _body_plan(resp, source, have)
 
         # a bar on a terminal; a log file gets a line at the start and one at the end
         with Progress(source.name, total=total, initial=have, unit="B", enabled=progress) as shown:
-            try:
-                with part.open(mode) as fh:
-                    # The bytes as sent, never decoded: a server labelling a .tar.gz "Content-Encoding: gzip"
-                    # (Apache's AddEncoding) still sends the archive itself, which must land as it is.
-                    for block in resp.raw.stream(chunk, decode_content=False):
-                        if block:
-                            fh.write(block)
-                            shown.update(len(block))
-            except (requests.RequestException, urllib3.exceptions.HTTPError, ConnectionError) as exc:
-                # network errors (requests', urllib3's, the socket's) before OSError, which some of them subclass
-                raise _Retryable(f"connection lost at byte {part.stat().st_size} ({type(exc).__name__})") from None
-            except OSError as exc:
-                raise PipelineError(str(part), f"cannot write download ({exc})") from None
+            _write_body(resp, part, mode, chunk, shown)
     return total
+
+
+def _already_complete(resp: requests.Response, source: Source, part: Path, have: int) -> bool:
+    """Sort the answer's status: ``True`` when a 416 says the ``.part`` already holds the whole file;
+    raises :class:`_Retryable` for statuses worth another attempt and :class:`PipelineError` for the
+    others that bring no body (404, client errors, an announced wrong size)."""
+    url = source.url
+    status = resp.status_code
+    if status == 404:
+        raise PipelineError(source.name, f"not found at {url} (HTTP 404)")
+    _refuse_announced(resp, source, part)
+    if status == 416 and have:
+        if _content_range_total(resp.headers.get("Content-Range")) == have:
+            return True
+        part.unlink(missing_ok=True)  # our prefix is not a prefix of theirs: start over
+        raise _Retryable(f"HTTP 416 from {url} (range {have}- not satisfiable)")
+    if status >= 500 or status in (408, 429):
+        raise _Retryable(f"HTTP {status} from {url}")
+    if status not in (200, 206):
+        raise PipelineError(source.name, f"HTTP {status} from {url}")
+    return False
+
+
+def _body_plan(resp: requests.Response, source: Source, have: int) -> tuple[int | None, int, str]:
+    """``(expected total, bytes kept, file mode)``: a 206 appends to the ``.part`` (and must start where
+    it ends), a 200 rewrites it (the server ignored or got no Range)."""
+    total = source.size
+    if resp.status_code == 206:
+        start = _content_range_start(resp.headers.get("Content-Range"))
+        if start != have:
+            raise _Retryable(f"server answered range from byte {start}, asked for {have}")
+        mode = "ab"
+        if total is None:
+            total = _content_range_total(resp.headers.get("Content-Range"))
+    else:  # 200: the server sent the whole file (ignored or got no Range)
+        have, mode = 0, "wb"
+        if total is None and resp.headers.get("Content-Length", "").isdigit():
+            total = int(resp.headers["Content-Length"])
+    return total, have, mode
+
+
+def _write_body(resp: requests.Response, part: Path, mode: str, chunk: int, progress_bar: Any) -> None:
+    """Stream the answer's body into ``part`` (advancing ``progress_bar``: a bar or its log lines); a cut connection is worth another attempt, a write
+    failure (full disk, permissions) is the user's to fix."""
+    try:
+        with part.open(mode) as fh:
+            # The bytes as sent, never decoded: a server labelling a .tar.gz "Content-Encoding: gzip"
+            # (Apache's AddEncoding) still sends the archive itself, which must land as it is.
+            for block in resp.raw.stream(chunk, decode_content=False):
+                if block:
+                    fh.write(block)
+                    progress_bar.update(len(block))
+    except (requests.RequestException, urllib3.exceptions.HTTPError, ConnectionError) as exc:
+        # network errors (requests', urllib3's, the socket's) before OSError, which some of them subclass
+        raise _Retryable(f"connection lost at byte {part.stat().st_size} ({type(exc).__name__})") from None
+    except OSError as exc:
+        raise PipelineError(str(part), f"cannot write download ({exc})") from None
 
 
 def _content_range_start(value: str | None) -> int | None:

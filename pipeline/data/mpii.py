@@ -37,6 +37,42 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def _entry_joints(path: Path, a: dict, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(joints (K,2) 0-based, visibility (K,))`` of one entry; an entry without joints (a test-set
+    person) gets zeros, invisible, so that the same record shape serves both splits."""
+    if "joints" not in a:
+        return np.zeros((NUM_JOINTS, 2)), np.zeros(NUM_JOINTS)
+    joints = a["joints"]
+    ok = (isinstance(joints, list) and len(joints) == NUM_JOINTS and all(
+        isinstance(p, list) and len(p) == 2 and all(_is_number(v) for v in p) for p in joints))
+    if not ok:
+        raise PipelineError(str(path), f"{where}: 'joints' must be {NUM_JOINTS} [x, y] pairs")
+    jv = a.get("joints_vis")
+    if not (isinstance(jv, list) and len(jv) == NUM_JOINTS and all(_is_number(v) for v in jv)):
+        raise PipelineError(str(path), f"{where}: 'joints_vis' must be {NUM_JOINTS} numbers")
+    j = np.asarray(joints, dtype=np.float64) - 1.0
+    vis = (np.asarray(jv, dtype=np.float64) > 0).astype(np.float64)
+    return j, vis
+
+
+def _person_box(center: list, s: float, aspect_ratio: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(centre, scale)`` of the crop, 0-based, as HRNet's MPII reader makes it: MPII's person centre
+    lies near the hips, so it moves up by 15 scale units and the scale grows by 1.25 (unless the
+    centre is the -1 placeholder); the scale then widens to the model's aspect ratio."""
+    c = np.asarray(center, dtype=np.float64)
+    s = float(s)
+    if c[0] != -1:
+        c[1] += 15.0 * s
+        s *= 1.25
+    c = c - 1.0
+    scale = np.array([s, s], dtype=np.float64)
+    if aspect_ratio > 1.0:
+        scale[0] = s * aspect_ratio
+    elif aspect_ratio < 1.0:
+        scale[1] = s / aspect_ratio
+    return c, scale
+
+
 def load_mpii_people(
     json_file: str | Path,
     image_dir: str | Path,
@@ -64,32 +100,8 @@ def load_mpii_people(
         s = a.get("scale")
         if not _is_number(s) or s <= 0:
             raise PipelineError(str(path), f"{where}: 'scale' must be a positive number")
-        if "joints" in a:
-            joints = a["joints"]
-            ok = (isinstance(joints, list) and len(joints) == NUM_JOINTS and all(
-                isinstance(p, list) and len(p) == 2 and all(_is_number(v) for v in p) for p in joints))
-            if not ok:
-                raise PipelineError(str(path), f"{where}: 'joints' must be {NUM_JOINTS} [x, y] pairs")
-            jv = a.get("joints_vis")
-            if not (isinstance(jv, list) and len(jv) == NUM_JOINTS and all(_is_number(v) for v in jv)):
-                raise PipelineError(str(path), f"{where}: 'joints_vis' must be {NUM_JOINTS} numbers")
-            j = np.asarray(joints, dtype=np.float64) - 1.0
-            vis = (np.asarray(jv, dtype=np.float64) > 0).astype(np.float64)
-        else:
-            j = np.zeros((NUM_JOINTS, 2))
-            vis = np.zeros(NUM_JOINTS)
-
-        c = np.asarray(center, dtype=np.float64)
-        s = float(s)
-        if c[0] != -1:
-            c[1] += 15.0 * s
-            s *= 1.25
-        c = c - 1.0
-        scale = np.array([s, s], dtype=np.float64)
-        if aspect_ratio > 1.0:
-            scale[0] = s * aspect_ratio
-        elif aspect_ratio < 1.0:
-            scale[1] = s / aspect_ratio
+        j, vis = _entry_joints(path, a, where)
+        c, scale = _person_box(center, s, aspect_ratio)
 
         stem = Path(name).stem
         records.append({

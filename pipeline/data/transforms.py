@@ -332,6 +332,34 @@ def half_body_box(
     return center, scale
 
 
+def _maybe_half_body(rng: np.random.Generator, c: np.ndarray, s: np.ndarray, j: np.ndarray, v: np.ndarray,
+                     cfg: dict, aspect: float, pixel_std: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(center, scale)`` after the half-body draw: the box of half the body with prob
+    ``half_body_prob`` when enough joints are visible, else unchanged. Draws from ``rng`` only when
+    the draw applies, as HRNet does (so the random stream matches it)."""
+    hb_prob = float(cfg.get("half_body_prob", 0.0))
+    if (
+        hb_prob > 0
+        and int(np.sum(v > 0)) > int(cfg.get("num_joints_half_body", 8))
+        and rng.random() < hb_prob
+    ):
+        hb = half_body_box(rng, j, v, cfg.get("upper_body_ids", []), aspect, pixel_std,
+                           float(cfg.get("half_body_upper_prob", HALF_BODY_UPPER_PROB)))
+        if hb is not None:
+            c, s = hb
+    return c, s
+
+
+def _maybe_shift(rng: np.random.Generator, c: np.ndarray, s: np.ndarray, cfg: dict, pixel_std: float) -> np.ndarray:
+    """The centre after MMPose's box shift (prob ``shift_prob``); with no shift configured nothing is
+    drawn, so HRNet's random stream is unchanged."""
+    shift_prob = float(cfg.get("shift_prob", 0.0))
+    if shift_prob > 0 and rng.random() < shift_prob:
+        offset = np.clip(rng.standard_normal(2), -1.0, 1.0) * float(cfg.get("shift_factor", 0.0))
+        c = c + offset * s * pixel_std
+    return c
+
+
 def random_augment(
     rng: np.random.Generator,
     center: np.ndarray,
@@ -366,21 +394,8 @@ def random_augment(
     pixel_std = float(cfg.get("pixel_std", PIXEL_STD))
     aspect = float(cfg.get("aspect_ratio", s[0] / s[1]))
 
-    hb_prob = float(cfg.get("half_body_prob", 0.0))
-    if (
-        hb_prob > 0
-        and int(np.sum(v > 0)) > int(cfg.get("num_joints_half_body", 8))
-        and rng.random() < hb_prob
-    ):
-        hb = half_body_box(rng, j, v, cfg.get("upper_body_ids", []), aspect, pixel_std,
-                           float(cfg.get("half_body_upper_prob", HALF_BODY_UPPER_PROB)))
-        if hb is not None:
-            c, s = hb
-
-    shift_prob = float(cfg.get("shift_prob", 0.0))
-    if shift_prob > 0 and rng.random() < shift_prob:
-        offset = np.clip(rng.standard_normal(2), -1.0, 1.0) * float(cfg.get("shift_factor", 0.0))
-        c = c + offset * s * pixel_std
+    c, s = _maybe_half_body(rng, c, s, j, v, cfg, aspect, pixel_std)
+    c = _maybe_shift(rng, c, s, cfg, pixel_std)
 
     sf = float(cfg.get("scale_factor", 0.0))
     rf = float(cfg.get("rot_factor", 0.0))

@@ -275,6 +275,78 @@ def evaluate_run(cfg: dict[str, Any], *, tracking_uri: str, experiment: str, pro
                              extra_tags=extra_tags)
 
 
+def _checked_inputs(cfg: dict[str, Any], paths: Paths, tracking_uri: str
+                    ) -> tuple[dict[str, Any], dict[str, Any], str | None, str]:
+    """``(checkpoint, inputs, MLflow run id, run label)``, every one checked before the first
+    prediction, so a missing or mismatched input stops the evaluation before any work."""
+    ckpt_path = paths.checkpoint(cfg["name"], cfg["seed"])
+    ckpt = load_checkpoint(ckpt_path)
+    check_checkpoint(ckpt, cfg, ckpt_path)
+    inputs = _inputs(cfg)
+    run_id = ckpt.get("mlflow_run_id")
+    label = run_label(cfg["name"], cfg["seed"])
+    require_run(tracking_uri, run_id, label)
+    return ckpt, inputs, run_id, label
+
+
+def _model_on_device(cfg: dict[str, Any], ckpt: dict[str, Any], ckpt_path: Path
+                     ) -> tuple[torch.nn.Module, torch.device]:
+    """The checkpoint's network, checked against the config's output size, on the run's device (CPU
+    runs use the configured thread count, as training did)."""
+    dev = builders.device(cfg)
+    if dev.type == "cpu":
+        torch.set_num_threads(cfg["train"]["threads"])
+    net = load_model(cfg, ckpt, ckpt_path)
+    builders.check_output_size(cfg, net)
+    net.to(dev)
+    return net, dev
+
+
+def _coco_split_metrics(stats: dict[str, float] | None, key: str, gt: Path | None, stage: Path,
+                        fname: str) -> dict[str, float]:
+    """``<key>.*`` COCO stats of one split (none for an unscored split); the splits the report compares
+    also keep their per-image matches for its bootstrap."""
+    if stats is None:
+        return {}
+    if key in _VARIANT_KEYS:  # per-image matches for the report's bootstrap
+        coco_bootstrap.save_matches(coco_bootstrap.coco_image_matches(gt, stage / fname),
+                                    bootstrap_file(stage, key))
+    return {f"{key}.{k}": v for k, v in stats.items()}
+
+
+def _mpii_scores(cfg: dict[str, Any], pred: dict[str, Any], recs: list[dict], gt_valid: Path,
+                 stage: Path) -> dict[str, float]:
+    """PCKh of the prediction and of each decoding variant, each with its per-person correctness file
+    for the report's bootstrap."""
+    metrics: dict[str, float] = {}
+    prefix = _mpii_prefix(cfg)
+    images = [r["image_id"] for r in recs]  # the bootstrap resamples images, all their people together
+    mpii_bootstrap.save_correct(mpii_bootstrap.mpii_person_correct(pred["coords"], gt_valid, image_ids=images),
+                                bootstrap_file(stage, prefix))
+    metrics.update(_mpii_metrics(prefix, pred["coords"], gt_valid))
+    for variant, vp in pred["variants"].items():
+        metrics.update(_mpii_metrics(f"{prefix}_{variant}", vp["coords"], gt_valid))
+        mpii_bootstrap.save_correct(mpii_bootstrap.mpii_person_correct(vp["coords"], gt_valid, image_ids=images),
+                                    bootstrap_file(stage, f"{prefix}_{variant}"))
+    return metrics
+
+
+def _log_to_run(tracking_uri: str, experiment: str, label: str, run_id: str | None, metrics: dict[str, float],
+                tags: dict[str, str], stage: Path) -> str:
+    """Log metrics, tags and the staged prediction files to the run's MLflow record (which must exist);
+    returns its id. Runs before the files are published, so a logging failure leaves no new file."""
+    with open_run(tracking_uri, experiment, run_name=label, run_id=run_id, missing="error") as mlflow:
+        log_new_metrics(mlflow, {k: float(v) for k, v in metrics.items() if v == v})  # MLflow rejects NaN
+        mlflow.set_tags(tags)
+        for f in sorted(stage.iterdir()):
+            if f.is_file() and f.suffix in (".json", ".mat", ".npz"):
+                mlflow.log_artifact(str(f), artifact_path="predictions")
+        submission = stage / coco_server.SUBMISSION_DIR
+        for f in sorted(submission.glob("*.zip")) if submission.is_dir() else []:
+            mlflow.log_artifact(str(f), artifact_path=coco_server.SUBMISSION_DIR)
+        return mlflow.active_run().info.run_id
+
+
 def _evaluate_run(cfg: dict[str, Any], *, tracking_uri: str, experiment: str, progress: bool,
                   extra_tags: dict[str, str] | None) -> dict:
     """Evaluate the run's final checkpoint; writes metrics.json, headline.json and prediction files.
@@ -286,19 +358,8 @@ def _evaluate_run(cfg: dict[str, Any], *, tracking_uri: str, experiment: str, pr
     """
     paths = Paths(cfg["profile"])
     seed = cfg["seed"]
-    ckpt_path = paths.checkpoint(cfg["name"], seed)
-    ckpt = load_checkpoint(ckpt_path)
-    check_checkpoint(ckpt, cfg, ckpt_path)
-    inputs = _inputs(cfg)
-    run_id = ckpt.get("mlflow_run_id")
-    label = run_label(cfg["name"], seed)
-    require_run(tracking_uri, run_id, label)
-    dev = builders.device(cfg)
-    if dev.type == "cpu":
-        torch.set_num_threads(cfg["train"]["threads"])
-    net = load_model(cfg, ckpt, ckpt_path)
-    builders.check_output_size(cfg, net)
-    net.to(dev)
+    ckpt, inputs, run_id, label = _checked_inputs(cfg, paths, tracking_uri)
+    net, dev = _model_on_device(cfg, ckpt, paths.checkpoint(cfg["name"], seed))
     out_dir = paths.eval_dir(cfg["name"], seed)
     metrics: dict[str, float] = {}
     tags: dict[str, str] = {}
@@ -312,11 +373,7 @@ def _evaluate_run(cfg: dict[str, Any], *, tracking_uri: str, experiment: str, pr
                                           on_batch=val_hook)
                 if val_hook is not None:
                     metrics.update(mechanism.write_outputs(cfg, val_hook, recs, None, stage))
-                if stats is not None:
-                    metrics.update({f"{key}.{k}": v for k, v in stats.items()})
-                    if key in _VARIANT_KEYS:  # per-image matches for the report's bootstrap
-                        coco_bootstrap.save_matches(coco_bootstrap.coco_image_matches(gt, stage / fname),
-                                                    bootstrap_file(stage, key))
+                metrics.update(_coco_split_metrics(stats, key, gt, stage, fname))
                 metrics.update(_coco_variant_metrics(cfg, pred, key, gt, stage, fname))
                 if key in _GT_BOX_KEYS:
                     metrics.update(run_diagnostics(cfg, pred, recs))
@@ -336,29 +393,12 @@ def _evaluate_run(cfg: dict[str, Any], *, tracking_uri: str, experiment: str, pr
             if val_hook is not None:
                 metrics.update(mechanism.write_outputs(cfg, val_hook, recs, gt_valid, stage))
             mpii_metrics.write_predictions(pred["coords"], stage / "pred.mat")
-            prefix = _mpii_prefix(cfg)
-            images = [r["image_id"] for r in recs]  # the bootstrap resamples images, all their people together
-            mpii_bootstrap.save_correct(mpii_bootstrap.mpii_person_correct(pred["coords"], gt_valid, image_ids=images),
-                                        bootstrap_file(stage, prefix))
-            metrics.update(_mpii_metrics(prefix, pred["coords"], gt_valid))
-            for variant, vp in pred["variants"].items():
-                metrics.update(_mpii_metrics(f"{prefix}_{variant}", vp["coords"], gt_valid))
-                mpii_bootstrap.save_correct(mpii_bootstrap.mpii_person_correct(vp["coords"], gt_valid, image_ids=images),
-                                            bootstrap_file(stage, f"{prefix}_{variant}"))
+            metrics.update(_mpii_scores(cfg, pred, recs, gt_valid, stage))
             metrics.update(run_diagnostics(cfg, pred, recs))
 
         tags.update({**(extra_tags or {}), "row": cfg["name"], "seed": str(seed), "profile": cfg["profile"],
                      "evaluated": "true", **_split_tags(cfg)})
-        with open_run(tracking_uri, experiment, run_name=label, run_id=run_id, missing="error") as mlflow:
-            log_new_metrics(mlflow, {k: float(v) for k, v in metrics.items() if v == v})  # MLflow rejects NaN
-            mlflow.set_tags(tags)
-            for f in sorted(stage.iterdir()):
-                if f.is_file() and f.suffix in (".json", ".mat", ".npz"):
-                    mlflow.log_artifact(str(f), artifact_path="predictions")
-            submission = stage / coco_server.SUBMISSION_DIR
-            for f in sorted(submission.glob("*.zip")) if submission.is_dir() else []:
-                mlflow.log_artifact(str(f), artifact_path=coco_server.SUBMISSION_DIR)
-            run_id = mlflow.active_run().info.run_id
+        run_id = _log_to_run(tracking_uri, experiment, label, run_id, metrics, tags, stage)
         strict = _strict_json(metrics)
         io.write_json(stage / HEADLINE_FILE, headline_metrics(strict))  # published with the others
         io.publish(stage, out_dir)

@@ -32,6 +32,45 @@ def _decode_into(codec: Codec, heat: torch.Tensor, coords: list, scores: list) -
     scores.append(np.asarray(sc, dtype=np.float64))
 
 
+#: The batch fields a prediction keeps per person: the crop (to map back to the image) and the
+#: record's identity and size (to score it).
+_RECORD_FIELDS = ("center", "scale", "box_score", "area", "image_id")
+
+
+def _flip_averaged(net: nn.Module, images: torch.Tensor, heat: torch.Tensor, flip_index: list[int]
+                   ) -> torch.Tensor:
+    """The flip test: the mean of the heatmaps and those of the mirrored images, mirrored back with
+    left and right swapped."""
+    heat_f = net(flip_codec.flip_image_batch(images)).float()
+    return 0.5 * (heat + flip_codec.flip_back(heat_f, flip_index))
+
+
+def _empty_prediction(k: int, variants: Mapping[str, Codec]) -> dict[str, Any]:
+    """The prediction over no records: every array with zero rows and the shapes of a real one, so
+    that callers need no special case."""
+    return {"coords": np.zeros((0, k, 2)), "scores": np.zeros((0, k)), "box_score": np.zeros(0),
+            "area": np.zeros(0), "image_id": np.zeros(0, dtype=np.int64), "center": np.zeros((0, 2)),
+            "scale": np.zeros((0, 2)), "peak": np.zeros((0, k)), "heatmap_coords": np.zeros((0, k, 2)),
+            "variants": {n: {"coords": np.zeros((0, k, 2)), "scores": np.zeros((0, k)),
+                             "heatmap_coords": np.zeros((0, k, 2))} for n in variants}}
+
+
+def _joined_prediction(coords: list, scores: list, peaks: list, meta: dict[str, list[np.ndarray]],
+                       extra: dict[str, tuple[list, list]], size: list[int], convention: str) -> dict[str, Any]:
+    """The batches joined, with the main and every variant decoding mapped from heatmap pixels back
+    to the image."""
+    c = np.concatenate(meta["center"])
+    s = np.concatenate(meta["scale"])
+    xy_hm = np.concatenate(coords)
+    xy_img = heatmap_to_image(xy_hm, c, s, size, convention=convention)
+    return {"coords": xy_img, "scores": np.concatenate(scores), "box_score": np.concatenate(meta["box_score"]),
+            "area": np.concatenate(meta["area"]), "image_id": np.concatenate(meta["image_id"]), "center": c,
+            "scale": s, "peak": np.concatenate(peaks), "heatmap_coords": xy_hm,
+            "variants": {n: {"coords": heatmap_to_image(np.concatenate(xy), c, s, size, convention=convention),
+                             "scores": np.concatenate(sc), "heatmap_coords": np.concatenate(xy)}
+                         for n, (xy, sc) in extra.items()}}
+
+
 @torch.no_grad()
 def predict(net: nn.Module, cfg: dict[str, Any], recs: list[dict], *, flip_test: bool,
             dev: torch.device, batch_size: int, progress: bool = False, desc: str = "predict",
@@ -58,9 +97,9 @@ def predict(net: nn.Module, cfg: dict[str, Any], recs: list[dict], *, flip_test:
                         worker_init_fn=loader_worker_init)
     net.eval().to(memory_format=torch.channels_last)
     variants = dict(variants or {})
-    coords, scores, centers, scales, peaks = [], [], [], [], []
+    coords, scores, peaks = [], [], []
     extra: dict[str, tuple[list, list]] = {name: ([], []) for name in variants}
-    box_scores, areas, image_ids = [], [], []
+    meta: dict[str, list[np.ndarray]] = {field: [] for field in _RECORD_FIELDS}
     # a bar on a terminal; a log file gets a line at the start and one at the end
     shown = Progress(desc, total=len(ds), unit="person", enabled=progress, mininterval=2.0)
     for batch in shown.over(loader, weigh=lambda batch: len(batch["image"])):
@@ -69,36 +108,17 @@ def predict(net: nn.Module, cfg: dict[str, Any], recs: list[dict], *, flip_test:
         if on_batch is not None:
             on_batch(batch, heat)
         if flip_test:
-            heat_f = net(flip_codec.flip_image_batch(images)).float()
-            heat = 0.5 * (heat + flip_codec.flip_back(heat_f, flip_index))
+            heat = _flip_averaged(net, images, heat, flip_index)
         peaks.append(heat.amax(dim=(-2, -1)).cpu().numpy().astype(np.float64))
         heat_cpu = heat.cpu()
         _decode_into(codec, heat_cpu, coords, scores)
         for name, variant in variants.items():
             _decode_into(variant, heat_cpu, *extra[name])
-        centers.append(batch["center"].numpy())
-        scales.append(batch["scale"].numpy())
-        box_scores.append(batch["box_score"].numpy())
-        areas.append(batch["area"].numpy())
-        image_ids.append(batch["image_id"].numpy())
+        for field in _RECORD_FIELDS:
+            meta[field].append(batch[field].numpy())
     if not coords:
-        k = builders.joint_set(cfg).num_joints
-        return {"coords": np.zeros((0, k, 2)), "scores": np.zeros((0, k)), "box_score": np.zeros(0),
-                "area": np.zeros(0), "image_id": np.zeros(0, dtype=np.int64), "center": np.zeros((0, 2)),
-                "scale": np.zeros((0, 2)), "peak": np.zeros((0, k)), "heatmap_coords": np.zeros((0, k, 2)),
-                "variants": {n: {"coords": np.zeros((0, k, 2)), "scores": np.zeros((0, k)),
-                                 "heatmap_coords": np.zeros((0, k, 2))} for n in variants}}
-    c = np.concatenate(centers)
-    s = np.concatenate(scales)
-    size = cfg["data"]["heatmap_size"]
-    xy_hm = np.concatenate(coords)
-    xy_img = heatmap_to_image(xy_hm, c, s, size, convention=convention)
-    return {"coords": xy_img, "scores": np.concatenate(scores), "box_score": np.concatenate(box_scores),
-            "area": np.concatenate(areas), "image_id": np.concatenate(image_ids), "center": c, "scale": s,
-            "peak": np.concatenate(peaks), "heatmap_coords": xy_hm,
-            "variants": {n: {"coords": heatmap_to_image(np.concatenate(xy), c, s, size, convention=convention),
-                             "scores": np.concatenate(sc), "heatmap_coords": np.concatenate(xy)}
-                         for n, (xy, sc) in extra.items()}}
+        return _empty_prediction(builders.joint_set(cfg).num_joints, variants)
+    return _joined_prediction(coords, scores, peaks, meta, extra, cfg["data"]["heatmap_size"], convention)
 
 
 def variant_prediction(pred: dict[str, Any], name: str) -> dict[str, Any]:

@@ -249,6 +249,117 @@ def _chunk_slices(nj: int, nm: int, n: int, itemsize: int, device: torch.device)
     return [slice(i, min(i + size, nj)) for i in range(0, nj, size)]
 
 
+def _first_state(b: Tensor, active: Tensor, kern: Tensor, cmin: Tensor, eps: float, factor_path: bool
+                 ) -> tuple[Tensor, Tensor | None]:
+    """``(x_1, log b)``: the state after iteration 1 (``log b`` only on the log-domain path, which
+    reuses it in every update).
+
+    Iteration 1 is POT's first v-update, from zero supplier potentials: v = b / sum_n K[m, n],
+    computed stably with c0 = min_n Cmin_n and e_n = exp(-(Cmin_n - c0)/eps) <= 1 (1 at the
+    nearest pixel): sum_n K[m, n] = exp(-c0/eps) sum_n e_n E[m, n], the common factor dropping
+    out in the gauge.
+    """
+    c0 = cmin.amin(-1, keepdim=True)
+    if factor_path:
+        e = torch.exp((c0 - cmin) / eps)
+        x = b / torch.bmm(e[:, None, :], kern.transpose(1, 2))[:, 0, :]
+        return x.div_(x.amax(-1, keepdim=True)), None
+    logb = torch.log(torch.where(active, b, torch.ones_like(b)))
+    lse = torch.logsumexp(kern - (cmin / eps)[:, None, :], dim=2)
+    return _gauge(eps * (logb - lse), active), logb
+
+
+@dataclass
+class _Updates:
+    """The Sinkhorn update of one chunk and the marginal errors of its states: what every iteration
+    reads (supplier masses, kernel, renormalised demander masses) held once for the whole loop."""
+
+    a: Tensor
+    b: Tensor
+    active: Tensor
+    live: Tensor
+    kern: Tensor
+    logb: Tensor | None
+    eps: float
+    factor_path: bool
+
+    def __post_init__(self) -> None:
+        self.zero = torch.zeros((), dtype=self.a.dtype, device=self.a.device)
+        self.tiny = torch.finfo(self.a.dtype).tiny
+
+    def step(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(F(x), r)``: the next state, and ``r`` with column marginals ``s(x) = marginals(x, r)``."""
+        if self.factor_path:
+            # v <- b / K^T (a / K v), as two batched matrix-vector products over the pixels.
+            denom = torch.bmm(x[:, None, :], self.kern)[:, 0, :]  # (c, N), >= exp(-spread/eps)
+            ratio = torch.div(self.a, denom, out=denom)
+            w = torch.bmm(ratio[:, None, :], self.kern.transpose(1, 2))[:, 0, :]  # (c, M), > 0
+            nxt = self.b / w  # exactly 0 for inactive demanders (b = 0)
+            return nxt.div_(nxt.amax(-1, keepdim=True)), w
+        q = _plan_from_kernel(self.kern, x, self.active, self.eps, factor_path=False)
+        s = torch.bmm(q, self.a[..., None])[..., 0]
+        step = torch.where(self.active, self.logb - torch.log(s.clamp_min(self.tiny)), self.zero)
+        return _gauge(x + self.eps * step, self.active), s
+
+    def marginals(self, x: Tensor, r: Tensor) -> Tensor:
+        """Column marginals ``s(x)`` from a state and the ``r`` its update returned."""
+        return x * r if self.factor_path else r
+
+    def joint_errors(self, x: Tensor, r: Tensor) -> Tensor:
+        """``(c,)``: per joint, ``max |s_m - b_m|`` over active demanders (0 for dead joints)."""
+        return torch.where(self.active & self.live, (self.marginals(x, r) - self.b).abs(), self.zero).amax(-1)
+
+    def max_error(self, s: Tensor) -> float:
+        """``max |s_m - b_m|`` over live joints and active demanders."""
+        return float(torch.where(self.active & self.live, (s - self.b).abs(), self.zero).amax())
+
+
+class _CycleWatch:
+    """Ring of the last ``_MAX_PERIOD + 1`` states that finds, per joint, a bitwise cycle and the
+    state the full loop would end on (see :func:`sinkhorn_potentials`, early stop).
+
+    Slot ``t % P`` holds ``x_t``; lags ``1..P-1`` are compared with ``x_t``."""
+
+    def __init__(self, x: Tensor, iterations: int) -> None:
+        nj, nm = x.shape
+        self.iterations = iterations
+        self.ring_p = _MAX_PERIOD + 1
+        self.ring = torch.zeros((self.ring_p, nj, nm), dtype=x.dtype, device=x.device)
+        self.ring_bits = _bits(self.ring)
+        self.ring[1 % self.ring_p] = x
+        self.lags_all = torch.arange(1, self.ring_p, device=x.device)
+        self.resolved = torch.zeros(nj, dtype=torch.bool, device=x.device)
+        self.final = x.clone()
+        self.period = torch.zeros(nj, dtype=torch.long, device=x.device)
+
+    def record(self, it: int, x: Tensor) -> bool:
+        """Keep ``x_it``; every :data:`_CHECK_EVERY` updates resolve the joints now in a cycle.
+        Returns whether every joint is resolved (the loop can stop)."""
+        ring_p = self.ring_p
+        self.ring[it % ring_p] = x
+        if it % _CHECK_EVERY:
+            return False
+        nj, nm = x.shape
+        # Per joint: the smallest lag p with x_t == x_{t-p} bit for bit (t - p >= 1).
+        lags = self.lags_all[:min(ring_p - 1, it - 1)]
+        same = (self.ring_bits[(it - lags) % ring_p] == _bits(x)[None]).all(-1)
+        p = torch.where(same, lags[:, None], ring_p).amin(0)
+        hit = (p < ring_p) & ~self.resolved
+        # That joint's full loop would end on x_{t - p + ((n - t) mod p)}, still in the ring.
+        p1 = torch.where(hit, p, 1)
+        src = (it - p1 + (self.iterations - it) % p1) % ring_p
+        pick = self.ring.gather(0, src[None, :, None].expand(1, nj, nm))[0]
+        self.final = torch.where(hit[:, None], pick, self.final)
+        self.period = torch.where(hit, p, self.period)
+        self.resolved = self.resolved | hit
+        return bool(self.resolved.all())
+
+    def final_state(self, x: Tensor) -> Tensor:
+        """Resolved joints take their predicted ``x_n`` (if the loop ran to ``n``, it equals the current
+        state by periodicity); unresolved ones can only remain if the loop ran to ``n``."""
+        return torch.where(self.resolved[:, None], self.final, x)
+
+
 def _solve_chunk(a: Tensor, pos: Tensor, masses: Tensor, height: int, width: int, eps: float,
                  iterations: int, tolerance: float | None, early_stop: bool, factor_path: bool,
                  trace: list[Tensor] | None = None) -> _Chunk:
@@ -256,104 +367,38 @@ def _solve_chunk(a: Tensor, pos: Tensor, masses: Tensor, height: int, width: int
 
     ``trace``, when given, receives per update computed the per-joint marginal error ``(c,)`` of the
     state before it: entry ``i`` belongs to the state after ``i + 1`` updates. It only reads."""
-    dtype = a.dtype
     active, b = _prepare_masses(masses)
     cost = transport_cost(pos, height, width)
     kern, cmin = _kernel(cost, eps, factor_path)
-    zero = torch.zeros((), dtype=dtype, device=a.device)
-    tiny = torch.finfo(dtype).tiny
     live = a.sum(-1, keepdim=True) > 0
+    x, logb = _first_state(b, active, kern, cmin, eps, factor_path)
+    del cmin
+    updates = _Updates(a, b, active, live, kern, logb, eps, factor_path)
 
-    # Iteration 1 (POT's first v-update, from zero supplier potentials): v = b / sum_n K[m, n],
-    # computed stably with c0 = min_n Cmin_n and e_n = exp(-(Cmin_n - c0)/eps) <= 1 (1 at the
-    # nearest pixel): sum_n K[m, n] = exp(-c0/eps) sum_n e_n E[m, n], the common factor dropping
-    # out in the gauge.
-    c0 = cmin.amin(-1, keepdim=True)
-    if factor_path:
-        e = torch.exp((c0 - cmin) / eps)
-        x = b / torch.bmm(e[:, None, :], kern.transpose(1, 2))[:, 0, :]
-        x = x.div_(x.amax(-1, keepdim=True))
-        del e
-        logb = None
-    else:
-        logb = torch.log(torch.where(active, b, torch.ones_like(b)))
-        lse = torch.logsumexp(kern - (cmin / eps)[:, None, :], dim=2)
-        x = _gauge(eps * (logb - lse), active)
-    del cmin, c0
-
-    def update(x: Tensor) -> tuple[Tensor, Tensor]:
-        """``(F(x), r)``: the next state, and ``r`` with column marginals ``s(x) = marginals(x, r)``."""
-        if factor_path:
-            # v <- b / K^T (a / K v), as two batched matrix-vector products over the pixels.
-            denom = torch.bmm(x[:, None, :], kern)[:, 0, :]  # (c, N), >= exp(-spread/eps)
-            ratio = torch.div(a, denom, out=denom)
-            w = torch.bmm(ratio[:, None, :], kern.transpose(1, 2))[:, 0, :]  # (c, M), > 0
-            nxt = b / w  # exactly 0 for inactive demanders (b = 0)
-            return nxt.div_(nxt.amax(-1, keepdim=True)), w
-        q = _plan_from_kernel(kern, x, active, eps, factor_path=False)
-        s = torch.bmm(q, a[..., None])[..., 0]
-        step = torch.where(active, logb - torch.log(s.clamp_min(tiny)), zero)
-        return _gauge(x + eps * step, active), s
-
-    def marginals(x: Tensor, r: Tensor) -> Tensor:
-        return x * r if factor_path else r
-
-    def max_error(s: Tensor) -> float:
-        return float(torch.where(active & live, (s - b).abs(), zero).amax())
-
-    nj, nm = x.shape
     iterations_run = 1
     err = math.nan
     last: tuple[Tensor, Tensor] | None = None  # (x, r) of the last update computed
-    period = torch.zeros(nj, dtype=torch.long, device=x.device)
-    track = early_stop and iterations > 1
-    if track:
-        # Ring of the last P states: slot t % P holds x_t; lags 1..P-1 are compared with x_t.
-        ring_p = _MAX_PERIOD + 1
-        ring = torch.zeros((ring_p, nj, nm), dtype=dtype, device=x.device)
-        ring_bits = _bits(ring)
-        ring[1 % ring_p] = x
-        lags_all = torch.arange(1, ring_p, device=x.device)
-        resolved = torch.zeros(nj, dtype=torch.bool, device=x.device)
-        final = x.clone()
+    watch = _CycleWatch(x, iterations) if early_stop and iterations > 1 else None
     tolerance_stop = False
     for it in range(2, iterations + 1):
-        nxt, r = update(x)
+        nxt, r = updates.step(x)
         last = (x, r)
         if trace is not None:
-            trace.append(torch.where(active & live, (marginals(x, r) - b).abs(), zero).amax(-1))
+            trace.append(updates.joint_errors(x, r))
         if tolerance is not None:
-            err = max_error(marginals(x, r))
+            err = updates.max_error(updates.marginals(x, r))
             if err < tolerance:
                 tolerance_stop = True
                 break
         x = nxt
         iterations_run = it
-        if not track:
-            continue
-        ring[it % ring_p] = x
-        if it % _CHECK_EVERY:
-            continue
-        # Per joint: the smallest lag p with x_t == x_{t-p} bit for bit (t - p >= 1).
-        lags = lags_all[:min(ring_p - 1, it - 1)]
-        same = (ring_bits[(it - lags) % ring_p] == _bits(x)[None]).all(-1)
-        p = torch.where(same, lags[:, None], ring_p).amin(0)
-        hit = (p < ring_p) & ~resolved
-        # That joint's full loop would end on x_{t - p + ((n - t) mod p)}, still in the ring.
-        p1 = torch.where(hit, p, 1)
-        src = (it - p1 + (iterations - it) % p1) % ring_p
-        pick = ring.gather(0, src[None, :, None].expand(1, nj, nm))[0]
-        final = torch.where(hit[:, None], pick, final)
-        period = torch.where(hit, p, period)
-        resolved = resolved | hit
-        if bool(resolved.all()):
+        if watch is not None and watch.record(it, x):
             break
-    if track and not tolerance_stop:
-        # Resolved joints take their predicted x_n (if the loop ran to n, it equals the current
-        # state by periodicity); unresolved ones can only remain if the loop ran to n.
-        x = torch.where(resolved[:, None], final, x)
+    if watch is not None and not tolerance_stop:
+        x = watch.final_state(x)
     if last is not None and tolerance is None:
-        err = max_error(marginals(*last))
+        err = updates.max_error(updates.marginals(*last))
+    period = watch.period if watch is not None else torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
     return _Chunk(x=x, active=active, b=b, iterations_run=iterations_run, period=period,
                   marginal_error=err, kern=kern, cost=cost)
 
@@ -361,6 +406,18 @@ def _solve_chunk(a: Tensor, pos: Tensor, masses: Tensor, height: int, width: int
 def _max_error(errors: list[float]) -> float:
     finite = [e for e in errors if not math.isnan(e)]
     return max(finite) if finite else math.nan
+
+
+def _joined_result(parts: list[_Chunk], eps: float, factor_path: bool) -> SinkhornResult:
+    """The chunks' results as one, in joint order (the largest iteration count and marginal error)."""
+    return SinkhornResult(
+        g=torch.cat([ch.potentials(eps, factor_path) for ch in parts]),
+        active=torch.cat([ch.active for ch in parts]),
+        b=torch.cat([ch.b for ch in parts]),
+        iterations_run=max(ch.iterations_run for ch in parts),
+        period=torch.cat([ch.period for ch in parts]),
+        marginal_error=_max_error([ch.marginal_error for ch in parts]),
+        factor_path=factor_path)
 
 
 @torch.no_grad()
@@ -418,14 +475,7 @@ def sinkhorn_potentials(
                           early_stop, factor_path)
         ch.kern = ch.cost = None  # type: ignore[assignment]
         parts.append(ch)
-    return SinkhornResult(
-        g=torch.cat([ch.potentials(eps, factor_path) for ch in parts]),
-        active=torch.cat([ch.active for ch in parts]),
-        b=torch.cat([ch.b for ch in parts]),
-        iterations_run=max(ch.iterations_run for ch in parts),
-        period=torch.cat([ch.period for ch in parts]),
-        marginal_error=_max_error([ch.marginal_error for ch in parts]),
-        factor_path=factor_path)
+    return _joined_result(parts, eps, factor_path)
 
 
 @torch.no_grad()

@@ -233,63 +233,57 @@ def _paper_line(table: PaperTable, row: PaperRow, rec: dict[str, Any], paper_by_
     return rec
 
 
-def _build_one(table: PaperTable, measured: dict, run_info: dict, profile: str,
-               intervals: Mapping[str, Any]) -> pd.DataFrame:
+def _base_record(table: PaperTable, row: PaperRow, i: int, source: str, status: str) -> dict[str, Any]:
+    """The columns every line of a table fills alike (the paper row's identity, its source and status)."""
+    return {"table": table.number, "paper_row": i, "method": row.method, "citation": row.citation,
+            "venue": row.venue, "backbone": row.backbone if row.backbone is not None else "-",
+            "input_size": row.input_size if row.input_size is not None else "-",
+            "source": source, "run": row.run or "", "status": status}
+
+
+def _reference_record(table: PaperTable, row: PaperRow, i: int, metrics: list[str], profile: str) -> dict[str, Any]:
+    """The line of a row the benchmark does not run: the paper's values, no deltas, no interval."""
+    rec = _base_record(table, row, i, SRC_REFERENCE, ST_REFERENCE)
+    rec.update({m: table.value(row, m) for m in metrics})
+    rec.update({f"delta_{m}": None for m in metrics})
+    rec.update({**_NO_INTERVAL, "delta_vs": "", "mlflow_run_id": "", "profile": profile})
+    return rec
+
+
+def _measured_status(table: PaperTable, values: dict[str, float | None] | None, info: dict) -> str:
+    """Whether a run's measured line is missing, awaiting the test-dev server, partial or complete."""
+    if values is None:
+        return NOT_RUN
+    if all(v is None for v in values.values()):
+        return SUBMITTED if table.split == "coco_testdev" and info.get("testdev_submitted") else NOT_EVALUATED
+    if any(v is None for v in values.values()):
+        return ST_PARTIAL
+    return ST_OK
+
+
+def _measured_record(table: PaperTable, row: PaperRow, i: int, meas: dict[str, dict[str, float | None]],
+                     run_info: dict, profile: str, intervals: Mapping[str, Any]) -> dict[str, Any]:
+    """The measured line of a benchmark row: the run's values, their deltas to its baseline run and the
+    bootstrap interval, with what the run itself reports (backbone, input size, MLflow id)."""
     metrics = list(table.metrics)
-    # measured values per run (only the runs of this table that have at least the run entry)
-    meas: dict[str, dict[str, float | None]] = {}
-    for run in table.runs():
-        if run in measured:
-            meas[run] = {m: _measured_value(table, run, measured[run], m) for m in metrics}
-    paper_by_run = {r.run: r for r in table.rows if r.run and r.in_paper}
+    info = run_info.get(row.run, {})
+    values = meas.get(row.run)
+    rec = _base_record(table, row, i, SRC_MEASURED, _measured_status(table, values, info))
+    rec["backbone"] = str(info.get("backbone") or "")
+    rec["input_size"] = _norm_input_size(info.get("input_size"), f"run_info[{row.run!r}]['input_size']")
+    rec.update({m: (values or {}).get(m) for m in metrics})
+    base_vals = meas.get(row.baseline_run) if row.baseline_run else None
+    for m in metrics:
+        rec[f"delta_{m}"] = _delta(values.get(m), base_vals.get(m)) if (values and base_vals) else None
+    rec.update(_interval_cells(table, intervals.get(row.run) if values else None))
+    rec.update({"delta_vs": row.baseline_run or "", "mlflow_run_id": str(info.get("mlflow_run_id") or ""),
+                "profile": profile})
+    return rec
 
-    records: list[dict[str, Any]] = []
 
-    def base(row: PaperRow, i: int, source: str, status: str) -> dict[str, Any]:
-        return {"table": table.number, "paper_row": i, "method": row.method, "citation": row.citation,
-                "venue": row.venue, "backbone": row.backbone if row.backbone is not None else "-",
-                "input_size": row.input_size if row.input_size is not None else "-",
-                "source": source, "run": row.run or "", "status": status}
-
-    for i, row in enumerate(table.rows, start=1):
-        if not row.is_benchmark:
-            rec = base(row, i, SRC_REFERENCE, ST_REFERENCE)
-            rec.update({m: table.value(row, m) for m in metrics})
-            rec.update({f"delta_{m}": None for m in metrics})
-            rec.update({**_NO_INTERVAL, "delta_vs": "", "mlflow_run_id": "", "profile": profile})
-            records.append(rec)
-            continue
-
-        if row.in_paper:  # paper line (rows this benchmark adds have none)
-            records.append(_paper_line(table, row, base(row, i, SRC_PAPER, ST_PAPER), paper_by_run, profile))
-
-        # measured line
-        info = run_info.get(row.run, {})
-        values = meas.get(row.run)
-        if values is None:
-            status = NOT_RUN
-        elif all(v is None for v in values.values()):
-            status = SUBMITTED if table.split == "coco_testdev" and info.get("testdev_submitted") else NOT_EVALUATED
-        elif any(v is None for v in values.values()):
-            status = ST_PARTIAL
-        else:
-            status = ST_OK
-        rec = base(row, i, SRC_MEASURED, status)
-        rec["backbone"] = str(info.get("backbone") or "")
-        rec["input_size"] = _norm_input_size(info.get("input_size"), f"run_info[{row.run!r}]['input_size']")
-        rec.update({m: (values or {}).get(m) for m in metrics})
-        base_vals = meas.get(row.baseline_run) if row.baseline_run else None
-        for m in metrics:
-            rec[f"delta_{m}"] = _delta(values.get(m), base_vals.get(m)) if (values and base_vals) else None
-        rec.update(_interval_cells(table, intervals.get(row.run) if values else None))
-        rec.update({"delta_vs": row.baseline_run or "", "mlflow_run_id": str(info.get("mlflow_run_id") or ""),
-                    "profile": profile})
-        records.append(rec)
-
-    notes = list(table.notes)
-    if table.split == "coco_val":
-        notes.extend(_gtbox_note(table, measured))
-
+def _as_frame(table: PaperTable, records: list[dict[str, Any]], notes: list[str], profile: str) -> pd.DataFrame:
+    """The table's lines as a frame with numeric metric columns and the attributes the writers read."""
+    metrics = list(table.metrics)
     columns = _INFO_COLUMNS + metrics + [f"delta_{m}" for m in metrics] + _TRAILING_COLUMNS
     df = pd.DataFrame.from_records(records, columns=columns)
     for c in metrics + [f"delta_{m}" for m in metrics] + ["ci_low", "ci_high", "delta_ci_low", "delta_ci_high"]:
@@ -307,6 +301,32 @@ def _build_one(table: PaperTable, measured: dict, run_info: dict, profile: str,
         "unit": "AP/AR ×100" if table.measured_scale != 1.0 else "PCKh@0.5 (%)",
     })
     return df
+
+
+def _build_one(table: PaperTable, measured: dict, run_info: dict, profile: str,
+               intervals: Mapping[str, Any]) -> pd.DataFrame:
+    metrics = list(table.metrics)
+    # measured values per run (only the runs of this table that have at least the run entry)
+    meas: dict[str, dict[str, float | None]] = {}
+    for run in table.runs():
+        if run in measured:
+            meas[run] = {m: _measured_value(table, run, measured[run], m) for m in metrics}
+    paper_by_run = {r.run: r for r in table.rows if r.run and r.in_paper}
+
+    records: list[dict[str, Any]] = []
+    for i, row in enumerate(table.rows, start=1):
+        if not row.is_benchmark:
+            records.append(_reference_record(table, row, i, metrics, profile))
+            continue
+        if row.in_paper:  # paper line (rows this benchmark adds have none)
+            records.append(_paper_line(table, row, _base_record(table, row, i, SRC_PAPER, ST_PAPER), paper_by_run,
+                                       profile))
+        records.append(_measured_record(table, row, i, meas, run_info, profile, intervals))
+
+    notes = list(table.notes)
+    if table.split == "coco_val":
+        notes.extend(_gtbox_note(table, measured))
+    return _as_frame(table, records, notes, profile)
 
 
 def build_tables(measured: dict[str, dict[str, float]], *, profile: str,
