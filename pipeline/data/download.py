@@ -387,8 +387,8 @@ def _body_plan(resp: requests.Response, source: Source, have: int) -> tuple[int 
 
 
 def _write_body(resp: requests.Response, part: Path, mode: str, chunk: int, progress_bar: Any) -> None:
-    """Stream the answer's body into ``part`` (advancing ``progress_bar``: a bar or its log lines); a cut connection is worth another attempt, a write
-    failure (full disk, permissions) is the user's to fix."""
+    """Stream the answer's body into ``part``, advancing ``progress_bar`` (a bar, or its log lines); a cut
+    connection is worth another attempt, a write failure (full disk, permissions) is the user's to fix."""
     try:
         with part.open(mode) as fh:
             # The bytes as sent, never decoded: a server labelling a .tar.gz "Content-Encoding: gzip"
