@@ -22,6 +22,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import NoReturn, Sequence
@@ -30,8 +31,9 @@ from . import io
 from .config import (Paths, experiment_name, load_params, report_run_names, resolve_run, run_label, run_names,
                      seeds, tracking_uri)
 from .errors import PipelineError, Terminated, shorten
+from .report.beyond import table_numbers
 from .termination import on_sigterm, run_child
-from .tracking import check_server
+from .tracking import check_server, init_store
 
 log = logging.getLogger("pipeline")
 # Seconds torchrun gives its workers to stop after a SIGTERM before it kills them (torch's default: 30):
@@ -85,8 +87,6 @@ def _seed(args, params) -> int:
 
 def _tags(run: str) -> dict[str, str]:
     """MLflow tags from the report's own run-to-table mapping, so the UI can filter runs by paper table."""
-    from .report.beyond import table_numbers
-
     return {"tables": table_numbers(run)}
 
 
@@ -113,8 +113,6 @@ def cmd_data(args, params) -> None:
 
 
 def cmd_mlflow_init(args, params) -> None:
-    from .tracking import init_store
-
     profile = params["profile"]
     _setup_logging(None)
     info = init_store(tracking_uri(params), experiment_name(params))
@@ -419,6 +417,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main_thread() -> bool:
-    import threading
-
     return threading.current_thread() is threading.main_thread()

@@ -44,6 +44,7 @@ from urllib.request import url2pathname
 
 import requests
 import urllib3
+from tqdm import tqdm
 
 from ..errors import PipelineError
 from ..io import atomic_path, sha256_file
@@ -87,7 +88,7 @@ class _Retryable(Exception):
 # ----------------------------------------------------------------------------- verify
 
 
-def _problem(path: Path, size: int | None, sha256: str | None) -> str | None:
+def verification_problem(path: Path, size: int | None, sha256: str | None) -> str | None:
     """Why ``path`` fails verification, or ``None`` when it passes.
 
     The size is checked first because it is free and catches truncation without
@@ -108,7 +109,7 @@ def _problem(path: Path, size: int | None, sha256: str | None) -> str | None:
 
 def verify(path: Path, source: Source) -> bool:
     """True when ``path`` exists and matches ``source``'s size and sha256 (when given)."""
-    return _problem(path, source.size, source.sha256) is None
+    return verification_problem(path, source.size, source.sha256) is None
 
 
 # ----------------------------------------------------------------------------- announced
@@ -236,7 +237,7 @@ def fetch(
     if local is not None:
         if not local.is_file():
             raise PipelineError(str(local), f"{source.name}: local copy not found")
-        problem = _problem(local, source.size, source.sha256)
+        problem = verification_problem(local, source.size, source.sha256)
         if problem is not None:
             raise PipelineError(str(local), f"{source.name}: {problem}")
         log.info("%s: using local copy %s", source.name, local)
@@ -245,7 +246,7 @@ def fetch(
     dest_dir = Path(dest_dir)
     final = dest_dir / source.name
     if final.exists():
-        problem = _problem(final, source.size, source.sha256)
+        problem = verification_problem(final, source.size, source.sha256)
         if problem is None:
             log.info("%s: already present at %s", source.name, final)
             return final
@@ -272,7 +273,7 @@ def fetch(
                 # Stream ended cleanly but short: keep the bytes, resume next time.
                 last_error = f"incomplete download ({part.stat().st_size} of {expected} bytes)"
                 continue
-            problem = _problem(part, expected, source.sha256)
+            problem = verification_problem(part, expected, source.sha256)
             if problem is not None:
                 part.unlink(missing_ok=True)  # corrupt: resuming would keep the bad bytes
                 last_error = problem
@@ -299,8 +300,6 @@ def _download(
     errors, cut streams, 5xx) and :class:`PipelineError` for those that are not
     (404 and other client errors).
     """
-    from tqdm import tqdm  # imported here so the module imports without tqdm
-
     have = part.stat().st_size if part.exists() else 0
     if source.size is not None and have > source.size:
         part.unlink()  # longer than the archive can be: garbage, not a prefix
@@ -421,8 +420,6 @@ def _select(archive: Path, items: list, name_of, members: Sequence[str] | None) 
 
 
 def _bar(items: list, archive: Path, progress: bool) -> Iterable:
-    from tqdm import tqdm
-
     return tqdm(items, desc=f"extract {archive.name}", unit="file", disable=not progress, leave=False)
 
 
