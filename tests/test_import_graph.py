@@ -17,11 +17,13 @@ import pytest
 PACKAGE_DIR = Path(__file__).resolve().parent.parent / "pipeline"
 PACKAGE = PACKAGE_DIR.name
 
-# Libraries a function may import, each for the reason beside it (timings: CPU seconds on top of
-# ``import pipeline.cli``). Any other library is imported at the top of the module that uses it.
+# Libraries a function may import, each for the reason beside it (timings: seconds an import adds to
+# ``import pipeline.cli``, best of three on two busy cores). Any other library, and any module of the
+# package, is imported at the top of the module that uses it.
 LOCAL_IMPORT_ALLOWED: dict[str, str] = {
     "mlflow": "seconds to import; the CLI imports pipeline.tracking at start-up and most commands never log",
-    "pandas": "0.4 s; only the metric histories of pipeline.tracking need it, not the CLI's start-up",
+    "pandas": "0.4 s; pipeline.tracking, loaded at the CLI's start-up, builds a table itself only for "
+              "an experiment that does not exist yet",
     "matplotlib": "1 s or more and a backend to pick; only the figure writers need it",
     "scipy": "scipy.stats and scipy.io take 0.5 s or more; one function each of the modules that use them",
     "pycocotools": "compiled COCO scorer; training on MPII and the report never score COCO",
