@@ -20,6 +20,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from . import io
 from .errors import PipelineError
 
@@ -48,8 +50,6 @@ def load_weights(path: str | Path, what: str = "checkpoint") -> Any:
     data (nothing from it runs), and :class:`PipelineError` when it is missing, truncated or not a
     torch file.
     """
-    import torch
-
     p = Path(path)
     if not p.is_file():
         raise PipelineError(str(p), f"{what} not found")
@@ -84,8 +84,6 @@ def save_checkpoint(obj: Any, path: str | Path, what: str = "checkpoint") -> Non
     writer reports a failed write as a ``RuntimeError`` without one ("PytorchStreamWriter failed writing
     file ...: file write failed"), whose reason is then told from the space left beside the file.
     """
-    import torch
-
     final = Path(path)
     with io.atomic_path(final) as tmp:
         try:
@@ -128,8 +126,6 @@ def _failed_write_reason(folder: Path, needed: int, exc: RuntimeError) -> str:
 
 def _tensor_bytes(obj: Any) -> int:
     """The bytes of every tensor in ``obj`` (nested dicts, lists and tuples): about a checkpoint's size."""
-    import torch
-
     if isinstance(obj, torch.Tensor):
         return obj.numel() * obj.element_size()
     if isinstance(obj, dict):

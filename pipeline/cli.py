@@ -22,6 +22,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import NoReturn, Sequence
@@ -31,8 +32,9 @@ from .config import (Paths, experiment_name, load_params, report_run_names, reso
                      seeds, tracking_uri)
 from .errors import PipelineError, Terminated, shorten
 from .progress import quiet_library_bars
+from .report.beyond import table_numbers
 from .termination import on_sigterm, run_child
-from .tracking import check_server
+from .tracking import check_server, init_store
 
 log = logging.getLogger("pipeline")
 # Seconds torchrun gives its workers to stop after a SIGTERM before it kills them (torch's default: 30):
@@ -86,8 +88,6 @@ def _seed(args, params) -> int:
 
 def _tags(run: str) -> dict[str, str]:
     """MLflow tags from the report's own run-to-table mapping, so the UI can filter runs by paper table."""
-    from .report.beyond import table_numbers
-
     return {"tables": table_numbers(run)}
 
 
@@ -114,8 +114,6 @@ def cmd_data(args, params) -> None:
 
 
 def cmd_mlflow_init(args, params) -> None:
-    from .tracking import init_store
-
     profile = params["profile"]
     _setup_logging(None)
     info = init_store(tracking_uri(params), experiment_name(params))
@@ -431,6 +429,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main_thread() -> bool:
-    import threading
-
     return threading.current_thread() is threading.main_thread()

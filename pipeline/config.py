@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import copy
 import os
-import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +17,12 @@ import jsonschema
 import yaml
 
 from .errors import PipelineError, shorten
+from .paths import Paths
+from .pretrain.spec import check_pins
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = ROOT / "workflow" / "schemas" / "params.schema.yaml"
 DEFAULT_PARAMS = "params.yaml"
-PROFILE_NAME = re.compile(r"[A-Za-z0-9_-]+")  # as the schema's pattern
 # Values a params.yaml may hold once every alias (*name) is counted as a copy of the value it names. The
 # project's own file holds a few thousand; aliases of lists of aliases multiply ("billion laughs"): a few
 # lines reach billions, which validation or an error message would then walk through or print.
@@ -177,8 +176,6 @@ def validate_params(params: Any, source: str = DEFAULT_PARAMS) -> dict[str, Any]
         if prof["data"]["source"] == "download":
             _check_archives(prof["data"], f"profiles.{pname}.data", source)
         _check_archs(prof, f"profiles.{pname}", source)
-    from .pretrain.spec import check_pins  # pretrained backbone pins (pipeline/pretrain)
-
     check_pins(params, source)
     return params
 
@@ -384,84 +381,6 @@ def _merge(base: dict[str, Any], over: dict[str, Any] | None) -> dict[str, Any]:
     for k, v in (over or {}).items():
         out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
     return out
-
-
-@dataclass(frozen=True)
-class Paths:
-    """Every file location of one profile; Snakefile, dvc.yaml and the CLI use the same ones."""
-
-    profile: str
-
-    def __post_init__(self) -> None:
-        # the name becomes a folder under data/, results/, reports/ and logs/: never a path
-        if not PROFILE_NAME.fullmatch(self.profile):
-            raise PipelineError("profile", f"{self.profile!r} is not a valid profile name (letters, digits, _ and - only)")
-
-    @property
-    def data(self) -> Path:
-        return Path("data") / self.profile
-
-    def dataset(self, name: str) -> Path:
-        return self.data / name
-
-    @property
-    def archives(self) -> Path:
-        """Default download cache of the ``download`` data source (``data.cache`` overrides it)."""
-        return self.data / "_archives"
-
-    def manifest(self, name: str) -> Path:
-        """Written by the data stage once ``dataset(name)`` is complete and verified."""
-        return self.data / f"{name}.manifest.json"
-
-    @property
-    def results(self) -> Path:
-        return Path("results") / self.profile
-
-    @property
-    def mlflow_marker(self) -> Path:
-        return self.results / "mlflow_store.json"
-
-    def run_dir(self, run: str, seed: int) -> Path:
-        """One training run of one seed: ``results/<profile>/runs/<run>/seed<k>/``."""
-        return self.results / "runs" / run / f"seed{int(seed)}"
-
-    def checkpoint(self, run: str, seed: int) -> Path:
-        return self.run_dir(run, seed) / "final.pth"
-
-    def eval_dir(self, run: str, seed: int) -> Path:
-        return self.results / "eval" / run / f"seed{int(seed)}"
-
-    def eval_metrics(self, run: str, seed: int) -> Path:
-        return self.eval_dir(run, seed) / "metrics.json"
-
-    @property
-    def reports(self) -> Path:
-        return Path("reports") / self.profile
-
-    @property
-    def study_reports(self) -> Path:
-        """The study target's tables (every run with ``study.seeds``)."""
-        return self.reports / "study"
-
-    @property
-    def verdict_reports(self) -> Path:
-        """The verdict target's tables (every run, study.runs and verdict.runs with ``study.seeds``)."""
-        return self.reports / "verdict"
-
-    def pretrained_dir(self, arch: str) -> Path:
-        """Output of the ``pretrain`` stage of one architecture (committed for demo and smoke)."""
-        return Path("pretrained") / self.profile / arch
-
-    def pretrained_weights(self, arch: str) -> Path:
-        """The pretrained backbone: the state dict of the pose model's ``backbone`` submodule."""
-        return self.pretrained_dir(arch) / "backbone.pth"
-
-    def pretrained_meta(self, arch: str) -> Path:
-        """The weights' JSON sidecar: sha256, pretraining config, curve, accuracy, versions, MLflow run."""
-        return self.pretrained_dir(arch) / "backbone.json"
-
-    def logs(self, name: str) -> Path:
-        return Path("logs") / self.profile / f"{name}.log"
 
 
 TABLE_FILES = ([f"table{i}.{ext}" for i in range(1, 7) for ext in ("md", "tex", "csv")]

@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, MutableMapping, TextIO
 
+from tqdm import tqdm
+
 log = logging.getLogger(__name__)
 
 # Libraries that draw bars of their own (Hugging Face downloads of ImageNet weights, MLflow's artifact
@@ -93,8 +95,6 @@ class Progress:
         self._lines = lines and enabled and not drawn
         self._bar = None
         if drawn:
-            from tqdm import tqdm  # here: a module that counts (the data stage's) imports without tqdm
-
             if unit == "B":
                 bar_options = {"unit_scale": True, "unit_divisor": 1024, **bar_options}
             self._bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, leave=False, **bar_options)

@@ -19,7 +19,9 @@ for it with :func:`run_child`, which forwards the signal so the child's processe
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
+import os
 import signal
 import subprocess
 from typing import Iterator, Mapping, Sequence
@@ -69,8 +71,6 @@ def stop_now() -> None:
 def _die_with_parent() -> None:
     """In the child, before it runs: receive SIGTERM when the parent dies (Linux; elsewhere nothing)."""
     try:
-        import ctypes
-
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
@@ -122,8 +122,6 @@ def loader_worker_init(worker_id: int) -> None:
     signalling every process of a job, or the loader's own last-resort ``terminate()``) ends it at once
     with status 0. Killed by the signal instead, it would make the loader raise "worker killed by
     signal" wherever its owner happens to be, burying the owner's clean stop under that error."""
-    import os
-
     try:
         os.setpgid(0, 0)
     except OSError:  # not permitted here (e.g. a session leader): keep the group
@@ -132,6 +130,4 @@ def loader_worker_init(worker_id: int) -> None:
 
 
 def _exit_quietly(signum: int, frame: object) -> None:
-    import os
-
     os._exit(0)

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import sys
 
+from torch.distributed.elastic.multiprocessing.api import SignalException
+from torch.distributed.run import main as torchrun_main
+
 
 def main() -> int:
-    from torch.distributed.elastic.multiprocessing.api import SignalException
-    from torch.distributed.run import main as torchrun_main
-
     try:
         torchrun_main()
     except SignalException as exc:

@@ -142,7 +142,7 @@ def test_only_http_file_urls_and_paths_are_sources(tmp_path):
     assert dl._content_range_start(None) is None and dl._content_range_start("bytes x-9/10") is None
     assert dl._content_range_total("bytes 0-9/*") is None and dl._content_range_total(None) is None
     assert (dl._content_range_start("bytes 5-9/10"), dl._content_range_total("bytes 5-9/10")) == (5, 10)
-    assert dl._problem(tmp_path / "none.zip", None, None) == "file not found"
+    assert dl.verification_problem(tmp_path / "none.zip", None, None) == "file not found"
 
 
 def test_extract_refuses_a_missing_archive_and_special_members(tmp_path):

@@ -165,8 +165,8 @@ def test_mpii_joints_are_one_based_render_positions(mpii_dir: Path) -> None:
     entries = json.loads((mpii_dir / "annot" / "valid.json").read_text())
     expected = []
     for i in range(MPII_KW["val_images"]):
-        rng = synthetic._image_rng(3, "mpii", "valid", i)
-        _, people = synthetic._render_scene(rng, SIZE[0], SIZE[1], MPII_KW["max_people"], synthetic._MPII_STYLE)
+        rng = synthetic.image_rng(3, "mpii", "valid", i)
+        _, people = synthetic.render_scene(rng, SIZE[0], SIZE[1], MPII_KW["max_people"], synthetic.MPII_STYLE)
         expected += [p.mpii for p in people if p.mpii[:, 2].sum() >= 4]
     assert len(expected) == len(entries)
     for e, m in zip(entries, expected):
@@ -178,11 +178,11 @@ def test_mpii_joints_are_one_based_render_positions(mpii_dir: Path) -> None:
 def test_left_is_the_persons_left() -> None:
     """A front-facing upright figure has its left shoulder on the image's right."""
     rng = np.random.default_rng(0)
-    pose = synthetic._pose_standing(rng)
-    body = synthetic._build_body(pose, synthetic._sample_build(rng), rng)
+    pose = synthetic.pose_standing(rng)
+    body = synthetic.build_body(pose, synthetic.sample_build(rng), rng)
     ls, rs = body.points[COCO.joints.index("left_shoulder")], body.points[COCO.joints.index("right_shoulder")]
     assert ls[0] > rs[0]
-    back = body.points @ synthetic._ry(180).T
+    back = body.points @ synthetic.rotation_y(180).T
     assert back[COCO.joints.index("left_shoulder"), 0] < back[COCO.joints.index("right_shoulder"), 0]
 
 
@@ -191,7 +191,7 @@ def test_side_and_back_views_scale_with_difficulty() -> None:
     difficulty 1 and a tenth of that at 0.1; back views 20 % at 1 and 6.5 % at 0.1."""
     for d in (1.0, 0.1):
         rng = np.random.default_rng(11)
-        yaws = np.array([synthetic._sample_view(rng, d)[0] for _ in range(6000)]) % 360
+        yaws = np.array([synthetic.sample_view(rng, d)[0] for _ in range(6000)]) % 360
         side = np.mean((np.abs(yaws - 90) < 30) | (np.abs(yaws - 270) < 30))
         front = np.mean((yaws < 60) | (yaws > 300))
         back = np.mean(np.abs(yaws - 180) < 60)
@@ -206,26 +206,26 @@ def test_side_and_back_views_scale_with_difficulty() -> None:
 
 @pytest.mark.parametrize("difficulty", [0.0, 0.5, 1.0])
 def test_people_overlap_at_most_as_the_difficulty_allows(difficulty: float) -> None:
-    """Scenes hold several people, but one covers at most ``_max_overlap(d)`` of another's box
-    (a hand-computed case of ``_overlap`` first)."""
-    a = synthetic._Person(px=np.array([[0.0, 0.0], [10.0, 10.0]]), depth=np.zeros(2), facing={}, height=1.0,
+    """Scenes hold several people, but one covers at most ``max_overlap(d)`` of another's box
+    (a hand-computed case of ``overlap_fraction`` first)."""
+    a = synthetic.Person(px=np.array([[0.0, 0.0], [10.0, 10.0]]), depth=np.zeros(2), facing={}, height=1.0,
                           parts=[], half_width={})
-    b = synthetic._Person(px=np.array([[5.0, 5.0], [9.0, 25.0]]), depth=np.zeros(2), facing={}, height=1.0,
+    b = synthetic.Person(px=np.array([[5.0, 5.0], [9.0, 25.0]]), depth=np.zeros(2), facing={}, height=1.0,
                           parts=[], half_width={})
-    assert synthetic._overlap(a, b) == pytest.approx(4 * 5 / (4 * 20))
-    style = synthetic._with_difficulty(synthetic._COCO_STYLE, difficulty)
+    assert synthetic.overlap_fraction(a, b) == pytest.approx(4 * 5 / (4 * 20))
+    style = synthetic.with_difficulty(synthetic.COCO_STYLE, difficulty)
     counts = []
     for i in range(12):
-        _, people = synthetic._render_scene(np.random.default_rng(i), 160, 120, 3, style)
+        _, people = synthetic.render_scene(np.random.default_rng(i), 160, 120, 3, style)
         counts.append(len(people))
         for j, p in enumerate(people):
             for q in people[:j]:
-                assert synthetic._overlap(p, q) <= synthetic._max_overlap(difficulty) + 1e-12
+                assert synthetic.overlap_fraction(p, q) <= synthetic.max_overlap(difficulty) + 1e-12
     assert max(counts) >= 2
 
 
 def test_failure_midway_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real = synthetic._write_jpeg
+    real = synthetic.write_jpeg
     calls = {"n": 0}
 
     def flaky(path: Path, image: np.ndarray, quality: int = 90) -> None:
@@ -234,7 +234,7 @@ def test_failure_midway_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Monke
             raise RuntimeError("disk full")
         real(path, image, quality)
 
-    monkeypatch.setattr(synthetic.files, "_write_jpeg", flaky)
+    monkeypatch.setattr(synthetic.files, "write_jpeg", flaky)
     out = tmp_path / "coco"
     with pytest.raises(RuntimeError):
         synthetic.generate_coco(out, seed=0, **COCO_KW)

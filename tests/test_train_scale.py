@@ -302,7 +302,7 @@ def test_the_loss_sees_float32():
         return out.sum()
 
     batch = {"image": torch.zeros(1, 3, 8, 8), "weight": torch.ones(1, 2, 1), "target": torch.zeros(1, 2, 4, 4)}
-    train_mod._step(Half(), crit, batch, {"loss": "mse"}, torch.device("cpu"), None)
+    train_mod.forward_loss(Half(), crit, batch, {"loss": "mse"}, torch.device("cpu"), None)
     assert seen == [torch.float32]
 
 

@@ -57,7 +57,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from .. import io
+from ..config import resolve_run
+from ..engine import builders
 from ..errors import PipelineError
+from .loss import environment as base_environment
 
 STEPS = ("imread_decode", "augment_params", "affine_warp", "colour_normalise", "target_encoding", "to_tensors")
 DEFAULT_WORKERS = (0, 1, 2)
@@ -77,8 +80,6 @@ def pick_run(params: Mapping[str, Any], dataset: str) -> str:
 
 
 def _train_annotation(cfg: Mapping[str, Any]) -> Path:
-    from ..engine import builders
-
     root = Path(cfg["data"]["root"])
     if cfg["dataset"] == "mpii":
         return root / builders.MPII_SPLITS["train"]
@@ -87,8 +88,6 @@ def _train_annotation(cfg: Mapping[str, Any]) -> Path:
 
 def build_train_dataset(cfg: dict[str, Any]):
     """The training dataset of a resolved run (augmentation on, epoch 1); a one-line error if absent."""
-    from ..engine import builders
-
     ann = _train_annotation(cfg)
     if not ann.is_file():
         raise PipelineError(str(cfg["data"]["root"]),
@@ -210,8 +209,6 @@ def measure_loader(ds, workers: int, *, batch_size: int, batches: int, cv2_threa
 
 
 def environment() -> dict[str, Any]:
-    from .loss import environment as base_environment
-
     env = base_environment(torch.device("cpu"))
     try:
         usable = len(os.sched_getaffinity(0))
@@ -304,8 +301,6 @@ def run_data_benchmark(params: Mapping[str, Any], *, dataset: str = "coco", prof
     ``batch_size``: default the profile's training batch. ``root``: the dataset folder (default
     ``data/<profile>/<dataset>``). ``cv2_threads``: ``"default"`` and/or integers (see the docstring).
     """
-    from ..config import resolve_run
-
     profile = profile or params["profile"]
     counts = _check_workers(workers)
     modes = _check_cv2_threads(cv2_threads)

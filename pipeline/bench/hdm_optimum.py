@@ -26,8 +26,11 @@ from torch import Tensor
 
 from .. import io
 from ..codecs.hdm import decode
+from ..config import load_params, resolve_run
+from ..engine.builders import heatmap_stride
 from ..losses.hdm import HDMLoss, effective_epsilon
 from ..losses.sinkhorn import subpixel_demanders
+from ..report.figures import save_figure
 
 # Grid large enough that no mass wants to reach the border; the dot sits near its centre.
 GRID = 9
@@ -101,7 +104,6 @@ def _plot(report: Mapping[str, Any], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..report.figures import _save
 
     offs = torch.tensor(report["offsets"])
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -123,7 +125,7 @@ def _plot(report: Mapping[str, Any], path: Path) -> Path:
     axes[1].set(xlabel="offset index (row-major over dy, dx)", ylabel="|bias| (heatmap px)", title="all offsets")
     axes[1].legend(fontsize=7)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def run_hdm_optimum_benchmark(params: Mapping[str, Any] | None = None, *, profile: str = "paper",
@@ -132,9 +134,6 @@ def run_hdm_optimum_benchmark(params: Mapping[str, Any] | None = None, *, profil
                               out_dir: str | os.PathLike = Path("reports/benchmarks"),
                               verbose: bool = True) -> dict[str, Any]:
     """Measure the optimum for both ``epsilon_units``; eps and stride come from ``run`` in ``profile``."""
-    from ..config import load_params, resolve_run
-    from ..engine.builders import heatmap_stride
-
     if params is None:
         params = load_params()
     cfg = resolve_run(dict(params), run, profile)

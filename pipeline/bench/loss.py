@@ -52,10 +52,20 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor
+from torch.utils.data import default_collate
 
 from .. import io
+from ..config import Paths, load_params, resolve_run
+from ..engine import builders
+from ..engine.train import forward_loss
+from ..errors import PipelineError
 from ..losses import HDMLoss
 from ..losses.sinkhorn import sinkhorn_potentials, subpixel_demanders, transport_cost, transport_plan
+
+try:  # where the profiler's device types live depends on the torch version
+    from torch.autograd import DeviceType
+except ImportError:  # pragma: no cover - older/newer profiler APIs
+    DeviceType = None
 
 SIZES: dict[str, tuple[int, int]] = {"demo": (24, 16), "64x48": (64, 48), "96x72": (96, 72)}  # (H, W)
 DEFAULT_SIZES = ("demo", "64x48", "96x72")
@@ -94,7 +104,8 @@ def make_inputs(batch: int, joints: int, height: int, width: int, *, dtype: torc
     return hm.to(device, dtype), kp.to(device, dtype), w.to(device, dtype)
 
 
-def _sync(device: torch.device) -> None:
+def sync_device(device: torch.device) -> None:
+    """Wait for the device's queued work before reading the clock, so a timing covers the work itself."""
     if device.type == "cuda":  # pragma: no cover - CUDA only: synchronise the GPU before reading the clock
         torch.cuda.synchronize(device)
 
@@ -103,23 +114,21 @@ def time_call(fn: Callable[[], Any], repeats: int, device: torch.device, warmup:
     """Wall times (s) of ``repeats`` calls after ``warmup`` untimed ones."""
     for _ in range(warmup):
         fn()
-        _sync(device)
+        sync_device(device)
     times = []
     for _ in range(repeats):
-        _sync(device)
+        sync_device(device)
         t0 = time.perf_counter()
         fn()
-        _sync(device)
+        sync_device(device)
         times.append(time.perf_counter() - t0)
     return times
 
 
 def _is_cpu_event(evt: Any) -> bool:
     try:
-        from torch.autograd import DeviceType
-
         return evt.device_type() in (DeviceType.CPU, DeviceType.MKLDNN, DeviceType.IDEEP)
-    except (ImportError, AttributeError):  # pragma: no cover - older/newer profiler APIs
+    except AttributeError:  # pragma: no cover - older/newer profiler APIs (no DeviceType, or other members)
         return "CPU" in str(evt.device_type())
 
 
@@ -358,10 +367,6 @@ def bench_size(label: str, height: int, width: int, *, batch: int, joints: int, 
 
 def _demo_batch(cfg: dict[str, Any], size: int) -> tuple[dict[str, Tensor], str]:
     """The first ``size`` training samples of the demo dataset (synthetic tensors if it is absent)."""
-    from torch.utils.data import default_collate
-
-    from ..engine import builders
-    from ..errors import PipelineError
 
     try:
         recs = builders.records(cfg, "train")[:size]
@@ -384,10 +389,6 @@ def _demo_batch(cfg: dict[str, Any], size: int) -> tuple[dict[str, Tensor], str]
 def demo_training_step(params: Mapping[str, Any], *, profile: str = "demo", repeats: int = 5,
                        runs: tuple[str, str] = ("coco_hrnet_w48_hdm", "coco_hrnet_w48_mse")) -> dict[str, Any]:
     """Median time of one training step (forward, backward, Adam) of each run's model on one demo batch."""
-    from ..config import Paths, resolve_run
-    from ..engine import builders
-    from ..engine.train import _step
-
     dev = torch.device("cpu")
     out: dict[str, Any] = {"profile": profile, "runs": {}}
     for run in runs:
@@ -400,7 +401,7 @@ def demo_training_step(params: Mapping[str, Any], *, profile: str = "demo", repe
         batch, source = _demo_batch(cfg, cfg["train"]["batch_size"])
 
         def step() -> None:
-            loss = _step(net, crit, batch, cfg, dev)
+            loss = forward_loss(net, crit, batch, cfg, dev)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -541,8 +542,6 @@ def _bench_devices(cuda: bool | None) -> list[torch.device]:
 def _demo_report(params: Mapping[str, Any] | None, profile: str, repeats: int) -> dict[str, Any]:
     """The demo training step's timing, with ``params.yaml`` read only when the caller gave none."""
     if params is None:
-        from ..config import load_params
-
         params = load_params()
     return demo_training_step(params, profile=profile, repeats=max(10, 3 * repeats))
 

@@ -40,8 +40,13 @@ import numpy as np
 import torch
 
 from .. import io
+from ..codecs import gaussian
+from ..config import resolve_run, run_names
+from ..engine import builders
+from ..engine.train import amp_settings, train_step
 from ..errors import PipelineError
-from .loss import _sync, environment
+from ..report.paper_numbers import TABLES, get_table
+from .loss import environment, sync_device
 
 # Training-set sizes of the reference data loaders (HRNet's logs: "=> load 149813 samples" for COCO
 # train2017 person instances with keypoints, 22246 for MPII train).
@@ -50,15 +55,10 @@ TRAIN_SAMPLES = {"coco": 149_813, "mpii": 22_246}
 
 def default_runs(params: Mapping[str, Any]) -> list[str]:
     """The COCO runs of Table 1: every architecture with MSE and with HDM."""
-    from ..report.paper_numbers import get_table
-
     return [r for r in get_table(1).runs() if r in params["runs"]]
 
 
 def _batch(cfg: dict[str, Any], dev: torch.device) -> dict[str, torch.Tensor]:
-    from ..codecs import gaussian
-    from ..engine import builders
-
     gen = np.random.default_rng(cfg["seed"])
     b = int(cfg["train"]["batch_size"])
     w_in, h_in = cfg["data"]["input_size"]
@@ -76,9 +76,6 @@ def _batch(cfg: dict[str, Any], dev: torch.device) -> dict[str, torch.Tensor]:
 
 def bench_run(cfg: dict[str, Any], dev: torch.device, *, iters: int, warmup: int) -> dict[str, Any]:
     """Time ``iters`` training steps of one run after ``warmup`` untimed ones."""
-    from ..engine import builders
-    from ..engine.train import amp_settings, train_step
-
     torch.manual_seed(cfg["seed"])
     # ImageNet weights change no step's cost, and a GPU node may have no internet: random init
     cfg = {**cfg, "model": {**cfg["model"], "pretrained": False, "weights": None}}
@@ -94,13 +91,13 @@ def bench_run(cfg: dict[str, Any], dev: torch.device, *, iters: int, warmup: int
 
     for _ in range(warmup):
         step()
-    _sync(dev)
+    sync_device(dev)
     if dev.type == "cuda":  # pragma: no cover - CUDA only: GPU memory statistics
         torch.cuda.reset_peak_memory_stats(dev)
     start = time.perf_counter()
     for _ in range(iters):
         loss = step()
-    _sync(dev)
+    sync_device(dev)
     elapsed = time.perf_counter() - start
     b = int(batch["image"].shape[0])
     entry: dict[str, Any] = {
@@ -144,8 +141,6 @@ def _compare_to_mse(runs: dict[str, dict[str, Any]]) -> None:
 
 
 def _per_table(runs: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
-    from ..report.paper_numbers import TABLES
-
     out = {}
     for table in TABLES:
         names = table.runs()
@@ -174,9 +169,6 @@ def run_train_benchmark(params: Mapping[str, Any], *, profile: str, runs: Sequen
                         iters: int = 200, warmup: int = 20, device: str | None = None,
                         out_dir: Path = Path("reports/benchmarks"), progress: bool = True) -> dict[str, Any]:
     """Measure each run's training step; write and return the report (see the module docstring)."""
-    from ..config import resolve_run, run_names
-    from ..engine import builders
-
     if iters < 1:
         raise PipelineError("--iters", f"must be >= 1, got {iters}")
     if warmup < 0:

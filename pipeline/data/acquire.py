@@ -270,7 +270,7 @@ def _adopt(e: Entry, root: Path) -> dict[str, Any]:
     size = sha = None
     if not e.is_archive:
         placed = root / str(e.place)
-        problem = download._problem(placed, e.size, e.sha256)
+        problem = download.verification_problem(placed, e.size, e.sha256)
         if problem is not None:
             raise PipelineError(str(placed), f"{e.name}: {problem}")
         size = placed.stat().st_size

@@ -88,7 +88,7 @@ class _Retryable(Exception):
 # ----------------------------------------------------------------------------- verify
 
 
-def _problem(path: Path, size: int | None, sha256: str | None) -> str | None:
+def verification_problem(path: Path, size: int | None, sha256: str | None) -> str | None:
     """Why ``path`` fails verification, or ``None`` when it passes.
 
     The size is checked first because it is free and catches truncation without
@@ -109,7 +109,7 @@ def _problem(path: Path, size: int | None, sha256: str | None) -> str | None:
 
 def verify(path: Path, source: Source) -> bool:
     """True when ``path`` exists and matches ``source``'s size and sha256 (when given)."""
-    return _problem(path, source.size, source.sha256) is None
+    return verification_problem(path, source.size, source.sha256) is None
 
 
 # ----------------------------------------------------------------------------- announced
@@ -221,7 +221,7 @@ def _verified_local(source: Source, local: Path) -> Path:
     """A local source is used where it is, never copied: it must exist and pass verification."""
     if not local.is_file():
         raise PipelineError(str(local), f"{source.name}: local copy not found")
-    problem = _problem(local, source.size, source.sha256)
+    problem = verification_problem(local, source.size, source.sha256)
     if problem is not None:
         raise PipelineError(str(local), f"{source.name}: {problem}")
     log.info("%s: using local copy %s", source.name, local)
@@ -233,7 +233,7 @@ def _valid_existing(source: Source, final: Path) -> bool:
     so that the download starts afresh instead of trusting it."""
     if not final.exists():
         return False
-    problem = _problem(final, source.size, source.sha256)
+    problem = verification_problem(final, source.size, source.sha256)
     if problem is None:
         log.info("%s: already present at %s", source.name, final)
         return True
@@ -248,7 +248,7 @@ def _part_problem(source: Source, part: Path, expected: int | None) -> str | Non
     if expected is not None and part.stat().st_size < expected:
         # Stream ended cleanly but short: keep the bytes, resume next time.
         return f"incomplete download ({part.stat().st_size} of {expected} bytes)"
-    problem = _problem(part, expected, source.sha256)
+    problem = verification_problem(part, expected, source.sha256)
     if problem is not None:
         part.unlink(missing_ok=True)  # corrupt: resuming would keep the bad bytes
     return problem

@@ -21,6 +21,9 @@ from typing import Any
 from .. import io
 from ..config import Paths
 from ..errors import PipelineError
+from ..pretrain.weights import verify_profile
+from . import synthetic
+from .acquire import install
 
 # What the pipeline reads, relative to the dataset root (HRNet's layout).
 REQUIRED = {
@@ -56,8 +59,6 @@ def verify(root: Path, dataset: str) -> dict[str, Any]:
 
 def prepare_dataset(params: dict[str, Any], profile: str, dataset: str, *, progress: bool = True) -> Path:
     """Generate or verify ``dataset`` for ``profile``; returns the manifest path."""
-    from ..pretrain.weights import verify_profile
-
     # first: a missing or changed pretrained backbone stops the stage before it writes anything
     pretrained = verify_profile(params, profile)
     prof = params["profiles"][profile]
@@ -66,8 +67,6 @@ def prepare_dataset(params: dict[str, Any], profile: str, dataset: str, *, progr
     source = prof["data"]["source"]
     summary: dict[str, Any] = {}
     if source == "synthetic":
-        from . import synthetic
-
         syn = prof["data"]["synthetic"]
         kwargs = dict(seed=params["seed"], image_size=tuple(syn["image_size"]), progress=progress,
                       difficulty=syn["difficulty"], **syn[dataset])
@@ -76,8 +75,6 @@ def prepare_dataset(params: dict[str, Any], profile: str, dataset: str, *, progr
             kwargs.pop("test_images", None)
         summary = gen(root, **kwargs)
     elif source == "download":
-        from .acquire import install
-
         data = prof["data"]
         cache = Path(data["cache"]) if data.get("cache") else paths.archives
         summary = {"archives": install(data["archives"][dataset], root, cache, progress=progress,

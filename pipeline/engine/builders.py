@@ -27,6 +27,7 @@ from ..config import Paths
 from ..io import read_json, sha256_file
 from ..losses import HDMLoss, IntegralL1Loss, JointsMSELoss, MSEHDMLoss
 from ..models import CenteredHeatmaps, build_model
+from ..pretrain.weights import load_backbone
 
 COCO_SPLITS = {
     # split: (annotation or image-info file, image folder, detection file, ground truth for scoring)
@@ -288,8 +289,6 @@ def model(cfg: dict[str, Any], *, initial_weights: bool = True) -> nn.Module:
         raise PipelineError(f"params.yaml: profiles.{cfg['profile']}.archs.{cfg['arch']}.{exc.where}",
                             exc.what) from None
     if model_cfg.get("backbone_weights") is not None:
-        from ..pretrain.weights import load_backbone
-
         load_backbone(net, cfg["model"]["backbone_weights"], cfg["profile"], cfg["arch"])
     if cfg["loss"] == "hdm" and cfg["hdm"]["center_heatmaps"]:  # not mse_hdm: its MSE term fixes the scale
         net = CenteredHeatmaps(net)

@@ -48,6 +48,7 @@ import random
 import re
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -286,8 +287,6 @@ def autocast_supported(device_type: str, dtype: torch.dtype) -> bool:
     """Whether this torch runs a convolution under ``torch.autocast(device_type, dtype)`` in ``dtype``
     (forward and backward) and, for float16, has a GradScaler for the device: probed once with a tiny
     convolution, so an unsupported combination falls back to float32 instead of failing mid-run."""
-    import warnings
-
     try:
         if not torch.amp.is_autocast_available(device_type):
             return False
@@ -331,7 +330,9 @@ def amp_settings(t: dict[str, Any], dev: torch.device) -> tuple[torch.dtype | No
     return dtype, scaler
 
 
-def _step(net, crit, batch, cfg, dev, amp_dtype: torch.dtype | None = None) -> torch.Tensor:
+def forward_loss(net, crit, batch, cfg, dev, amp_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """The loss of one batch, the forward pass under autocast and the loss in float32: the training step
+    and the benchmarks time the same computation."""
     images = batch["image"].to(dev, non_blocking=True, memory_format=torch.channels_last)
     with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
         out = net(images)
@@ -359,7 +360,7 @@ def train_step(net, crit, opt, scaler: torch.amp.GradScaler, batch, cfg, dev,
                amp_dtype: torch.dtype | None = None) -> torch.Tensor:
     """One optimiser step on one batch (the forward under autocast, the float32 loss scaled by the
     GradScaler when it is enabled, unscaled again before the step); returns the loss."""
-    loss = _step(net, crit, batch, cfg, dev, amp_dtype)
+    loss = forward_loss(net, crit, batch, cfg, dev, amp_dtype)
     opt.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.step(opt)

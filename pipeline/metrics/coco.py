@@ -19,6 +19,7 @@ Run ``python -m pipeline.metrics.coco GT.json RESULTS.json`` to score any result
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import json
@@ -218,7 +219,7 @@ def write_results(predictions: Iterable[Mapping[str, Any]], path: str | Path, ca
 # ----------------------------------------------------------------------------------------------
 # Scoring
 # ----------------------------------------------------------------------------------------------
-def _load_gt(gt_json: str | Path, num_joints: int):
+def load_gt(gt_json: str | Path, num_joints: int):
     """Read and check a COCO keypoint ground-truth file; return a pycocotools COCO object.
 
     pycocotools keeps one entry per id without a word, so repeated ids are refused before it indexes
@@ -256,7 +257,7 @@ def _load_gt(gt_json: str | Path, num_joints: int):
             raise PipelineError(where, f"annotations[{i}]: image_id {ann['image_id']!r} not in 'images'")
     coco = COCO()
     coco.dataset = data
-    with _quiet("COCO index"):
+    with quiet_stdout("COCO index"):
         coco.createIndex()
     return coco
 
@@ -294,7 +295,7 @@ def _check_results(results: list, where: str, image_ids: set, num_joints: int) -
 
 
 @contextlib.contextmanager
-def _quiet(what: str):
+def quiet_stdout(what: str):
     """pycocotools prints progress on stdout; keep stdout for our own output and log it."""
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
@@ -346,14 +347,14 @@ def evaluate_keypoints(
 
     sig = np.asarray(COCO_SIGMAS if sigmas is None else sigmas, dtype=np.float64)
     num_joints = sig.shape[0]
-    gt = _load_gt(gt_json, num_joints)
+    gt = load_gt(gt_json, num_joints)
     gt_ids = set(gt.getImgIds())
     dts = load_results(results, gt_ids, num_joints)
     if not dts:
         log.warning("%s: no results; every metric is 0", results if isinstance(results, (str, Path)) else "results")
         return {k: 0.0 for k in STAT_NAMES}
 
-    with _quiet("COCOeval"):
+    with quiet_stdout("COCOeval"):
         dt = gt.loadRes(dts)
         ev = COCOeval(gt, dt, "keypoints")
         ev.params.kpt_oks_sigmas = sig
@@ -380,8 +381,6 @@ def evaluate_results_file(gt_json: str | Path, results_json: str | Path, **kwarg
 # ----------------------------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m pipeline.metrics.coco GT.json RESULTS.json``: print the metrics as JSON."""
-    import argparse
-
     parser = argparse.ArgumentParser(
         prog="python -m pipeline.metrics.coco",
         description="Score a COCO keypoint results file with pycocotools (AP, AR...).",

@@ -177,10 +177,10 @@ def coco_image_matches(gt_file: str | Path, results_file: str | Path | list) -> 
         PipelineError: missing/corrupt ground truth or results (naming file and entry).
     """
     num_joints = int(np.asarray(COCO_SIGMAS).shape[0])
-    gt = coco_metrics._load_gt(gt_file, num_joints)
+    gt = coco_metrics.load_gt(gt_file, num_joints)
     gt_ids = set(gt.getImgIds())
     dts = coco_metrics.load_results(results_file, gt_ids, num_joints)
-    with coco_metrics._quiet("COCOeval.evaluate (bootstrap matches)"):
+    with coco_metrics.quiet_stdout("COCOeval.evaluate (bootstrap matches)"):
         ev = _run_evaluate(gt, _detections_coco(gt, dts), str(gt_file))
     p = ev.params
     image_ids = np.asarray(p.imgIds, dtype=np.int64)  # COCOeval's np.unique: ascending

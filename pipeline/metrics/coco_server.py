@@ -35,7 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import PipelineError
-from ..io import atomic_path, sha256_file
+from ..io import atomic_path, sha256_file, write_json
+from ..tracking import connect, finished_runs
 from .coco import STAT_NAMES
 
 log = logging.getLogger(__name__)
@@ -267,8 +268,6 @@ def log_server_scores(scores_file: str | Path, *, run: str, seed: int, tracking_
     """
     from mlflow.entities import Metric, RunTag
 
-    from ..io import write_json
-    from ..tracking import connect, finished_runs
 
     scores = parse_server_scores(scores_file)
     df = finished_runs(tracking_uri, experiment)

@@ -21,6 +21,7 @@ rules exactly is what makes our numbers comparable with the published tables:
 """
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import sys
@@ -84,7 +85,7 @@ def _joint_names(raw: Any, where: str) -> list[str]:
     return names
 
 
-def _check_gt(gt: Mapping[str, Any], where: str, require_names: bool) -> dict:
+def check_gt(gt: Mapping[str, Any], where: str, require_names: bool) -> dict:
     """Shape-check the gt arrays; return them as float/int numpy arrays."""
     for var in _GT_VARS:
         if var not in gt and (var != "dataset_joints" or require_names):
@@ -130,7 +131,7 @@ def load_gt_valid(path: str | Path) -> dict:
         mat = loadmat(str(p))
     except Exception as exc:  # scipy raises several types (MatReadError, ValueError, ...)
         raise PipelineError(where, f"not a readable .mat file ({type(exc).__name__}: {exc})") from None
-    return _check_gt(mat, where, require_names=True)
+    return check_gt(mat, where, require_names=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -148,7 +149,7 @@ def normalized_errors(preds: np.ndarray, gt: Mapping[str, Any] | str | Path) -> 
 
     ``preds`` are 0-based (N, 16, 2) (a third column, e.g. a score, is ignored).
     """
-    g = load_gt_valid(gt) if isinstance(gt, (str, Path)) else _check_gt(gt, "gt", require_names=False)
+    g = load_gt_valid(gt) if isinstance(gt, (str, Path)) else check_gt(gt, "gt", require_names=False)
     p = np.asarray(preds, dtype=np.float64)
     n = g["pos_gt_src"].shape[2]
     if p.ndim != 3 or p.shape[1] != NUM_JOINTS or p.shape[2] < 2:
@@ -221,7 +222,7 @@ def pckh(
     if isinstance(gt, (str, Path)):
         g = {**load_gt_valid(gt), "source": str(gt)}
     else:
-        g = _check_gt(gt, "gt", require_names=False)
+        g = check_gt(gt, "gt", require_names=False)
     scaled, visible = normalized_errors(preds, g)
     names = g["dataset_joints"]
     per_joint, mean, idx = _pck_tables(scaled, visible, names, threshold)
@@ -309,8 +310,6 @@ def evaluate_predictions_file(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m pipeline.metrics.mpii PREDS GT_VALID``: print PCKh columns as JSON."""
-    import argparse
-
     parser = argparse.ArgumentParser(
         prog="python -m pipeline.metrics.mpii",
         description="MPII PCKh of a predictions file (.mat 'preds' or JSON, 0-based) against gt_valid.mat.",

@@ -102,7 +102,7 @@ def mpii_person_correct(preds: np.ndarray, gt: Mapping[str, Any] | str | Path,
     if isinstance(gt, (str, Path)):
         g = mpii_metrics.load_gt_valid(gt)
     else:  # same checks and joint-name handling as mpii.pckh
-        g = mpii_metrics._check_gt(gt, "gt", require_names=False)
+        g = mpii_metrics.check_gt(gt, "gt", require_names=False)
     scaled, visible = mpii_metrics.normalized_errors(preds, g)  # (16, N) each; checks shapes
     names = g["dataset_joints"]
     correct = mpii_metrics.joint_correct(scaled, visible, threshold)

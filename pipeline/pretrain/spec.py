@@ -12,8 +12,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from ..config import Paths
 from ..errors import PipelineError
+from ..paths import Paths
 
 # Bump when pipeline/pretrain/shapes.py or the classification neck changes what is learnt: the pretrain
 # config changes with it, so the committed weights show up as stale (data stage) and get regenerated.

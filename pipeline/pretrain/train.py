@@ -23,7 +23,9 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+import cv2
 import numpy as np
+import timm
 import torch
 from torch import nn
 
@@ -224,9 +226,6 @@ def up_to_date(out_dir: Path, cfg: dict[str, Any]) -> bool:
 
 
 def _versions() -> dict[str, str]:
-    import cv2
-    import timm
-
     return {"torch": torch.__version__, "timm": timm.__version__, "numpy": np.__version__,
             "opencv": cv2.__version__, "python": platform.python_version(), "machine": platform.machine()}
 

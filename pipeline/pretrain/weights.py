@@ -17,9 +17,10 @@ import torch
 from torch import nn
 
 from .. import io
-from ..io import sha256_file
+from ..checkpoint import load_weights
 from ..config import Paths
 from ..errors import PipelineError
+from ..io import sha256_file
 from . import spec
 
 
@@ -88,8 +89,6 @@ def verify_profile(params: dict[str, Any], profile: str) -> dict[str, str]:
 def read_state(path: Path) -> dict[str, torch.Tensor]:
     """The file's tensors, via ``torch.load(..., weights_only=True)`` (pipeline.checkpoint.load_weights:
     a pickle asking for anything but tensors and plain data is refused, nothing from it runs)."""
-    from ..checkpoint import load_weights
-
     state = load_weights(path, "pretrained backbone")
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise PipelineError(str(path), "not a backbone state dict (a mapping of names to tensors)")

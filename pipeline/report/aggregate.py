@@ -18,31 +18,22 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from ..io import read_json
+from ..metrics import coco_bootstrap, mpii_bootstrap
 from ..metrics.bootstrap_files import bootstrap_file
 from ..metrics.uncertainty import Interval, paired_delta, t_interval
+from .beyond import REPORT_TABLES, split_variant, variant_split
 from .paper_numbers import PaperTable
+from .records import RunRecord
 
 log = logging.getLogger(__name__)
 
 BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_SEED = 0
-
-
-@dataclass
-class RunRecord:
-    """One run of params.yaml: its final metrics and MLflow run id per training seed."""
-
-    run: str
-    metrics: dict[int, dict[str, float]] = field(default_factory=dict)
-    run_ids: dict[int, str] = field(default_factory=dict)
-
-    @property
-    def seeds(self) -> list[int]:
-        return sorted(self.metrics)
 
 
 def _finite(x: Any) -> bool:
@@ -134,8 +125,6 @@ def contrast_interval(key: str, plus: tuple[str, str], minus: tuple[str, str],
 def all_intervals(records: Mapping[str, RunRecord], bootstrap: BootFn | None = None
                   ) -> dict[str, dict[str, RowIntervals]]:
     """:func:`table_intervals` for every report table, keyed "table1" … "table6"."""
-    from .beyond import REPORT_TABLES  # beyond builds on this module's RunRecord
-
     return {t.key: table_intervals(t, records, bootstrap) for t in REPORT_TABLES}
 
 
@@ -177,8 +166,6 @@ def _with_images(paths: Any, data: Any) -> Any:
     """MPII data with the image of each person: from the file, else from the profile's validation
     annotation (the evaluation scores its people in that file's order); None when neither has them.
     COCO data passes through (its unit is the image already)."""
-    from ..metrics import mpii_bootstrap
-
     if not isinstance(data, mpii_bootstrap.MpiiCorrect) or data.image_ids is not None:
         return data
     ids = mpii_val_image_ids(paths)
@@ -191,8 +178,6 @@ def mpii_val_image_ids(paths: Any) -> list[int] | None:
     """The image id of each person of the profile's MPII validation annotation, in file order (the
     numeric stem of the image name, as :func:`pipeline.data.mpii.load_mpii_people` sets it; the entry
     index when the stem is not a number). None when the profile has no such file."""
-    from ..io import read_json
-
     if not hasattr(paths, "dataset"):
         return None
     path = Path(paths.dataset("mpii")) / "annot" / "valid.json"
@@ -206,24 +191,18 @@ def mpii_val_image_ids(paths: Any) -> list[int] | None:
 def _boot_file(paths: Any, name: str, split: str, seed: int) -> Path:
     """The bootstrap file of a run, or of a decoding variant ``<run>+<variant>`` of it
     (``<split>_<variant>.boot.npz`` of that run's evaluation)."""
-    from .beyond import split_variant, variant_split
-
     run, variant = split_variant(name)
     return bootstrap_file(paths.eval_dir(run, seed), variant_split(split, variant))
 
 
 def load_bootstrap_data(path: Path) -> Any:
     """A run's per-image (COCO) or per-person (MPII) evaluation data for the bootstrap."""
-    from ..metrics import coco_bootstrap, mpii_bootstrap
-
     if path.name.startswith("mpii"):
         return mpii_bootstrap.load_correct(path)
     return coco_bootstrap.load_matches(path)
 
 
 def paired_bootstrap_any(a: Any, b: Any, *, resamples: int, seed: int) -> dict[str, Interval]:
-    from ..metrics import coco_bootstrap, mpii_bootstrap
-
     if isinstance(a, mpii_bootstrap.MpiiCorrect):
         return mpii_bootstrap.paired_bootstrap_pckh(a, b, resamples=resamples, seed=seed)
     return coco_bootstrap.paired_bootstrap(a, b, resamples=resamples, seed=seed)

@@ -24,8 +24,8 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Iterable, Mapping
 
-from .aggregate import RunRecord
-from .paper_numbers import COCO_METRICS, TABLES, PaperRow, PaperTable, _r
+from .paper_numbers import COCO_METRICS, TABLES, PaperRow, PaperTable
+from .records import RunRecord
 
 VARIANT_SEP = "+"
 DARK = "dark"
@@ -120,8 +120,8 @@ def w32_run(stride: int, name: str) -> str:
 
 
 def _t6(method: str, stride: int, run: str, baseline: str | None = None) -> PaperRow:
-    return replace(_r(f"stride {stride}: {method}", "", "", "HRNet-W32", None, (None,) * len(COCO_METRICS),
-                      run=run, baseline_run=baseline), in_paper=False)
+    return PaperRow(method=f"stride {stride}: {method}", venue="", backbone="HRNet-W32", input_size=None,
+                    values=(None,) * len(COCO_METRICS), run=run, baseline_run=baseline, in_paper=False)
 
 
 def _t6_rows(stride: int) -> tuple[PaperRow, ...]:

@@ -18,6 +18,7 @@ from ..io import atomic_path
 from .aggregate import RowIntervals, RunRecord, mean_metrics
 from .beyond import T6_STRIDES, TABLE6
 from .trend import TREND_POINTS, curve_trend
+from .verdict import MECHANISM
 
 # mse_hdm before mse and hdm: MSE + alpha × HDM is neither, and is in neither loss panel (as UDP)
 _RUN_RE = re.compile(r"^(?P<ds>[A-Za-z0-9]+)_(?P<stem>.+?)_(?P<var>mse_hdm(?:_.+)?|mse|udp|integral(?:_.+)?|hdm(?:_.+)?)$")
@@ -40,7 +41,9 @@ def _check_curves(curves: Curves) -> None:
                 raise PipelineError(f"curves[{run!r}][{seed}]", f"missing column(s) {', '.join(missing)}")
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
+    """Write ``fig`` as a PNG at ``path`` atomically and close it: every figure of the report and of the
+    benchmarks is written the same way, so a stopped run never leaves half a picture."""
     import matplotlib.pyplot as plt
 
     with atomic_path(path) as tmp:
@@ -91,7 +94,7 @@ def write_figures(curves: Curves, out_dir: Path) -> list[Path]:
         fig.suptitle(f"{ds}: validation metric, MSE vs HDM (● the last {TREND_POINTS} points: slope per epoch, "
                      "95 % interval)")
         fig.tight_layout()
-        paths.append(_save(fig, Path(out_dir) / "figures" / f"curves_{ds}.png"))
+        paths.append(save_figure(fig, Path(out_dir) / "figures" / f"curves_{ds}.png"))
     return paths
 
 
@@ -136,7 +139,7 @@ def write_diagnostic_figures(records: Mapping[str, RunRecord], curves: Curves, o
             ax.legend(fontsize=8)
         fig.suptitle(f"{ds}: per-joint localisation error, MSE vs HDM (ground-truth boxes)")
         fig.tight_layout()
-        paths.append(_save(fig, Path(out_dir) / "figures" / f"joint_error_{ds}.png"))
+        paths.append(save_figure(fig, Path(out_dir) / "figures" / f"joint_error_{ds}.png"))
     if curves:
         paths.append(_loss_vs_metric(curves, out_dir))
     return paths
@@ -157,7 +160,7 @@ def _loss_vs_metric(curves: Curves, out_dir: Path) -> Path:
         ax.set_title(f"{loss.upper()} runs: one line per run and seed, one point per epoch")
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    return _save(fig, Path(out_dir) / "figures" / "loss_vs_metric.png")
+    return save_figure(fig, Path(out_dir) / "figures" / "loss_vs_metric.png")
 
 
 def write_table6_figure(intervals: Mapping[str, RowIntervals], out_dir: Path) -> list[Path]:
@@ -187,15 +190,13 @@ def write_table6_figure(intervals: Mapping[str, RowIntervals], out_dir: Path) ->
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    return [_save(fig, Path(out_dir) / "figures" / "table6.png")]
+    return [save_figure(fig, Path(out_dir) / "figures" / "table6.png")]
 
 
 def write_mechanism_figure(curves: Mapping[str, Mapping[str, pd.DataFrame]], out_dir: Path) -> list[Path]:
     """``figures/mechanism.png``: per epoch, each mechanism diagnostic (one panel each: positive pixels,
     non-positive ground-truth locations, left/right separation, joint error) of the HRNet-W32 COCO runs,
     one line per loss (mean over seeds); nothing when no run logged them."""
-    from .verdict import MECHANISM
-
     keys = [(k, what) for k, what in MECHANISM if any(k in per for per in curves.values())]
     if not keys:
         return []
@@ -211,4 +212,4 @@ def write_mechanism_figure(curves: Mapping[str, Mapping[str, pd.DataFrame]], out
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
     fig.tight_layout()
-    return [_save(fig, Path(out_dir) / "figures" / "mechanism.png")]
+    return [save_figure(fig, Path(out_dir) / "figures" / "mechanism.png")]

@@ -21,6 +21,7 @@ from typing import Any
 
 from ..config import resolve_run
 from ..data.transforms import HALF_BODY_UPPER_PROB
+from ..engine.builders import with_defaults
 
 PROFILE = "paper"
 HRNET_REPO = "https://github.com/leoxiaobin/deep-high-resolution-net.pytorch"
@@ -202,8 +203,6 @@ def reference_of(run: str, cfg: dict[str, Any]) -> dict[str, Any]:
 
 def paper_runs(params: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """run -> flat resolved paper configuration (what training uses, defaults filled in)."""
-    from ..engine.builders import with_defaults
-
     return {run: flat_config(with_defaults(resolve_run(params, run, PROFILE))) for run in params["runs"]}
 
 

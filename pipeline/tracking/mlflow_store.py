@@ -12,11 +12,15 @@ import contextlib
 import functools
 import logging
 import os
+import socket
+import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlparse, urlsplit, urlunsplit
+
+import requests
 
 from ..errors import PipelineError, Terminated, shorten
 from ..termination import deferred_termination
@@ -156,8 +160,6 @@ def _exception_chain(exc: BaseException) -> Iterator[BaseException]:
 
 def _connection_cause(exc: BaseException, timeout: int) -> str:
     """Why a request got no answer, in a few words."""
-    import socket
-
     for e in _exception_chain(exc):
         if isinstance(e, ConnectionRefusedError):
             return "connection refused"
@@ -178,8 +180,6 @@ def _probe(uri: str, timeout: int) -> str | None:
     Any HTTP answer counts (even 401 or 404: something serves the URI, and MLflow reports what is wrong
     with it); so does a TLS failure after connecting, which MLflow's own TLS settings decide.
     """
-    import requests
-
     verify: bool | str = True
     if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() in ("1", "true"):
         verify = False
@@ -254,8 +254,6 @@ def check_sqlite_store(db: Path, *, write: bool) -> None:
     as a missing run); here each becomes a :class:`PipelineError` naming the file and the cause.
     ``write``: also take the write lock (released at once), so a read-only store is caught up front.
     """
-    import sqlite3
-
     timeout = busy_timeout()
     try:
         con = sqlite3.connect(str(db), timeout=timeout)
@@ -365,8 +363,6 @@ def check_artifact_location(uri: str, location: str, what: str) -> None:
     copied project (or a store shared between projects) that path still points into the original
     folder, and logging would write there. Remote locations (s3://, mlflow-artifacts:, ...) are fine.
     """
-    from urllib.parse import unquote, urlparse
-
     parsed = urlparse(location)
     if parsed.scheme not in ("", "file") or not location:
         return

@@ -32,19 +32,19 @@ Modules, lower layers first (each imports only the ones above it):
 from __future__ import annotations
 
 from . import files
-from .body import _build_body, _ry
+from .body import build_body, rotation_y
 from .coco_writer import generate_coco
-from .files import _write_jpeg
+from .files import write_jpeg
 from .mpii_writer import generate_mpii
-from .person import _Person
-from .pose import _pose_standing, _sample_build, _sample_view
-from .scene import _max_overlap, _overlap, _render_scene
-from .seeding import _image_rng
-from .style import _COCO_STYLE, _MPII_STYLE, _with_difficulty
+from .person import Person
+from .pose import pose_standing, sample_build, sample_view
+from .scene import max_overlap, overlap_fraction, render_scene
+from .seeding import image_rng
+from .style import COCO_STYLE, MPII_STYLE, with_difficulty
 
-# The underscored names are re-exported for the tests, which probe the generator's internals through
-# this package (tests/test_synthetic.py); ``files`` is the module holding the JPEG seam they patch.
+# Besides the two generators, the helpers the tests probe the generator with (tests/test_synthetic.py);
+# ``files`` is the module holding the JPEG seam they patch.
 __all__ = ["generate_coco", "generate_mpii",
-           "files", "_build_body", "_ry", "_write_jpeg", "_Person", "_pose_standing", "_sample_build",
-           "_sample_view", "_max_overlap", "_overlap", "_render_scene", "_image_rng", "_COCO_STYLE", "_MPII_STYLE",
-           "_with_difficulty"]
+           "files", "build_body", "rotation_y", "write_jpeg", "Person", "pose_standing", "sample_build",
+           "sample_view", "max_overlap", "overlap_fraction", "render_scene", "image_rng", "COCO_STYLE", "MPII_STYLE",
+           "with_difficulty"]

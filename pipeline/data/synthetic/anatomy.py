@@ -11,8 +11,8 @@ from ..skeleton import COCO, MPII
 
 _EXTRA_POINTS = ("pelvis", "thorax", "upper_neck", "head_top", "head_c",
                  "left_hand", "right_hand", "left_toe", "right_toe", "badge")
-_POINTS: tuple[str, ...] = COCO.joints + _EXTRA_POINTS
-_P: dict[str, int] = {name: i for i, name in enumerate(_POINTS)}
+POINTS: tuple[str, ...] = COCO.joints + _EXTRA_POINTS
+POINT_INDEX: dict[str, int] = {name: i for i, name in enumerate(POINTS)}
 
 # MPII joint name -> body-model point: the MPII joints are read off the same figure.
 _MPII_FROM_BODY = {
@@ -22,11 +22,11 @@ _MPII_FROM_BODY = {
     "r_wrist": "right_wrist", "r_elbow": "right_elbow", "r_shoulder": "right_shoulder",
     "l_shoulder": "left_shoulder", "l_elbow": "left_elbow", "l_wrist": "left_wrist",
 }
-_COCO_IDX = np.array([_P[n] for n in COCO.joints])
-_MPII_IDX = np.array([_P[_MPII_FROM_BODY[n]] for n in MPII.joints])
+COCO_IDX = np.array([POINT_INDEX[n] for n in COCO.joints])
+MPII_IDX = np.array([POINT_INDEX[_MPII_FROM_BODY[n]] for n in MPII.joints])
 
 # Face features on the head ellipsoid (head frame, units of the standing height).
-_FACE_LOCAL = {
+FACE_LOCAL = {
     "nose": (0.0, 0.012, 0.060),
     "left_eye": (0.022, -0.008, 0.050), "right_eye": (-0.022, -0.008, 0.050),
     "left_ear": (0.052, 0.004, -0.004), "right_ear": (-0.052, 0.004, -0.004),
@@ -36,5 +36,5 @@ _FACE_LOCAL = {
 TORSO, NECK, HEAD = 1, 2, 3
 L_UARM, R_UARM, L_FARM, R_FARM, L_HAND, R_HAND = 4, 5, 6, 7, 8, 9
 L_THIGH, R_THIGH, L_SHIN, R_SHIN, L_FOOT, R_FOOT = 10, 11, 12, 13, 14, 15
-_PART_SLOTS = 32  # label = (person + 1) * 32 + part
-_OCCLUDER_LABEL = 1
+PART_SLOTS = 32  # label = (person + 1) * 32 + part
+OCCLUDER_LABEL = 1

@@ -6,7 +6,7 @@ from typing import Sequence
 from ...errors import PipelineError
 
 
-def _check_args(where: str, image_size: Sequence[int], counts: dict[str, int], max_people: int,
+def check_args(where: str, image_size: Sequence[int], counts: dict[str, int], max_people: int,
                 difficulty: float) -> tuple[int, int]:
     """The image (width, height) once every argument is in range; the first one out of range raises."""
     try:

@@ -7,9 +7,9 @@ from typing import Sequence
 
 import numpy as np
 
-from .anatomy import _FACE_LOCAL, _P, _POINTS
-from .draws import _u
-from .pose import _Build, _Pose
+from .anatomy import FACE_LOCAL, POINT_INDEX, POINTS
+from .draws import uniform
+from .pose import Build, Pose
 
 _DOWN = np.array([0.0, 1.0, 0.0])
 
@@ -21,7 +21,7 @@ def _rx(deg: float) -> np.ndarray:
     return np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
 
 
-def _ry(deg: float) -> np.ndarray:
+def rotation_y(deg: float) -> np.ndarray:
     """Rotation about the vertical axis; positive turns 'forward' towards image right."""
     a = math.radians(deg)
     c, s = math.cos(a), math.sin(a)
@@ -44,61 +44,62 @@ def _limb(base: np.ndarray, side: float, angles: Sequence[float], bend_sign: flo
     """
     abd, flex, twist, bend = angles
     r1 = base @ _rz(side * abd) @ _rx(flex)
-    r2 = r1 @ _ry(side * twist) @ _rx(bend_sign * bend)
+    r2 = r1 @ rotation_y(side * twist) @ _rx(bend_sign * bend)
     return r1 @ _DOWN, r2 @ _DOWN, r2
 
 
 @dataclass
-class _Body3D:
-    points: np.ndarray        # (len(_POINTS), 3), pelvis frame
+class Body3D:
+    """A posed 3D figure in its pelvis frame: the named points, the torso and head rotations, the build."""
+    points: np.ndarray        # (len(POINTS), 3), pelvis frame
     torso_rot: np.ndarray
     head_rot: np.ndarray
-    build: _Build
+    build: Build
 
 
-def _build_body(pose: _Pose, b: _Build, rng: np.random.Generator) -> _Body3D:
+def build_body(pose: Pose, b: Build, rng: np.random.Generator) -> Body3D:
     """Place every named point of a posed figure in the pelvis frame."""
-    pts = np.zeros((len(_POINTS), 3))
-    rt = _rz(pose.bend) @ _rx(-pose.lean) @ _ry(pose.twist)
+    pts = np.zeros((len(POINTS), 3))
+    rt = _rz(pose.bend) @ _rx(-pose.lean) @ rotation_y(pose.twist)
     thorax = rt @ np.array([0.0, -b.torso, 0.0])
-    pts[_P["thorax"]] = thorax
+    pts[POINT_INDEX["thorax"]] = thorax
     for side, name in ((1.0, "left"), (-1.0, "right")):
-        pts[_P[f"{name}_hip"]] = np.array([side * b.hip_half, 0.0, 0.0])
-        pts[_P[f"{name}_shoulder"]] = thorax + rt @ np.array([side * b.shoulder_half, 0.015, -0.01])
+        pts[POINT_INDEX[f"{name}_hip"]] = np.array([side * b.hip_half, 0.0, 0.0])
+        pts[POINT_INDEX[f"{name}_shoulder"]] = thorax + rt @ np.array([side * b.shoulder_half, 0.015, -0.01])
     # arms hang from the torso frame; elbows fold forward
     for k, (side, name) in enumerate(((1.0, "left"), (-1.0, "right"))):
         d1, d2, _ = _limb(rt, side, pose.arms[k], +1.0)
-        elbow = pts[_P[f"{name}_shoulder"]] + d1 * b.upper_arm
+        elbow = pts[POINT_INDEX[f"{name}_shoulder"]] + d1 * b.upper_arm
         wrist = elbow + d2 * b.forearm
-        pts[_P[f"{name}_elbow"]], pts[_P[f"{name}_wrist"]] = elbow, wrist
-        pts[_P[f"{name}_hand"]] = wrist + d2 * 0.05
+        pts[POINT_INDEX[f"{name}_elbow"]], pts[POINT_INDEX[f"{name}_wrist"]] = elbow, wrist
+        pts[POINT_INDEX[f"{name}_hand"]] = wrist + d2 * 0.05
     # legs hang from the pelvis; knees fold backward, feet point forward
     for k, (side, name) in enumerate(((1.0, "left"), (-1.0, "right"))):
         d1, d2, r2 = _limb(np.eye(3), side, pose.legs[k], -1.0)
-        knee = pts[_P[f"{name}_hip"]] + d1 * b.thigh
+        knee = pts[POINT_INDEX[f"{name}_hip"]] + d1 * b.thigh
         ankle = knee + d2 * b.shin
-        pts[_P[f"{name}_knee"]], pts[_P[f"{name}_ankle"]] = knee, ankle
-        foot = r2 @ _rx(_u(rng, -20, 20)) @ np.array([0.0, 0.25, 0.97])
-        pts[_P[f"{name}_toe"]] = ankle + foot * 0.075
+        pts[POINT_INDEX[f"{name}_knee"]], pts[POINT_INDEX[f"{name}_ankle"]] = knee, ankle
+        foot = r2 @ _rx(uniform(rng, -20, 20)) @ np.array([0.0, 0.25, 0.97])
+        pts[POINT_INDEX[f"{name}_toe"]] = ankle + foot * 0.075
     # neck and head
     rn = rt @ _rx(-0.5 * pose.head[1])
     upper_neck = thorax + rn @ np.array([0.0, -b.neck, 0.0])
-    rh = rt @ _ry(pose.head[0]) @ _rx(pose.head[1]) @ _rz(pose.head[2])
+    rh = rt @ rotation_y(pose.head[0]) @ _rx(pose.head[1]) @ _rz(pose.head[2])
     head_c = upper_neck + rh @ np.array([0.0, -0.9 * b.head[1], 0.008])
-    pts[_P["upper_neck"]], pts[_P["head_c"]] = upper_neck, head_c
-    pts[_P["head_top"]] = head_c + rh @ np.array([0.0, -b.head[1], 0.0])
+    pts[POINT_INDEX["upper_neck"]], pts[POINT_INDEX["head_c"]] = upper_neck, head_c
+    pts[POINT_INDEX["head_top"]] = head_c + rh @ np.array([0.0, -b.head[1], 0.0])
     scale = b.head[1] / 0.066
-    for name, local in _FACE_LOCAL.items():
-        pts[_P[name]] = head_c + rh @ (np.array(local) * scale)
-    pts[_P["badge"]] = thorax + rt @ np.array([0.055, 0.08, 0.052 * b.thick])
-    return _Body3D(pts, rt, rh, b)
+    for name, local in FACE_LOCAL.items():
+        pts[POINT_INDEX[name]] = head_c + rh @ (np.array(local) * scale)
+    pts[POINT_INDEX["badge"]] = thorax + rt @ np.array([0.055, 0.08, 0.052 * b.thick])
+    return Body3D(pts, rt, rh, b)
 
 
-def _facing(body: _Body3D, yaw_rot: np.ndarray) -> dict[str, float]:
+def facing_of(body: Body3D, yaw_rot: np.ndarray) -> dict[str, float]:
     """Camera-facing component (z of the surface normal) of face features and the badge."""
     out: dict[str, float] = {}
     radii = np.array(body.build.head)
-    for name, local in _FACE_LOCAL.items():
+    for name, local in FACE_LOCAL.items():
         normal = np.array(local) / radii ** 2
         normal = yaw_rot @ body.head_rot @ (normal / np.linalg.norm(normal))
         out[name] = float(normal[2])

@@ -10,18 +10,18 @@ from ...io import atomic_path
 from ...progress import track
 from ..skeleton import COCO
 from . import files
-from .arguments import _check_args
-from .detections import _detections
-from .files import _dump_json, _r2
-from .person import _Person
-from .scene import _render_scene
-from .seeding import _detections_rng, _image_rng
-from .style import _COCO_STYLE, _Style, _with_difficulty
+from .arguments import check_args
+from .detections import simulated_detections
+from .files import dump_json, round2
+from .person import Person
+from .scene import render_scene
+from .seeding import detections_rng, image_rng
+from .style import COCO_STYLE, Style, with_difficulty
 
 _COCO_SPLITS = (("train2017", 1), ("val2017", 100_000), ("test2017", 200_000))
 
 
-def _coco_annotation(person: _Person, image_id: int, ann_id: int) -> dict | None:
+def _coco_annotation(person: Person, image_id: int, ann_id: int) -> dict | None:
     """COCO annotation from the figure's amodal mask (None when nothing of it is in frame)."""
     pts = cv2.findNonZero((person.mask > 0).astype(np.uint8))
     if pts is None:
@@ -33,7 +33,7 @@ def _coco_annotation(person: _Person, image_id: int, ann_id: int) -> dict | None
     kps = person.coco
     flat: list[float] = []
     for xk, yk, v in kps:
-        flat.extend([_r2(xk), _r2(yk), int(v)] if v > 0 else [0, 0, 0])
+        flat.extend([round2(xk), round2(yk), int(v)] if v > 0 else [0, 0, 0])
     return {
         "id": ann_id, "image_id": image_id, "category_id": 1,
         "keypoints": flat, "num_keypoints": int((kps[:, 2] > 0).sum()),
@@ -56,17 +56,17 @@ def _coco_header(split: str) -> dict:
 
 
 def _render_coco_split(root: Path, seed: int, split: str, base: int, n: int, width: int, height: int,
-                       max_people: int, progress: bool, style: _Style = _COCO_STYLE
+                       max_people: int, progress: bool, style: Style = COCO_STYLE
                        ) -> tuple[list[dict], list[dict]]:
     image_dir = root / "images" / split
     image_dir.mkdir(parents=True)
     images, anns = [], []
     for i in track(range(n), f"synthetic coco {split}", unit="image", enabled=progress):
-        rng = _image_rng(seed, "coco", split, i)
-        img, people = _render_scene(rng, width, height, max_people, style)
+        rng = image_rng(seed, "coco", split, i)
+        img, people = render_scene(rng, width, height, max_people, style)
         image_id = base + i
         name = f"{image_id:012d}.jpg"
-        files._write_jpeg(image_dir / name, img)
+        files.write_jpeg(image_dir / name, img)
         images.append({"id": image_id, "file_name": name, "width": width, "height": height, "license": 1})
         for k, person in enumerate(people):
             ann = _coco_annotation(person, image_id, image_id * 100 + k + 1)
@@ -87,10 +87,10 @@ def _write_annotations(root: Path, splits: dict[str, tuple[list[dict], list[dict
                             ("val2017", "person_keypoints_val2017.json"),
                             ("test2017", "person_keypoints_test-dev2017.json")):
         images, anns = splits[split]
-        _dump_json(root / "annotations" / ann_name, {**_coco_header(split), "images": images,
+        dump_json(root / "annotations" / ann_name, {**_coco_header(split), "images": images,
                                                      "annotations": anns, "categories": _coco_categories()})
     test_images_list = splits["test2017"][0]
-    _dump_json(root / "annotations" / "image_info_test-dev2017.json",
+    dump_json(root / "annotations" / "image_info_test-dev2017.json",
                {**_coco_header("test-dev2017"), "images": test_images_list, "categories": _coco_categories()})
 
 
@@ -99,8 +99,8 @@ def _write_detections(root: Path, seed: int, splits: dict[str, tuple[list[dict],
     counts: dict[str, int] = {}
     for split, det_name in (("val2017", "COCO_val2017_detections_AP_H_56_person.json"),
                             ("test2017", "COCO_test-dev2017_detections_AP_H_609_person.json")):
-        dets = _detections(_detections_rng(seed, split), *splits[split])
-        _dump_json(root / "person_detection_results" / det_name, dets)
+        dets = simulated_detections(detections_rng(seed, split), *splits[split])
+        dump_json(root / "person_detection_results" / det_name, dets)
         counts[split] = len(dets)
     return counts
 
@@ -113,7 +113,7 @@ def generate_coco(out_dir: Path, *, seed: int, image_size: tuple[int, int], trai
     number of detections written for val and test-dev.
     """
     counts = {"train_images": train_images, "val_images": val_images, "test_images": test_images}
-    width, height = _check_args("generate_coco", image_size, counts, max_people, difficulty)
+    width, height = check_args("generate_coco", image_size, counts, max_people, difficulty)
     sizes = {"train2017": train_images, "val2017": val_images, "test2017": test_images}
     summary: dict = {}
     with atomic_path(out_dir) as root:
@@ -122,7 +122,7 @@ def generate_coco(out_dir: Path, *, seed: int, image_size: tuple[int, int], trai
         splits = {}
         for split, base in _COCO_SPLITS:
             splits[split] = _render_coco_split(root, seed, split, base, int(sizes[split]), width, height,
-                                               int(max_people), progress, _with_difficulty(_COCO_STYLE, difficulty))
+                                               int(max_people), progress, with_difficulty(COCO_STYLE, difficulty))
             summary[split] = _split_summary(*splits[split])
         _write_annotations(root, splits)
         summary["detections"] = _write_detections(root, seed, splits)

@@ -9,8 +9,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .draws import _u
-from .files import _r2
+from .draws import uniform
+from .files import round2
 
 
 def _iou(a: Sequence[float], b: Sequence[float]) -> float:
@@ -29,14 +29,14 @@ def _jitter_box(rng: np.random.Generator, box: Sequence[float], width: int, heig
     w, h = w * math.exp(rng.normal(0, level)), h * math.exp(rng.normal(0, level))
     x0, y0 = max(0.0, cx - w / 2), max(0.0, cy - h / 2)
     x1, y1 = min(float(width), cx + w / 2), min(float(height), cy + h / 2)
-    return [_r2(x0), _r2(y0), _r2(max(1.0, x1 - x0)), _r2(max(1.0, y1 - y0))]
+    return [round2(x0), round2(y0), round2(max(1.0, x1 - x0)), round2(max(1.0, y1 - y0))]
 
 
 def _score(rng: np.random.Generator, quality: float) -> float:
     return round(float(np.clip(0.3 + 0.75 * quality ** 2 + rng.normal(0, 0.06), 0.301, 1.0)), 3)
 
 
-def _detections(rng: np.random.Generator, images: list[dict], anns: list[dict]) -> list[dict]:
+def simulated_detections(rng: np.random.Generator, images: list[dict], anns: list[dict]) -> list[dict]:
     """An imperfect person detector: jittered GT boxes, misses, duplicates, false positives."""
     by_image: dict[int, list[dict]] = {}
     for a in anns:
@@ -50,16 +50,17 @@ def _detections(rng: np.random.Generator, images: list[dict], anns: list[dict]) 
                 continue
             # Localisation noise of a good detector: HRNet loses only 1-2 AP on COCO val between
             # ground-truth boxes and its detections (AP 56.4 detector), so boxes are close.
-            box = _jitter_box(rng, a["bbox"], width, height, _u(rng, 0.02, 0.06))
+            box = _jitter_box(rng, a["bbox"], width, height, uniform(rng, 0.02, 0.06))
             score = _score(rng, _iou(box, a["bbox"]))
             dets.append({"image_id": iid, "category_id": 1, "bbox": box, "score": score})
             if rng.random() < 0.08:
-                dup = _jitter_box(rng, a["bbox"], width, height, _u(rng, 0.06, 0.15))
+                dup = _jitter_box(rng, a["bbox"], width, height, uniform(rng, 0.06, 0.15))
                 dets.append({"image_id": iid, "category_id": 1, "bbox": dup,
-                             "score": round(max(0.301, score * _u(rng, 0.4, 0.8)), 3)})
+                             "score": round(max(0.301, score * uniform(rng, 0.4, 0.8)), 3)})
         for _ in range(int(rng.poisson(0.4))):
-            bh = height * _u(rng, 0.15, 0.6)
-            bw = bh * _u(rng, 0.3, 0.8)
-            box = [_r2(_u(rng, 0, max(1.0, width - bw))), _r2(_u(rng, 0, max(1.0, height - bh))), _r2(bw), _r2(bh)]
-            dets.append({"image_id": iid, "category_id": 1, "bbox": box, "score": round(_u(rng, 0.301, 0.6), 3)})
+            bh = height * uniform(rng, 0.15, 0.6)
+            bw = bh * uniform(rng, 0.3, 0.8)
+            box = [round2(uniform(rng, 0, max(1.0, width - bw))), round2(uniform(rng, 0, max(1.0, height - bh))),
+                   round2(bw), round2(bh)]
+            dets.append({"image_id": iid, "category_id": 1, "bbox": box, "score": round(uniform(rng, 0.301, 0.6), 3)})
     return dets

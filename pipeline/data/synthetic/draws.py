@@ -7,9 +7,11 @@ from __future__ import annotations
 import numpy as np
 
 
-def _u(rng: np.random.Generator, lo: float, hi: float) -> float:
+def uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
+    """One uniform draw in [lo, hi) as a float: every module of the generator draws through it."""
     return float(rng.uniform(lo, hi))
 
 
-def _n(rng: np.random.Generator, mu: float, sd: float) -> float:
+def gauss(rng: np.random.Generator, mu: float, sd: float) -> float:
+    """One normal draw with mean ``mu`` and standard deviation ``sd``, as a float."""
     return float(rng.normal(mu, sd))

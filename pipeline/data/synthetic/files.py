@@ -1,6 +1,6 @@
 """Writing the generated files: JPEG images and compact JSON with rounded coordinates.
 
-Why a module of its own: ``_write_jpeg`` is the seam the tests patch (through this module) to
+Why a module of its own: ``write_jpeg`` is the seam the tests patch (through this module) to
 simulate a crash midway, and every writer rounds numbers the same way."""
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from ...errors import PipelineError
 _JPEG_QUALITY = 90
 
 
-def _write_jpeg(path: Path, image: np.ndarray, quality: int = _JPEG_QUALITY) -> None:
+def write_jpeg(path: Path, image: np.ndarray, quality: int = _JPEG_QUALITY) -> None:
     """Encode and write one JPEG (a seam the tests use to simulate a crash)."""
     ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:  # pragma: no cover - cv2 failure
@@ -23,9 +23,11 @@ def _write_jpeg(path: Path, image: np.ndarray, quality: int = _JPEG_QUALITY) -> 
     path.write_bytes(buf.tobytes())
 
 
-def _dump_json(path: Path, obj: object) -> None:
+def dump_json(path: Path, obj: object) -> None:
+    """Write ``obj`` as compact JSON (annotation files are large; the writers share one format)."""
     path.write_text(json.dumps(obj, separators=(",", ":")) + "\n")
 
 
-def _r2(v: float) -> float:
+def round2(v: float) -> float:
+    """``v`` to two decimals: the precision of every coordinate the datasets write."""
     return round(float(v), 2)

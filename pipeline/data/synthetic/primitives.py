@@ -9,7 +9,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from .draws import _u
+from .draws import uniform
 
 _SHIFT = 4            # cv2 fixed-point bits: sub-pixel drawing
 _ONE = 1 << _SHIFT
@@ -21,7 +21,7 @@ def _fx(p: np.ndarray) -> tuple[int, int]:
     return int(round(float(p[0]) * _ONE)), int(round(float(p[1]) * _ONE))
 
 
-def _draw(canvas: np.ndarray, prim: Prim, color, aa: bool, grow: float = 0.0) -> None:
+def draw_prim(canvas: np.ndarray, prim: Prim, color, aa: bool, grow: float = 0.0) -> None:
     """Draw one primitive, optionally grown by ``grow`` pixels (outlines, masks)."""
     lt = cv2.LINE_AA if aa else cv2.LINE_8
     kind = prim[0]
@@ -52,15 +52,17 @@ def _draw(canvas: np.ndarray, prim: Prim, color, aa: bool, grow: float = 0.0) ->
         raise ValueError(kind)
 
 
-def _hsv(h: float, s: float, v: float) -> tuple[int, int, int]:
+def hsv_color(h: float, s: float, v: float) -> tuple[int, int, int]:
     """HSV in [0, 1] to an OpenCV BGR colour."""
     r, g, b = colorsys.hsv_to_rgb(h % 1.0, min(max(s, 0.0), 1.0), min(max(v, 0.0), 1.0))
     return int(b * 255), int(g * 255), int(r * 255)
 
 
-def _shade(c: Sequence[int], f: float) -> tuple[int, int, int]:
+def shade(c: Sequence[int], f: float) -> tuple[int, int, int]:
+    """Colour ``c`` scaled by ``f`` (darker below 1, lighter above), clipped to 0..255."""
     return tuple(min(255, max(0, int(v * f))) for v in c)  # type: ignore[return-value]
 
 
-def _random_color(rng: np.random.Generator) -> tuple[int, int, int]:
-    return _hsv(rng.random(), _u(rng, 0.0, 0.9), _u(rng, 0.15, 1.0))
+def random_color(rng: np.random.Generator) -> tuple[int, int, int]:
+    """A random BGR colour of any hue, for clutter and occluders."""
+    return hsv_color(rng.random(), uniform(rng, 0.0, 0.9), uniform(rng, 0.15, 1.0))

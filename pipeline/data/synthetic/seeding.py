@@ -10,11 +10,11 @@ _SPLIT_CODE = {"train2017": 0, "val2017": 1, "test2017": 2, "train": 0, "valid":
 _DATASET_CODE = {"coco": 0, "mpii": 1}
 
 
-def _image_rng(seed: int, dataset: str, split: str, index: int) -> np.random.Generator:
+def image_rng(seed: int, dataset: str, split: str, index: int) -> np.random.Generator:
     """Independent stream per image, so splits do not depend on each other's sizes."""
     return np.random.default_rng(np.random.SeedSequence([seed, _DATASET_CODE[dataset], _SPLIT_CODE[split], index]))
 
 
-def _detections_rng(seed: int, split: str) -> np.random.Generator:
+def detections_rng(seed: int, split: str) -> np.random.Generator:
     """The stream of a COCO split's simulated detector, apart from every image's stream."""
     return np.random.default_rng(np.random.SeedSequence([seed, 0, _SPLIT_CODE[split], 10**6]))

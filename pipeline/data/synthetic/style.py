@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
-class _Style:
+class Style:
     """What differs between the COCO-like and the MPII-like scenes."""
 
     height_range: tuple[float, float]   # standing height / image height
@@ -14,16 +14,16 @@ class _Style:
     difficulty: float = 1.0             # 0..1: scales clutter, pose range, roll, truncation, occlusion
 
 
-def _with_difficulty(style: _Style, d: float) -> _Style:
+def with_difficulty(style: Style, d: float) -> Style:
     """The style at difficulty ``d`` (1 = the full variety above; 0 = big, upright, unoccluded people,
-    mostly facing the camera, on sparse clutter; ``pose._sample_view`` and ``pose._sample_pose`` read
+    mostly facing the camera, on sparse clutter; ``pose.sample_view`` and ``pose.sample_pose`` read
     ``d``). Every aspect keeps some variety at any ``d``; the demo uses an intermediate value so a
     demo-size model learns something measurable in a few CPU minutes."""
     lo, hi = style.height_range
-    return _Style(height_range=(hi - (hi - lo) * (0.4 + 0.6 * d), hi),
+    return Style(height_range=(hi - (hi - lo) * (0.4 + 0.6 * d), hi),
                   truncate_prob=style.truncate_prob * d, occluder_prob=style.occluder_prob * d,
                   difficulty=d)
 
 
-_COCO_STYLE = _Style(height_range=(0.25, 0.9), truncate_prob=0.3, occluder_prob=0.45)
-_MPII_STYLE = _Style(height_range=(0.4, 0.95), truncate_prob=0.12, occluder_prob=0.35)
+COCO_STYLE = Style(height_range=(0.25, 0.9), truncate_prob=0.3, occluder_prob=0.45)
+MPII_STYLE = Style(height_range=(0.4, 0.95), truncate_prob=0.12, occluder_prob=0.35)

@@ -8,8 +8,8 @@ import numpy as np
 
 from ..skeleton import COCO
 from .anatomy import (HEAD, L_FARM, L_FOOT, L_HAND, L_SHIN, L_THIGH, L_UARM, R_FARM, R_FOOT, R_HAND, R_SHIN,
-                      R_THIGH, R_UARM, TORSO, _COCO_IDX, _MPII_IDX, _P, _PART_SLOTS)
-from .person import _Person
+                      R_THIGH, R_UARM, TORSO, COCO_IDX, MPII_IDX, POINT_INDEX, PART_SLOTS)
+from .person import Person
 
 # Which parts must be the top-most pixel at a joint for it to count as visible (v=2).
 _JOINT_PARTS: dict[str, frozenset[int]] = {
@@ -28,10 +28,10 @@ def _inside(xy: np.ndarray, width: int, height: int) -> np.ndarray:
     return (xy[:, 0] >= 0) & (xy[:, 0] <= width - 1) & (xy[:, 1] >= 0) & (xy[:, 1] <= height - 1)
 
 
-def _annotate(person: _Person, label: int, owner: np.ndarray) -> None:
+def annotate(person: Person, label: int, owner: np.ndarray) -> None:
     """COCO visibility from the final label map; MPII labels from the frame only."""
     height, width = owner.shape
-    xy = person.px[_COCO_IDX]
+    xy = person.px[COCO_IDX]
     inside = _inside(xy, width, height)
     coco = np.zeros((len(COCO.joints), 3))
     for j, name in enumerate(COCO.joints):
@@ -45,15 +45,15 @@ def _annotate(person: _Person, label: int, owner: np.ndarray) -> None:
             # The joint sits on the torso's edge: the torso hides it only when the body is
             # turned far enough (beyond ~50 degrees) for the joint to be on the far side.
             ref = "thorax" if name.endswith("shoulder") else "pelvis"
-            behind = person.depth[_P[ref]] - person.depth[_P[name]]
+            behind = person.depth[POINT_INDEX[ref]] - person.depth[POINT_INDEX[name]]
             if behind < 0.8 * person.half_width[ref]:
                 allowed.add(TORSO)
         lab = int(owner[int(round(xy[j, 1])), int(round(xy[j, 0]))])
-        own = lab // _PART_SLOTS * _PART_SLOTS == label and lab % _PART_SLOTS in allowed
+        own = lab // PART_SLOTS * PART_SLOTS == label and lab % PART_SLOTS in allowed
         if face is not None:
             own = own and face > (0.1 if name in ("nose", "left_eye", "right_eye") else -0.35)
         coco[j] = (xy[j, 0], xy[j, 1], 2.0 if own else 1.0)
     person.coco = coco
-    mxy = person.px[_MPII_IDX]
+    mxy = person.px[MPII_IDX]
     m_in = _inside(mxy, width, height)
     person.mpii = np.concatenate([mxy, m_in[:, None].astype(float)], axis=1)
