@@ -211,15 +211,9 @@ def base(tmp_path_factory):
 @pytest.fixture
 def proj(base, tmp_path, monkeypatch):
     """The test's own copy of the smoke project (its store pointed at the copy), as the working directory."""
-    import sqlite3
+    from run_project import copy_base
 
-    d = tmp_path / "p"
-    shutil.copytree(base, d, symlinks=True)
-    con = sqlite3.connect(d / "mlflow.db")
-    for table, col in (("experiments", "artifact_location"), ("runs", "artifact_uri")):
-        con.execute(f"UPDATE {table} SET {col} = replace({col}, ?, ?)", (str(base), str(d)))
-    con.commit()
-    con.close()
+    d = copy_base(base, tmp_path / "p")
     monkeypatch.chdir(d)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{d / 'mlflow.db'}")
     return d

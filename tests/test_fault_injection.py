@@ -30,6 +30,7 @@ import yaml
 
 from pipeline.cli import main
 from project_copy import copy_project
+from run_project import cli, copy_base, one_error
 
 RUN = "coco_hrnet_w32_mse"
 MPII = "mpii_hrnet_w32_mse"
@@ -65,42 +66,14 @@ def base(tmp_path_factory):
     return d
 
 
-def _copy(base: Path, dst: Path) -> Path:
-    """A copy of the project whose store keeps its artifacts in the copy (as a project's own would)."""
-    shutil.copytree(base, dst, symlinks=True)
-    con = sqlite3.connect(dst / "mlflow.db")
-    for table, col in (("experiments", "artifact_location"), ("runs", "artifact_uri")):
-        con.execute(f"UPDATE {table} SET {col} = replace({col}, ?, ?)", (str(base), str(dst)))
-    con.commit()
-    con.close()
-    return dst
-
-
 @pytest.fixture
 def proj(base, tmp_path, monkeypatch):
     """The test's own copy of the project, as the working directory."""
-    d = _copy(base, tmp_path / "p")
+    d = copy_base(base, tmp_path / "p")
     monkeypatch.chdir(d)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{d / 'mlflow.db'}")
     monkeypatch.delenv("HDM_MLFLOW_BUSY_TIMEOUT", raising=False)
     return d
-
-
-def _cli(capsys, *args: str) -> tuple[int, str]:
-    capsys.readouterr()
-    rc = main(["--quiet", *args])
-    return rc, capsys.readouterr().err
-
-
-def _one_error(rc: int, err: str, *needles: str, status: int = 1) -> str:
-    """The failure contract: exit status, no traceback, one ``error:`` line holding every needle."""
-    assert rc == status, err[-3000:]
-    assert "Traceback" not in err, err[-3000:]
-    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1, err[-3000:]
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 def _outputs(d: Path) -> dict[str, int]:
@@ -166,7 +139,7 @@ def test_payload_checkpoints_are_refused_and_never_run(proj, capsys):
     before = _outputs(proj)
     _payload(final, marker)
     before[str(final.relative_to(proj))] = final.stat().st_mtime_ns
-    line = _one_error(*_cli(capsys, "evaluate", "--run", RUN), "final.pth", "refused")
+    line = one_error(*cli(capsys, "evaluate", "--run", RUN), "final.pth", "refused")
     assert "posix.system" in line
     assert not marker.exists() and _outputs(proj) == before
 
@@ -186,7 +159,7 @@ def test_payload_checkpoints_are_refused_and_never_run(proj, capsys):
     final.unlink()
     ckpt = proj / f"results/smoke/runs/{RUN}/seed0/checkpoints/epoch_002.pth"
     _payload(ckpt, marker)
-    rc, err = _cli(capsys, "train", "--run", RUN)
+    rc, err = cli(capsys, "train", "--run", RUN)
     assert rc == 0 and "Traceback" not in err
     refused = [ln for ln in err.splitlines() if "refused" in ln]
     assert len(refused) == 1 and "epoch_002.pth" in refused[0] and "WARNING" in refused[0]
@@ -221,7 +194,7 @@ def test_briefly_locked_store_keeps_metrics_in_the_training_run(proj, capsys):
     shutil.rmtree(proj / f"results/smoke/eval/{RUN}/seed0")
     locker = _hold_lock(proj / "mlflow.db", 3.0)
     t0 = time.time()
-    rc, err = _cli(capsys, "evaluate", "--run", RUN)
+    rc, err = cli(capsys, "evaluate", "--run", RUN)
     locker.wait(timeout=30)
     assert rc == 0, err[-2000:]
     assert time.time() - t0 >= 2.5  # it waited for the lock instead of starting another run
@@ -237,7 +210,7 @@ def test_store_locked_too_long_stops_with_one_line(proj, capsys, monkeypatch):
     before, runs = _outputs(proj), _runs(proj)
     locker = _hold_lock(proj / "mlflow.db", 4.0)
     try:
-        _one_error(*_cli(capsys, "evaluate", "--run", RUN), "mlflow.db", "locked")
+        one_error(*cli(capsys, "evaluate", "--run", RUN), "mlflow.db", "locked")
     finally:
         locker.wait(timeout=30)
     assert _outputs(proj) == before and _runs(proj) == runs
@@ -248,7 +221,7 @@ def test_corrupt_store_stops_every_stage_with_one_line(proj, capsys):
     db.write_bytes(os.urandom(4096))
     before = _outputs(proj)
     for stage in (["evaluate", "--run", RUN], ["report"], ["mlflow-init"]):
-        _one_error(*_cli(capsys, *stage), "mlflow.db", "not a usable MLflow store")
+        one_error(*cli(capsys, *stage), "mlflow.db", "not a usable MLflow store")
     assert _outputs(proj) == before
 
 
@@ -256,7 +229,7 @@ def test_corrupt_store_stops_every_stage_with_one_line(proj, capsys):
 def test_read_only_store_stops_with_one_line(proj, capsys):
     os.chmod(proj / "mlflow.db", 0o444)
     try:
-        _one_error(*_cli(capsys, "evaluate", "--run", RUN), "mlflow.db", "read-only")
+        one_error(*cli(capsys, "evaluate", "--run", RUN), "mlflow.db", "read-only")
     finally:
         os.chmod(proj / "mlflow.db", 0o644)
 
@@ -274,7 +247,7 @@ def test_evaluation_never_replaces_a_missing_training_run(proj, capsys):
     con.commit()
     con.close()
     before, runs = _outputs(proj), _runs(proj)
-    _one_error(*_cli(capsys, "evaluate", "--run", RUN), "mlflow.db", run_id, "not in this store")
+    one_error(*cli(capsys, "evaluate", "--run", RUN), "mlflow.db", run_id, "not in this store")
     assert _outputs(proj) == before and _runs(proj) == runs
 
 
@@ -288,7 +261,7 @@ def test_report_tolerates_a_run_without_params(proj, capsys):
                             tags={"evaluated": "true", "row": RUN, "seed": "0"})
     client.log_metric(run.info.run_id, "coco_val.AP", 0.5)
     client.set_terminated(run.info.run_id, "FINISHED")
-    rc, err = _cli(capsys, "report")
+    rc, err = cli(capsys, "report")
     assert rc == 0 and "Traceback" not in err, err[-2000:]
     measured = json.loads((proj / "reports/smoke/measured.json").read_text())
     assert measured["runs"][RUN]["coco_val.AP"] == 0.5
@@ -315,7 +288,7 @@ def test_unwritable_output_folders_stop_with_one_line(proj, capsys, blocked, sta
         (proj / f"results/smoke/runs/{RUN}/seed0/final.pth").unlink()
     _block(proj / blocked)
     before, runs = _outputs(proj), _runs(proj)
-    _one_error(*_cli(capsys, *stage), named)
+    one_error(*cli(capsys, *stage), named)
     assert _outputs(proj) == before
     _no_running_or_duplicates(proj)
     assert len(_runs(proj)) == len(runs)
@@ -327,7 +300,7 @@ def test_read_only_reports_folder_stops_with_one_line(proj, capsys):
     out.mkdir(parents=True)
     os.chmod(out, 0o555)
     try:
-        _one_error(*_cli(capsys, "report"), "reports/smoke", "ermission denied")
+        one_error(*cli(capsys, "report"), "reports/smoke", "ermission denied")
     finally:
         os.chmod(out, 0o755)
 
@@ -353,7 +326,7 @@ def test_backbone_typo_lists_the_valid_names(proj, capsys):
     _edit_params(proj, lambda p: p["profiles"]["smoke"]["archs"]["hrnet_w32"]["model"].update(backbone="hrnet_w18_smal"))
     shutil.rmtree(proj / f"results/smoke/runs/{RUN}/seed0")
     runs = _runs(proj)
-    line = _one_error(*_cli(capsys, "train", "--run", RUN),
+    line = one_error(*cli(capsys, "train", "--run", RUN),
                       "profiles.smoke.archs.hrnet_w32.model.backbone", "'hrnet_w18_smal'", "hrnet_w18_small")
     assert "hrnet_w48" in line
     assert _runs(proj) == runs
@@ -362,14 +335,14 @@ def test_backbone_typo_lists_the_valid_names(proj, capsys):
 def test_heatmap_size_mismatch_stops_before_the_mlflow_run_opens(proj, capsys):
     _edit_params(proj, lambda p: p["profiles"]["smoke"]["datasets"]["coco"].update(heatmap_size=[8, 12]))
     runs = _runs(proj)
-    _one_error(*_cli(capsys, "train", "--run", RUN), "profiles.smoke.datasets.coco.heatmap_size", "[16, 24]")
+    one_error(*cli(capsys, "train", "--run", RUN), "profiles.smoke.datasets.coco.heatmap_size", "[16, 24]")
     assert _runs(proj) == runs  # no run opened, none left FAILED
 
 
 def test_checkpoint_of_another_run_names_both(proj, capsys):
     shutil.copy(proj / f"results/smoke/runs/{MPII}/seed0/final.pth", proj / f"results/smoke/runs/{RUN}/seed0/final.pth")
     before = _outputs(proj)
-    _one_error(*_cli(capsys, "evaluate", "--run", RUN), "final.pth", f"'{MPII}'", "16 joints", f"'{RUN}'", "17 joints")
+    one_error(*cli(capsys, "evaluate", "--run", RUN), "final.pth", f"'{MPII}'", "16 joints", f"'{RUN}'", "17 joints")
     assert _outputs(proj) == before
 
 
@@ -388,16 +361,16 @@ def test_truncated_jpeg_stops_training_and_an_interrupted_retrain_leaves_no_stal
     run_dir = proj / f"results/smoke/runs/{RUN}/seed0"
     # a retrain to 3 epochs resumes from epoch 2 and meets the image in epoch 3
     _edit_params(proj, lambda p: p["profiles"]["smoke"]["train"].update(epochs=3))
-    _one_error(*_cli(capsys, "train", "--run", RUN), image.name, "truncated JPEG")
+    one_error(*cli(capsys, "train", "--run", RUN), image.name, "truncated JPEG")
     assert not (run_dir / "train_summary.json").exists() and not (run_dir / "final.pth").exists()
     assert [s for n, s, r in _runs(proj) if r == run_id] == ["FAILED"]
     _no_running_or_duplicates(proj)
     # the same with DataLoader worker processes: the worker's error still ends as one line
     _edit_params(proj, lambda p: p["profiles"]["smoke"]["train"].update(workers=1))
-    _one_error(*_cli(capsys, "train", "--run", RUN), image.name, "truncated JPEG")
+    one_error(*cli(capsys, "train", "--run", RUN), image.name, "truncated JPEG")
     # repaired: the rerun continues the same MLflow run to the end
     image.write_bytes(saved)
-    rc, err = _cli(capsys, "train", "--run", RUN)
+    rc, err = cli(capsys, "train", "--run", RUN)
     assert rc == 0, err[-2000:]
     assert _run_id(proj, RUN) == run_id and _history(proj, run_id, "train_loss") == [1, 2, 3]
     _no_running_or_duplicates(proj)
@@ -467,7 +440,7 @@ def test_sigterm_marks_the_run_killed_and_the_rerun_resumes_it(proj):
         n == RUN and s == "RUNNING" and _history(proj, r, "train_loss") == [1] for n, s, r in _runs(proj)))
     p.send_signal(signal.SIGTERM)
     _, err = p.communicate(timeout=120)
-    _one_error(p.returncode, err, f"train --run {RUN}", "SIGTERM", status=143)
+    one_error(p.returncode, err, f"train --run {RUN}", "SIGTERM", status=143)
     new = [(n, s, r) for n, s, r in _runs(proj) if n == RUN and s != "FINISHED"]
     assert [s for _, s, _ in new] == ["KILLED"]
     assert not _leftovers(proj) and not (proj / f"results/smoke/runs/{RUN}/seed0/final.pth").exists()
@@ -491,7 +464,7 @@ def test_sigkill_before_the_first_checkpoint_the_rerun_reuses_the_run(proj, caps
     assert not list(ckpt_dir.glob("epoch_*.pth")), "the kill came too late for this test"
     orphan = [r for n, s, r in _runs(proj) if n == RUN and r not in old]
     assert len(orphan) == 1
-    rc, err = _cli(capsys, "train", "--run", RUN)
+    rc, err = cli(capsys, "train", "--run", RUN)
     assert rc == 0, err[-2000:]
     assert {r for n, _, r in _runs(proj) if n == RUN} == old | set(orphan)  # reused, not a second one
     assert {r: s for _, s, r in _runs(proj)}[orphan[0]] == "FINISHED"
@@ -505,11 +478,11 @@ def test_a_replaced_store_gets_the_checkpoint_curves_replayed(proj, capsys):
     new MLflow run and first logs the epochs its checkpoint holds, so the new run's curve is whole."""
     history = json.loads((proj / f"results/smoke/runs/{RUN}/seed0/train_summary.json").read_text())["history"]
     (proj / "mlflow.db").rename(proj / "replaced.db")
-    rc, err = _cli(capsys, "mlflow-init")
+    rc, err = cli(capsys, "mlflow-init")
     assert rc == 0, err[-2000:]
     epochs = len(history) + 1
     _edit_params(proj, lambda p: p["profiles"]["smoke"]["train"].update(epochs=epochs))
-    rc, err = _cli(capsys, "train", "--run", RUN)
+    rc, err = cli(capsys, "train", "--run", RUN)
     assert rc == 0, err[-2000:]
     run_id = _run_id(proj, RUN)
     assert "starting a new run" in (proj / f"results/smoke/runs/{RUN}/seed0/train.log").read_text()
@@ -532,7 +505,7 @@ def test_gt_valid_with_another_person_count_fails_before_any_output(proj, capsys
                       "pos_gt_src": gt["pos_gt_src"][:, :, :-1], "headboxes_src": gt["headboxes_src"][:, :, :-1]})
     shutil.rmtree(proj / f"results/smoke/eval/{MPII}/seed0")
     before = _outputs(proj)
-    _one_error(*_cli(capsys, "evaluate", "--run", MPII), "gt_valid.mat", "people")
+    one_error(*cli(capsys, "evaluate", "--run", MPII), "gt_valid.mat", "people")
     assert _outputs(proj) == before
 
 
@@ -545,21 +518,21 @@ def test_mlflow_failure_after_predictions_leaves_no_output(proj, capsys, monkeyp
     monkeypatch.setattr(mlflow, "log_artifact", locked)
     shutil.rmtree(proj / f"results/smoke/eval/{RUN}/seed0")
     before = _outputs(proj)
-    _one_error(*_cli(capsys, "evaluate", "--run", RUN), "mlflow.db", "locked")
+    one_error(*cli(capsys, "evaluate", "--run", RUN), "mlflow.db", "locked")
     assert _outputs(proj) == before and not _leftovers(proj)
     _no_running_or_duplicates(proj)
 
 
 # ----------------------------------------------------------------------------- 8. outside the project
 def test_odd_profile_names_are_refused(proj, capsys):
-    _one_error(*_cli(capsys, "--profile", "../../../x", "data", "--dataset", "coco"), "profile", "'../../../x'")
+    one_error(*cli(capsys, "--profile", "../../../x", "data", "--dataset", "coco"), "profile", "'../../../x'")
 
     def evil(p):
         p["profiles"]["../x"] = p["profiles"].pop("smoke")
         p["profile"] = "../x"
 
     _edit_params(proj, evil)
-    _one_error(*_cli(capsys, "data", "--dataset", "coco"), "params.yaml", "profiles", "'../x'")
+    one_error(*cli(capsys, "data", "--dataset", "coco"), "params.yaml", "profiles", "'../x'")
     assert not (proj.parent / "x").exists() and not (proj / "data/x").exists()
 
 
@@ -570,5 +543,5 @@ def test_copied_store_never_writes_into_the_original(base, tmp_path, monkeypatch
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{d / 'mlflow.db'}")
     original = sorted(p for p in (base / "mlruns").rglob("*"))
     shutil.rmtree(d / f"results/smoke/eval/{RUN}/seed0")
-    _one_error(*_cli(capsys, "evaluate", "--run", RUN), "mlflow.db", "outside this project", str(base))
+    one_error(*cli(capsys, "evaluate", "--run", RUN), "mlflow.db", "outside this project", str(base))
     assert sorted(p for p in (base / "mlruns").rglob("*")) == original
