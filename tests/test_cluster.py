@@ -221,7 +221,7 @@ def seconds_per_epoch(scratch: Path, env: dict[str, str]) -> float:
     for run in (RUN, TWIN):
         log = (d / "results/smoke/runs" / run / "seed0/train.log").read_text()
         stamps = [datetime.strptime(m, "%Y-%m-%d %H:%M:%S,%f")
-                  for m in re.findall(r"^(\S+ \S+) INFO \S+: epoch [24]/4 ", log, re.M)]
+                  for m in re.findall(r"^(\S+ \S+) INFO \S+: \S+ epoch [24]/4 ", log, re.M)]
         per_epoch.append((stamps[1] - stamps[0]).total_seconds() / 2)
     return max(*per_epoch, 0.05)
 
