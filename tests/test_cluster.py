@@ -241,7 +241,7 @@ def weights_sha256(path: Path) -> str:
     holds the run's name, its MLflow run id and timings)."""
     import torch
 
-    state = torch.load(path, map_location="cpu", weights_only=False)["model"]
+    state = torch.load(path, map_location="cpu", weights_only=True)["model"]
     h = hashlib.sha256()
     for name, tensor in state.items():
         h.update(name.encode())
@@ -254,7 +254,7 @@ def training_history(project: Path, run: str) -> list[dict]:
     import torch
 
     rows = torch.load(project / "results/smoke/runs" / run / "seed0/final.pth", map_location="cpu",
-                      weights_only=False)["history"]
+                      weights_only=True)["history"]
     return [{k: v for k, v in row.items() if k not in TIMING_METRICS} for row in rows]
 
 
