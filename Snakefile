@@ -88,7 +88,7 @@ rule verdict:
 
 
 # Every split: tune run (of any run set) with seeds, evaluated on the tune split:
-# `snakemake --cores all tune`; compare their coco_tune.* / mpii_tune.* in MLflow or in
+# `snakemake --cores all tune`; compare their coco_tune/* / mpii_tune/* in MLflow or in
 # results/<profile>/eval/<run>/seed<k>/metrics.json (the verdict's tuning table lists them).
 rule tune:
     input:

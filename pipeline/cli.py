@@ -178,8 +178,8 @@ def cmd_evaluate(args, params) -> None:
     t0 = time.time()
     res = evaluate_run(cfg, tracking_uri=tracking_uri(params), experiment=experiment_name(params),
                        extra_tags=_tags(args.run), progress=not args.quiet)
-    main = {k: round(v, 4) for k, v in res["metrics"].items() if k in ("coco_val.AP", "coco_testdev.AP",
-                                                                         "mpii_val.Mean")}
+    main = {k: round(v, 4) for k, v in res["metrics"].items() if k in ("coco_val/AP", "coco_testdev/AP",
+                                                                         "mpii_val/Mean")}
     log.info("evaluated %s in %.1f s: %s", run_label(args.run, cfg["seed"]), time.time() - t0, json.dumps(main))
 
 
@@ -199,7 +199,7 @@ def cmd_report(args, params) -> None:
 
 
 def cmd_testdev_scores(args, params) -> None:
-    """Log the COCO evaluation server's test-dev scores as ``coco_testdev.*`` on the run's MLflow run."""
+    """Log the COCO evaluation server's test-dev scores as ``coco_testdev/*`` on the run's MLflow run."""
     from .engine import builders
     from .metrics.coco_server import log_server_scores
 

@@ -81,7 +81,7 @@ def mlflow_params(project_dir: Path, env: Mapping[str, str], run_id: str) -> dic
     return dict(_query(project_dir, env, "SELECT key, value FROM params WHERE run_uuid = ?", (run_id,)))
 
 
-def mlflow_steps(project_dir: Path, env: Mapping[str, str], run_id: str, key: str = "train_loss") -> list[int]:
+def mlflow_steps(project_dir: Path, env: Mapping[str, str], run_id: str, key: str = "train/loss") -> list[int]:
     return sorted(s for (s,) in _query(project_dir, env, "SELECT step FROM metrics WHERE run_uuid = ? AND key = ?",
                                        (run_id, key)))
 

@@ -95,7 +95,7 @@ def runs(d: Path) -> list[tuple[str, str, str]]:
         con.close()
 
 
-def metric_steps(d: Path, run_id: str, key: str = "train_loss") -> list[int]:
+def metric_steps(d: Path, run_id: str, key: str = "train/loss") -> list[int]:
     """Every step at which ``key`` is logged in the run (a step logged twice appears twice)."""
     con = sqlite3.connect(d / "mlflow.db")
     try:

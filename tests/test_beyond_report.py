@@ -20,7 +20,7 @@ COCO = ("AP", "AP50", "AP75", "APM", "APL", "AR")
 
 
 def _coco(prefix: str, ap: float) -> dict[str, float]:
-    return {f"{prefix}.{k}": (ap if k == "AP" else 0.5) for k in COCO}
+    return {f"{prefix}/{k}": (ap if k == "AP" else 0.5) for k in COCO}
 
 
 def _line(df, run, source):
@@ -37,7 +37,7 @@ def test_variant_names_round_trip():
 
 def test_variant_records_move_the_variant_metrics_to_plain_names():
     rec = RunRecord("coco_hrnet_w32_mse", metrics={0: {**_coco("coco_val", 0.40), **_coco("coco_val_dark", 0.43),
-                                                       "coco_testdev_dark.AP": 0.41, "diag.median_err": 1.0},
+                                                       "coco_testdev_dark/AP": 0.41, "diag/median_err": 1.0},
                                                    1: _coco("coco_val", 0.39)},
                     run_ids={0: "a", 1: "b"})
     hdm = RunRecord("coco_hrnet_w32_hdm", metrics={0: _coco("coco_val", 0.2)}, run_ids={0: "c"})
@@ -45,7 +45,7 @@ def test_variant_records_move_the_variant_metrics_to_plain_names():
     assert list(out) == ["coco_hrnet_w32_mse+dark"]  # HDM logged no DARK variant
     dark = out["coco_hrnet_w32_mse+dark"]
     assert dark.seeds == [0] and dark.run_ids == {0: "a"}  # seed 1 has no DARK metrics
-    assert dark.metrics[0]["coco_val.AP"] == 0.43 and dark.metrics[0]["coco_testdev.AP"] == 0.41
+    assert dark.metrics[0]["coco_val/AP"] == 0.43 and dark.metrics[0]["coco_testdev/AP"] == 0.41
     assert not any(k.startswith(("diag.", "coco_val_dark")) for k in dark.metrics[0])
 
 
@@ -124,37 +124,37 @@ def test_bootstrap_of_a_variant_reads_the_variant_file_of_its_run(tmp_path):
     assert res["delta"].low > 0  # every resample keeps the gain positive (DARK only adds correct joints)
     assert res["value"].mean == pytest.approx(better.mean() * 100)
     # intervals of the Table 3 "+ DARK" line come from it when there is one seed
-    recs = {"mpii_hrnet_w32_mse": RunRecord("mpii_hrnet_w32_mse", {0: {"mpii_val.Mean": plain.mean() * 100}}, {0: "a"}),
-            "mpii_hrnet_w32_mse+dark": RunRecord("mpii_hrnet_w32_mse+dark", {0: {"mpii_val.Mean": better.mean() * 100}},
+    recs = {"mpii_hrnet_w32_mse": RunRecord("mpii_hrnet_w32_mse", {0: {"mpii_val/Mean": plain.mean() * 100}}, {0: "a"}),
+            "mpii_hrnet_w32_mse+dark": RunRecord("mpii_hrnet_w32_mse+dark", {0: {"mpii_val/Mean": better.mean() * 100}},
                                                  {0: "a"})}
     iv = all_intervals(recs, bootstrap=boot)["table3"]["mpii_hrnet_w32_mse+dark"]
     assert iv.delta.method == "bootstrap" and iv.delta.low == res["delta"].low
 
 
 def _rec(run: str, values: dict[int, float]) -> RunRecord:
-    return RunRecord(run, {s: {"coco_val.AP": v} for s, v in values.items()}, {s: f"{run}-{s}" for s in values})
+    return RunRecord(run, {s: {"coco_val/AP": v} for s, v in values.items()}, {s: f"{run}-{s}" for s in values})
 
 
 def test_contrast_interval_is_the_t_interval_of_the_per_seed_interaction():
     recs = {r: _rec(r, v) for r, v in {
         "a8": {0: 0.30, 1: 0.32, 2: 0.31}, "b8": {0: 0.20, 1: 0.21, 2: 0.23},
         "a4": {0: 0.40, 1: 0.41, 2: 0.45}, "b4": {0: 0.35, 1: 0.37, 2: 0.38}}.items()}
-    iv = contrast_interval("coco_val.AP", ("a8", "b8"), ("a4", "b4"), recs)
+    iv = contrast_interval("coco_val/AP", ("a8", "b8"), ("a4", "b4"), recs)
     per_seed = [(0.30 - 0.20) - (0.40 - 0.35), (0.32 - 0.21) - (0.41 - 0.37), (0.31 - 0.23) - (0.45 - 0.38)]
     m = sum(per_seed) / 3
     sd = math.sqrt(sum((x - m) ** 2 for x in per_seed) / 2)
     assert iv.n == 3 and iv.mean == pytest.approx(m)
     assert iv.high - m == pytest.approx(4.302652729749464 * sd / math.sqrt(3))  # t(0.975, 2)
-    assert contrast_interval("coco_val.AP", ("a8", "missing"), ("a4", "b4"), recs) is None
-    one = {k: _rec(k, {0: r.metrics[0]["coco_val.AP"]}) for k, r in recs.items()}
-    assert contrast_interval("coco_val.AP", ("a8", "b8"), ("a4", "b4"), one).method == "none"
+    assert contrast_interval("coco_val/AP", ("a8", "missing"), ("a4", "b4"), recs) is None
+    one = {k: _rec(k, {0: r.metrics[0]["coco_val/AP"]}) for k, r in recs.items()}
+    assert contrast_interval("coco_val/AP", ("a8", "b8"), ("a4", "b4"), one).method == "none"
 
 
 def test_pair_interval_pairs_by_seed_and_needs_a_value():
     recs = {"x": _rec("x", {0: 0.5, 1: 0.6, 2: 0.55}), "y": _rec("y", {0: 0.4, 1: 0.45, 2: 0.5})}
-    iv = pair_interval("coco_val", "coco_val.AP", "x", "y", recs)
+    iv = pair_interval("coco_val", "coco_val/AP", "x", "y", recs)
     assert iv.delta.mean == pytest.approx((0.1 + 0.15 + 0.05) / 3) and iv.delta.n == 3
-    assert pair_interval("coco_val", "coco_val.AP", "z", "y", recs) is None
+    assert pair_interval("coco_val", "coco_val/AP", "z", "y", recs) is None
 
 
 def test_findings_answer_the_beyond_questions():

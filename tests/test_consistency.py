@@ -157,14 +157,14 @@ def test_smoke_evaluation_writes_the_mechanism_files(smoke, run):
     out = Paths("smoke").eval_dir(run, 0)
     arrays = consistency.load_consistency(out / consistency.CONSISTENCY_FILE)
     n = len(arrays["image_id"])
-    assert n > 0 and result["metrics"]["val_consistency.n_people"] == n
+    assert n > 0 and result["metrics"]["val_consistency/n_people"] == n
     assert np.isfinite(arrays["loss"]).all() and (arrays["loss"] >= 0).all() and np.isfinite(arrays["joint_err"]).all()
     coco = run.startswith("coco")
     acc, other = (arrays["oks"], arrays["pckh"]) if coco else (arrays["pckh"], arrays["oks"])
     assert ((acc >= 0) & (acc <= 1)).all() and np.isnan(other).all()
     mlflow.set_tracking_uri(uri)
     metrics = mlflow.tracking.MlflowClient().get_run(ckpt["mlflow_run_id"]).data.metrics
-    assert metrics["val_consistency.n_people"] == n and "val_sep_ratio" in metrics
+    assert metrics["val_consistency/n_people"] == n and "val/sep_ratio" in metrics
     conv = out / CONVERGENCE_FILE
     assert conv.is_file() == (cfg["loss"] == "hdm")
     if conv.is_file():

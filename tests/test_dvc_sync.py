@@ -24,9 +24,9 @@ BIN = Path(sys.executable).parent
 # One run per dataset: dvc.yaml's data stage makes both manifests, so Snakemake must make them too.
 RUNS = ["coco_hrnet_w32_mse", "mpii_hrnet_w32_mse"]
 UP_TO_DATE = "Data and pipelines are up to date."
-COCO_HEADLINE = {f"{split}.{stat}" for split in ("coco_val", "coco_testdev")
+COCO_HEADLINE = {f"{split}/{stat}" for split in ("coco_val", "coco_testdev")
                  for stat in ("AP", "AP50", "AP75", "APM", "APL", "AR")}
-MPII_HEADLINE = {"mpii_val.Mean", "mpii_val.Mean_at_0.1"}
+MPII_HEADLINE = {"mpii_val/Mean", "mpii_val/Mean_at_0.1"}
 
 
 def _run(cmd: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -103,10 +103,10 @@ def test_dvc_metrics_show_lists_the_headline_numbers(synced):
 
 
 def test_headline_keeps_each_splits_main_numbers_only():
-    metrics = {"coco_val.AP": 0.5, "coco_val.APM": None, "coco_val.AR75": 0.4, "coco_val_dark.AP": 0.6,
-               "coco_val_gtbox.AP": 0.7, "coco_tune.AR": 0.3, "diag.err.nose": 1.5, "mpii_val.Mean": 80.0,
-               "mpii_val.Mean_at_0.1": 20.0, "mpii_val.Mean_at_0.11": 21.0, "mpii_val.Head": 90.0,
-               "val_consistency.n_people": 8.0}
-    assert headline_metrics(metrics) == {"coco_val.AP": 0.5, "coco_val.APM": None, "coco_tune.AR": 0.3,
-                                         "mpii_val.Mean": 80.0, "mpii_val.Mean_at_0.1": 20.0}
+    metrics = {"coco_val/AP": 0.5, "coco_val/APM": None, "coco_val/AR75": 0.4, "coco_val_dark/AP": 0.6,
+               "coco_val_gtbox/AP": 0.7, "coco_tune/AR": 0.3, "diag/err.nose": 1.5, "mpii_val/Mean": 80.0,
+               "mpii_val/Mean_at_0.1": 20.0, "mpii_val/Mean_at_0.11": 21.0, "mpii_val/Head": 90.0,
+               "val_consistency/n_people": 8.0}
+    assert headline_metrics(metrics) == {"coco_val/AP": 0.5, "coco_val/APM": None, "coco_tune/AR": 0.3,
+                                         "mpii_val/Mean": 80.0, "mpii_val/Mean_at_0.1": 20.0}
     assert HEADLINE_FILE == "headline.json"

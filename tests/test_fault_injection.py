@@ -155,7 +155,7 @@ def test_payload_checkpoints_are_refused_and_never_run(proj, capsys):
     refused = [ln for ln in err.splitlines() if "refused" in ln]
     assert len(refused) == 1 and "epoch_002.pth" in refused[0] and "WARNING" in refused[0]
     assert not marker.exists()
-    assert _run_id(proj, RUN) == run_id and metric_steps(proj, run_id, "train_loss") == [1, 2]
+    assert _run_id(proj, RUN) == run_id and metric_steps(proj, run_id, "train/loss") == [1, 2]
     _no_running_or_duplicates(proj)
 
 
@@ -193,7 +193,7 @@ def test_briefly_locked_store_keeps_metrics_in_the_training_run(proj, capsys):
     assert metrics["mlflow_run_id"] == run_id and _run_id(proj, RUN) == run_id
     _no_running_or_duplicates(proj)
     # the rerun logged nothing twice: each metric once at step 0
-    assert metric_steps(proj, run_id, "coco_val.AP") == [0]
+    assert metric_steps(proj, run_id, "coco_val/AP") == [0]
 
 
 def test_store_locked_too_long_stops_with_one_line(proj, capsys, monkeypatch):
@@ -250,12 +250,12 @@ def test_report_tolerates_a_run_without_params(proj, capsys):
     client = mlflow.tracking.MlflowClient()
     run = client.create_run(exp.experiment_id, run_name=f"{RUN}-seed0",
                             tags={"evaluated": "true", "row": RUN, "seed": "0"})
-    client.log_metric(run.info.run_id, "coco_val.AP", 0.5)
+    client.log_metric(run.info.run_id, "coco_val/AP", 0.5)
     client.set_terminated(run.info.run_id, "FINISHED")
     rc, err = cli(capsys, "report")
     assert rc == 0 and "Traceback" not in err, err[-2000:]
     measured = json.loads((proj / "reports/smoke/measured.json").read_text())
-    assert measured["runs"][RUN]["coco_val.AP"] == 0.5
+    assert measured["runs"][RUN]["coco_val/AP"] == 0.5
     assert measured["run_info"][RUN]["backbone"] == ""
 
 
@@ -363,7 +363,7 @@ def test_truncated_jpeg_stops_training_and_an_interrupted_retrain_leaves_no_stal
     image.write_bytes(saved)
     rc, err = cli(capsys, "train", "--run", RUN)
     assert rc == 0, err[-2000:]
-    assert _run_id(proj, RUN) == run_id and metric_steps(proj, run_id, "train_loss") == [1, 2, 3]
+    assert _run_id(proj, RUN) == run_id and metric_steps(proj, run_id, "train/loss") == [1, 2, 3]
     _no_running_or_duplicates(proj)
 
 
@@ -428,7 +428,7 @@ def test_sigterm_marks_the_run_killed_and_the_rerun_resumes_it(proj):
     # then until epoch 1's metrics are committed, so the signal lands inside epoch 2's training (a signal
     # during the SQLite commit itself is not covered by this test)
     _wait_for(lambda: p.poll() is not None or any(
-        n == RUN and s == "RUNNING" and metric_steps(proj, r, "train_loss") == [1] for n, s, r in _runs(proj)))
+        n == RUN and s == "RUNNING" and metric_steps(proj, r, "train/loss") == [1] for n, s, r in _runs(proj)))
     p.send_signal(signal.SIGTERM)
     _, err = p.communicate(timeout=120)
     one_error(p.returncode, err, f"train --run {RUN}", "SIGTERM", status=143)
@@ -440,7 +440,7 @@ def test_sigterm_marks_the_run_killed_and_the_rerun_resumes_it(proj):
     assert p.returncode == 0, err[-2000:]
     status = {r: s for _, s, r in _runs(proj)}
     assert status[new[0][2]] == "FINISHED"
-    assert metric_steps(proj, new[0][2], "train_loss") == [1, 2, 3]
+    assert metric_steps(proj, new[0][2], "train/loss") == [1, 2, 3]
     assert "resuming" in (proj / f"results/smoke/runs/{RUN}/seed0/train.log").read_text()
 
 
@@ -459,7 +459,7 @@ def test_sigkill_before_the_first_checkpoint_the_rerun_reuses_the_run(proj, caps
     assert rc == 0, err[-2000:]
     assert {r for n, _, r in _runs(proj) if n == RUN} == old | set(orphan)  # reused, not a second one
     assert {r: s for _, s, r in _runs(proj)}[orphan[0]] == "FINISHED"
-    assert metric_steps(proj, orphan[0], "train_loss") == [1, 2, 3]
+    assert metric_steps(proj, orphan[0], "train/loss") == [1, 2, 3]
     assert not _leftovers(proj)
 
 
@@ -477,10 +477,10 @@ def test_a_replaced_store_gets_the_checkpoint_curves_replayed(proj, capsys):
     assert rc == 0, err[-2000:]
     run_id = _run_id(proj, RUN)
     assert "starting a new run" in (proj / f"results/smoke/runs/{RUN}/seed0/train.log").read_text()
-    assert metric_steps(proj, run_id, "train_loss") == list(range(1, epochs + 1))
+    assert metric_steps(proj, run_id, "train/loss") == list(range(1, epochs + 1))
     con = sqlite3.connect(proj / "mlflow.db")
     try:
-        logged = dict(con.execute("SELECT step, value FROM metrics WHERE run_uuid = ? AND key = 'train_loss'",
+        logged = dict(con.execute("SELECT step, value FROM metrics WHERE run_uuid = ? AND key = 'train/loss'",
                                   (run_id,)))
     finally:
         con.close()

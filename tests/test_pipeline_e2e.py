@@ -89,8 +89,8 @@ def test_outputs_per_run(project):
             text = (eval_dir / "metrics.json").read_text()
             assert "NaN" not in text  # strict JSON for DVC
             metrics = json.loads(text)["metrics"]
-            key = "mpii_val.Mean" if run.startswith("mpii") else "coco_val.AP"
-            assert key in metrics and "diag.median_err" in metrics
+            key = "mpii_val/Mean" if run.startswith("mpii") else "coco_val/AP"
+            assert key in metrics and "diag/median_err" in metrics
             dark = key.replace("_val", "_val_dark")  # DARK for MSE runs only, from the same heatmaps
             assert (dark in metrics) == run.endswith("_mse"), (run, dark)
             assert (eval_dir / f"{dark.split('.')[0]}.boot.npz").is_file() == run.endswith("_mse")
@@ -99,7 +99,7 @@ def test_outputs_per_run(project):
                 with np.load(eval_dir / "mpii_val.boot.npz") as z:
                     assert "image_ids" in z.files and len(z["image_ids"]) == len(z["correct"])
             if run.startswith("coco"):  # test-dev: DARK has its own results, scores and submission zip
-                assert ("coco_testdev_dark.AP" in metrics) == run.endswith("_mse")
+                assert ("coco_testdev_dark/AP" in metrics) == run.endswith("_mse")
                 zips = sorted(p.name for p in (eval_dir / "submission").glob("*.zip"))
                 assert zips == sorted(f"person_keypoints_test-dev2017_{run}{v}_results.zip"
                                       for v in (("", "_dark") if run.endswith("_mse") else ("",))), zips
@@ -121,9 +121,9 @@ def test_mlflow_has_every_run_with_curves(project):
     assert row["tags.row"] == "coco_hrnet_w32_hdm" and row["tags.seed"] == "1" and row["params.seed"] == "1"
     assert row["params.hdm.iterations"] == "1000" and row["tags.tables"] == "1,2,6"
     client = mlflow.tracking.MlflowClient()
-    assert [m.step for m in client.get_metric_history(row["run_id"], "val_AP")] == [1, 2]
-    assert [m.step for m in client.get_metric_history(row["run_id"], "train_loss")] == [1, 2]
-    assert "metrics.coco_testdev.AP" in df.columns
+    assert [m.step for m in client.get_metric_history(row["run_id"], "val/AP")] == [1, 2]
+    assert [m.step for m in client.get_metric_history(row["run_id"], "train/loss")] == [1, 2]
+    assert "metrics.coco_testdev/AP" in df.columns
 
 
 def test_second_run_has_nothing_to_do(project):
@@ -195,7 +195,7 @@ def test_testdev_without_ground_truth_is_submitted_not_scored(project, tmp_path)
         res = _cli(d, env, "evaluate", "--run", "coco_hrnet_w32_mse")
         assert res.returncode == 0, res.stderr[-2000:]
         metrics = json.loads((out / "metrics.json").read_text())["metrics"]
-        assert "coco_val.AP" in metrics and not any(k.startswith("coco_testdev") for k in metrics)
+        assert "coco_val/AP" in metrics and not any(k.startswith("coco_testdev") for k in metrics)
         zips = sorted(p.name for p in (out / "submission").glob("*.zip"))
         assert zips == ["person_keypoints_test-dev2017_coco_hrnet_w32_mse_dark_results.zip",
                         "person_keypoints_test-dev2017_coco_hrnet_w32_mse_results.zip"]

@@ -177,7 +177,7 @@ def test_every_paper_run_trained_on_two_processes_and_evaluated(rehearsal):
         log = (out / "train.log").read_text()
         assert "× 2 processes" in log, run
         metrics = json.loads((d / "results" / PROFILE / "eval" / run / "seed0" / "metrics.json").read_text())
-        key = "coco_val.AP" if run.startswith("coco") else "mpii_val.Mean"
+        key = "coco_val/AP" if run.startswith("coco") else "mpii_val/Mean"
         assert key in metrics["metrics"], run
         assert not any(k.startswith("coco_testdev") for k in metrics["metrics"]), run  # no ground truth
         eval_log = (d / "results" / PROFILE / "eval" / run / "seed0" / "evaluate.log").read_text()

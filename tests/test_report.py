@@ -24,7 +24,7 @@ COCO_KEYS = ("AP", "AP50", "AP75", "APM", "APL", "AR")
 
 
 def _coco(split: str, ap: float, rest: float = 0.5) -> dict[str, float]:
-    return {f"{split}.{k}": (ap if k == "AP" else rest) for k in COCO_KEYS}
+    return {f"{split}/{k}": (ap if k == "AP" else rest) for k in COCO_KEYS}
 
 
 def _line(df: pd.DataFrame, run: str, source: str) -> pd.Series:
@@ -188,8 +188,8 @@ def test_measured_delta_formatted(tmp_path):
 
 def test_gtbox_reference_note_on_coco_val_tables(tmp_path):
     measured = {
-        "coco_hrnet_w48_mse": {**_coco("coco_val", 0.40), "coco_val_gtbox.AP": 0.4465},
-        "coco_hrnet_w48_hdm": {**_coco("coco_val", 0.10), "coco_val_gtbox.AP": float("nan")},
+        "coco_hrnet_w48_mse": {**_coco("coco_val", 0.40), "coco_val_gtbox/AP": 0.4465},
+        "coco_hrnet_w48_hdm": {**_coco("coco_val", 0.10), "coco_val_gtbox/AP": float("nan")},
         "coco_hrformer_base_mse": _coco("coco_val", 0.47),
     }
     tables = build_tables(measured, profile="demo")
@@ -206,9 +206,9 @@ def test_gtbox_reference_note_on_coco_val_tables(tmp_path):
 
 def test_hdm_without_baseline_has_no_delta_and_missing_metric_is_na(tmp_path):
     m = _coco("coco_val", 0.5)
-    m["coco_val.APM"] = -1.0  # pycocotools' "no ground truth in this range"
-    m["mpii_val.Mean"] = 80.04
-    tables = build_tables({"coco_simplebaseline_hdm": m, "mpii_hrnet_w48_hdm": {"mpii_val.Mean": 80.05}},
+    m["coco_val/APM"] = -1.0  # pycocotools' "no ground truth in this range"
+    m["mpii_val/Mean"] = 80.04
+    tables = build_tables({"coco_simplebaseline_hdm": m, "mpii_hrnet_w48_hdm": {"mpii_val/Mean": 80.05}},
                           profile="demo")
     line = _line(tables["table1"], "coco_simplebaseline_hdm", "measured")
     assert line["AP"] == 50.0 and math.isnan(line["delta_AP"]) and line["status"] == "partial"
@@ -221,11 +221,11 @@ def test_hdm_without_baseline_has_no_delta_and_missing_metric_is_na(tmp_path):
 
 def test_bad_measured_values_raise_pipeline_error():
     with pytest.raises(PipelineError, match="fraction"):
-        build_tables({"coco_hrnet_w48_mse": {"coco_val.AP": 71.2}}, profile="demo")
+        build_tables({"coco_hrnet_w48_mse": {"coco_val/AP": 71.2}}, profile="demo")
     with pytest.raises(PipelineError, match="not a number"):
-        build_tables({"coco_hrnet_w48_mse": {"coco_val.AP": "high"}}, profile="demo")
+        build_tables({"coco_hrnet_w48_mse": {"coco_val/AP": "high"}}, profile="demo")
     with pytest.raises(PipelineError, match="percentage"):
-        build_tables({"mpii_hrnet_w48_mse": {"mpii_val.Mean": 190.0}}, profile="demo")
+        build_tables({"mpii_hrnet_w48_mse": {"mpii_val/Mean": 190.0}}, profile="demo")
     with pytest.raises(PipelineError):
         build_tables({"coco_hrnet_w48_mse": [0.7]}, profile="demo")
     with pytest.raises(PipelineError, match="profile"):

@@ -25,7 +25,7 @@ def _write(root: Path, run: str, seed: int, image_id, loss, oks) -> None:
 
 
 def _rec(run: str, seeds: list[int]) -> RunRecord:
-    return RunRecord(run, {s: {"coco_val.AP": 0.5} for s in seeds}, {s: f"{run}-{s}" for s in seeds})
+    return RunRecord(run, {s: {"coco_val/AP": 0.5} for s in seeds}, {s: f"{run}-{s}" for s in seeds})
 
 
 def test_per_image_means_and_a_perfectly_consistent_loss(tmp_path):

@@ -20,7 +20,7 @@ MSE, HDM = "coco_hrnet_w32_mse", "coco_hrnet_w32_hdm"
 
 
 def _rec(run: str, ap_by_seed: dict[int, float], **extra: float) -> RunRecord:
-    return RunRecord(run, {s: {"coco_val.AP": v, **extra} for s, v in ap_by_seed.items()},
+    return RunRecord(run, {s: {"coco_val/AP": v, **extra} for s, v in ap_by_seed.items()},
                      {s: f"{run}-id{s}" for s in ap_by_seed})
 
 
@@ -65,11 +65,11 @@ def test_one_seed_falls_back_to_the_image_bootstrap():
 
 def test_means_and_seed_noise():
     recs = {MSE: _rec(MSE, {0: 0.4, 1: 0.6}), HDM: _rec(HDM, {0: 0.5, 1: 0.5, 2: 0.8})}
-    assert mean_metrics(recs[MSE])["coco_val.AP"] == pytest.approx(0.5)
-    sd, dof = seed_noise(recs, "coco_val.AP")
+    assert mean_metrics(recs[MSE])["coco_val/AP"] == pytest.approx(0.5)
+    sd, dof = seed_noise(recs, "coco_val/AP")
     pooled = (0.02 + (0.01 + 0.01 + 0.04)) / 3  # sums of squares over dof 1 + 2
     assert dof == 3 and sd == pytest.approx(math.sqrt(pooled))
-    sd1, dof1 = seed_noise({MSE: _rec(MSE, {0: 0.4})}, "coco_val.AP")
+    sd1, dof1 = seed_noise({MSE: _rec(MSE, {0: 0.4})}, "coco_val/AP")
     assert dof1 == 0 and math.isnan(sd1)
 
 
@@ -137,8 +137,8 @@ def test_dead_heatmaps_and_loss_metric_consistency():
 
 
 def test_findings_name_the_runs_and_the_collapse():
-    recs = {MSE: _rec(MSE, {0: 0.40, 1: 0.42}, **{"diag.sep.eye": 0.9, "diag.median_err": 1.0}),
-            HDM: _rec(HDM, {0: 0.30, 1: 0.31}, **{"diag.sep.eye": 0.1, "diag.median_err": 2.0})}
+    recs = {MSE: _rec(MSE, {0: 0.40, 1: 0.42}, **{"diag/sep.eye": 0.9, "diag/median_err": 1.0}),
+            HDM: _rec(HDM, {0: 0.30, 1: 0.31}, **{"diag/sep.eye": 0.1, "diag/median_err": 2.0})}
     curve = pd.DataFrame({"epoch": [1, 2, 3, 4, 5], "train_loss": [5, 4, 3, 2.5, 2.4],
                           "val_metric": [0.1, 0.2, 0.3, 0.35, 0.351]})
     text = build_findings(profile="demo", records=recs,
@@ -158,7 +158,7 @@ def test_findings_name_the_runs_and_the_collapse():
 def test_diagnostic_figures(tmp_path):
     from pipeline.report.figures import write_diagnostic_figures
 
-    errs = {f"diag.err.{n}": 0.5 + i / 10 for i, n in enumerate(("nose", "left_eye", "right_eye"))}
+    errs = {f"diag/err.{n}": 0.5 + i / 10 for i, n in enumerate(("nose", "left_eye", "right_eye"))}
     recs = {MSE: _rec(MSE, {0: 0.4}, **errs), HDM: _rec(HDM, {0: 0.3}, **errs)}
     curve = pd.DataFrame({"epoch": [1, 2, 3], "train_loss": [3.0, 2.0, 1.5], "val_metric": [0.1, 0.2, 0.25]})
     paths = write_diagnostic_figures(recs, {MSE: {0: curve}, HDM: {0: curve}}, tmp_path)

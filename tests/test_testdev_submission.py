@@ -129,7 +129,7 @@ def _evaluated_run(uri: str, exp: str, eval_dir: Path) -> str:
     _, tags = coco_server.package_testdev(eval_dir, RUN, scored=False)
     with open_run(uri, exp, run_name=f"{RUN}-seed0", tags={"row": RUN, "seed": "0"}) as mlflow:
         mlflow.log_params({"data.input_size": "[288, 384]", "model.backbone": "hrnet_w32"})
-        mlflow.log_metrics({f"coco_val.{k}": 0.7 for k in STAT_NAMES})
+        mlflow.log_metrics({f"coco_val/{k}": 0.7 for k in STAT_NAMES})
         mlflow.set_tags({**tags, "evaluated": "true", "profile": "paper"})
         return mlflow.active_run().info.run_id
 
@@ -171,10 +171,10 @@ def test_server_scores_fill_table2(store, monkeypatch, capsys):
     import mlflow
 
     r = mlflow.get_run(run_id)
-    assert r.data.metrics["coco_testdev.AP"] == pytest.approx(0.76) and r.data.tags["testdev_source"] == "server"
-    assert r.data.metrics["coco_val.AP"] == 0.7 and r.info.status == "FINISHED"
+    assert r.data.metrics["coco_testdev/AP"] == pytest.approx(0.76) and r.data.tags["testdev_source"] == "server"
+    assert r.data.metrics["coco_val/AP"] == 0.7 and r.info.status == "FINISHED"
     copy = json.loads((eval_dir / "testdev_server_scores.json").read_text())
-    assert copy["mlflow_run_id"] == run_id and copy["metrics"]["coco_testdev.AR"] == pytest.approx(0.81)
+    assert copy["mlflow_run_id"] == run_id and copy["metrics"]["coco_testdev/AR"] == pytest.approx(0.81)
 
     assert main(cli + ["report"]) == 0
     line, cells = _table2_line(reports)
@@ -209,7 +209,7 @@ def test_dark_submission_and_its_server_scores_fill_the_dark_line(store, monkeyp
     assert set(tags) == {"testdev_submission", "testdev_results_sha256", "testdev_submission_dark",
                          "testdev_results_sha256_dark"}
     with open_run(uri, exp, run_name=f"{mse}-seed0", tags={"row": mse, "seed": "0"}) as mlflow:
-        mlflow.log_metrics({f"coco_val.{k}": 0.7 for k in STAT_NAMES})
+        mlflow.log_metrics({f"coco_val/{k}": 0.7 for k in STAT_NAMES})
         mlflow.set_tags({**tags, "evaluated": "true", "profile": "paper"})
         run_id = mlflow.active_run().info.run_id
     cli = ["--params", str(ROOT / "params.yaml"), "--profile", "paper"]
@@ -222,7 +222,7 @@ def test_dark_submission_and_its_server_scores_fill_the_dark_line(store, monkeyp
     import mlflow as mlf
 
     r = mlf.get_run(run_id)
-    assert r.data.metrics["coco_testdev_dark.AP"] == pytest.approx(0.76) and "coco_testdev.AP" not in r.data.metrics
+    assert r.data.metrics["coco_testdev_dark/AP"] == pytest.approx(0.76) and "coco_testdev/AP" not in r.data.metrics
     assert r.data.tags["testdev_source_dark"] == "server" and "testdev_source" not in r.data.tags
     assert (eval_dir / "testdev_server_scores_dark.json").is_file()
     assert main(cli + ["report"]) == 0

@@ -54,7 +54,7 @@ def _train(cfg, uri):
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def _history(uri, run_id, key="train_loss"):
+def _history(uri, run_id, key="train/loss"):
     import mlflow
 
     mlflow.set_tracking_uri(uri)
@@ -96,7 +96,7 @@ def test_resume_continues_the_run(workdir, caplog, monkeypatch):
     assert {"val_pos_share", "val_gt_nonpos_share", "val_joint_err", "val_joint_err.nose"} <= set(val_keys)
     assert ([{k: h.get(k) for k in val_keys} for h in second["history"]]
             == [{k: h.get(k) for k in val_keys} for h in ref["history"]])
-    assert _history(uri, second["mlflow_run_id"], "val_pos_share") == [1, 2]
+    assert _history(uri, second["mlflow_run_id"], "val/pos_share") == [1, 2]
 
     # a changed configuration is never resumed: warn naming the checkpoint, start over in a new MLflow run
     caplog.clear()

@@ -227,7 +227,7 @@ def test_smoke_tune_run_trains_and_evaluates_on_tune_only(smoke):
                       map_location="cpu", weights_only=True)
     result = evaluate_run(cfg, tracking_uri=uri, experiment=EXPERIMENT, progress=False)
     metrics = result["metrics"]
-    assert 0.0 <= metrics["coco_tune.AP"] <= 1.0 and "coco_tune_dark.AP" in metrics
+    assert 0.0 <= metrics["coco_tune/AP"] <= 1.0 and "coco_tune_dark/AP" in metrics
     assert not [k for k in metrics if k.startswith(("coco_val", "coco_testdev", "mpii_val"))]
     out = Paths("smoke").eval_dir(TUNE_RUN, cfg["seed"])
     assert not (out / "submission").exists()
@@ -239,7 +239,7 @@ def test_smoke_tune_run_trains_and_evaluates_on_tune_only(smoke):
     ev = COCOeval(coco_gt, coco_gt.loadRes(str(out / f"person_keypoints_tune_{TUNE_RUN}_results.json")), "keypoints")
     ev.params.useSegm = None
     ev.evaluate(), ev.accumulate(), ev.summarize()
-    assert metrics["coco_tune.AP"] == pytest.approx(ev.stats[0], abs=1e-12)
+    assert metrics["coco_tune/AP"] == pytest.approx(ev.stats[0], abs=1e-12)
 
     mlflow.set_tracking_uri(uri)
     client = mlflow.tracking.MlflowClient()
@@ -269,7 +269,7 @@ def test_smoke_mpii_tune_run_scores_mpii_tune_only(smoke):
     cfg["train"]["epochs"] = 1
     train_run(cfg, tracking_uri=uri, experiment=EXPERIMENT, progress=False)
     metrics = evaluate_run(cfg, tracking_uri=uri, experiment=EXPERIMENT, progress=False)["metrics"]
-    assert 0.0 <= metrics["mpii_tune.Mean"] <= 100.0 and "mpii_tune_dark.Mean" in metrics
+    assert 0.0 <= metrics["mpii_tune/Mean"] <= 100.0 and "mpii_tune_dark/Mean" in metrics
     assert not [k for k in metrics if k.startswith("mpii_val")]
 
 

@@ -315,7 +315,7 @@ def test_smoke_udp_run_trains_and_evaluates(smoke):
                       map_location="cpu", weights_only=True)
     result = evaluate_run(cfg, tracking_uri=uri, experiment="hdm-benchmark-smoke", progress=False)
     metrics = result["metrics"]
-    assert 0.0 <= metrics["coco_val.AP"] <= 1.0 and "coco_val_dark.AP" not in metrics
+    assert 0.0 <= metrics["coco_val/AP"] <= 1.0 and "coco_val_dark/AP" not in metrics
     mlflow.set_tracking_uri(uri)
     run = mlflow.tracking.MlflowClient().get_run(ckpt["mlflow_run_id"])
     assert run.data.params["codec"] == "udp" and run.data.params["loss"] == "mse"

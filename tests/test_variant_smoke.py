@@ -66,14 +66,14 @@ def test_variants_train_and_evaluate(smoke):
         spec = RUNS[run]
         assert len(ckpt["history"]) == spec.get("train", {}).get("epochs", 2), run
         assert all(math.isfinite(h["train_loss"]) for h in ckpt["history"]), run
-        assert 0.0 <= metrics["coco_val.AP"] <= 1.0, run
-        assert ("coco_val_dark.AP" in metrics) == (spec["loss"] == "mse_hdm"), run  # DARK: Gaussian heatmaps
+        assert 0.0 <= metrics["coco_val/AP"] <= 1.0, run
+        assert ("coco_val_dark/AP" in metrics) == (spec["loss"] == "mse_hdm"), run  # DARK: Gaussian heatmaps
         params, tags = logged.data.params, logged.data.tags
         assert params["loss"] == spec["loss"] and tags["evaluated"] == "true", run
         if spec["loss"] in ("hdm", "mse_hdm"):
             assert "dead_heatmaps" in logged.data.metrics, run
         if run == "coco_hrnet_w32_hdm_softmax":
-            assert params["hdm.suppliers"] == "softmax" and metrics["diag.dead_fraction"] == 0.0
+            assert params["hdm.suppliers"] == "softmax" and metrics["diag/dead_fraction"] == 0.0
         if run == "coco_hrnet_w32_mse_hdm":
             assert params["alpha"] == "0.1" and not any(k.startswith("net.") for k in ckpt["model"])
         if run == "coco_hrnet_w32_s2_ft":

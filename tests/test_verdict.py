@@ -11,7 +11,7 @@ from pipeline.metrics.uncertainty import t_interval
 def _rec(name: str, aps: dict[int, float], **extra: dict[int, float]) -> RunRecord:
     rec = RunRecord(name)
     for seed, ap in aps.items():
-        rec.metrics[seed] = {"coco_val.AP": ap, **{k: v[seed] for k, v in extra.items()}}
+        rec.metrics[seed] = {"coco_val/AP": ap, **{k: v[seed] for k, v in extra.items()}}
         rec.run_ids[seed] = f"{name}-{seed}"
     return rec
 
@@ -54,7 +54,7 @@ def test_mechanism_correlates_the_diagnostics_with_ap():
     for i, v in enumerate(("mse", "hdm", "hdmexact", "hdmsoft", "integral")):
         share = {s: 0.1 * i + 0.01 * s for s in range(2)}
         recs[f"coco_hrnet_w32_{v}"] = _rec(f"coco_hrnet_w32_{v}", {s: 0.5 - 0.1 * i - 0.01 * s for s in range(2)},
-                                           val_gt_nonpos_share=share)
+                                           **{"val/gt_nonpos_share": share})
     text = "\n".join(verdict_section(recs))
     # AP falls exactly as the share rises: ρ = -1 over the 10 run-seeds
     assert "(`val_gt_nonpos_share`): Spearman ρ with val AP over 10 COCO run-seeds = -1.00" in text
@@ -76,7 +76,7 @@ def test_tuning_table_picks_the_best_setting_on_tune_and_says_what_is_missing():
     for tag, ap in (("1e_3", 0.20), ("3e_3", 0.25), ("1e_2", 0.10)):
         name = f"tune_coco_hrnet_w32_hdm_lr_{tag}"
         rec = RunRecord(name)
-        rec.metrics[0] = {"coco_tune.AP": ap}
+        rec.metrics[0] = {"coco_tune/AP": ap}
         recs[name] = rec
     text = "\n".join(verdict_section(recs))
     assert "- lr, hdm: 0.001: 20.0, 0.003: 25.0, 0.01: 10.0 → 0.003 wins on tune." in text
@@ -89,7 +89,7 @@ def test_tuned_pairs_follow_the_tune_winners():
 
     def tune(name, ap):
         rec = RunRecord(name)
-        rec.metrics[0] = {"coco_tune.AP": ap}
+        rec.metrics[0] = {"coco_tune/AP": ap}
         return name, rec
 
     base = "tune_coco_hrnet_w32"
@@ -111,7 +111,7 @@ def test_three_way_names_the_winner_and_the_collapse_per_normalisation():
     recs = {}
     for name, ap, collapsed in (("coco_hrnet_w32_mse+dark", 0.30, None), ("coco_hrnet_w32_hdmsoft", 0.35, 0.0),
                                 ("coco_hrnet_w32_integral", 0.32, None), ("coco_hrnet_w32_hdm", 0.05, 6.0)):
-        extra = {} if collapsed is None else {"val_collapsed_pairs": {0: collapsed}}
+        extra = {} if collapsed is None else {"val/collapsed_pairs": {0: collapsed}}
         recs[name] = _rec(name, {0: ap}, **extra)
     lines = three_way(recs)
     assert ("- coco hrnet_w32: softmax-HDM 35.0 AP, then integral 32.0, MSE + DARK 30.0; collapsed left/right "
@@ -123,7 +123,7 @@ def test_mechanism_names_the_strongest_diagnostic():
     recs = {}
     for i, v in enumerate(("mse", "hdm", "hdmexact", "hdmsoft", "integral")):
         recs[f"coco_hrnet_w32_{v}"] = _rec(f"coco_hrnet_w32_{v}", {0: 0.5 - 0.1 * i},
-                                           val_gt_nonpos_share={0: 0.1 * i}, val_pos_share={0: (i * 7) % 5 / 10})
+                                           **{"val/gt_nonpos_share": {0: 0.1 * i}, "val/pos_share": {0: (i * 7) % 5 / 10}})
     text = "\n".join(verdict_section(recs))
     assert "ranks the runs most like their AP: `val_gt_nonpos_share` (|ρ| = 1.00 over 5 run-seeds" in text
 
@@ -135,7 +135,7 @@ def test_refinement_lines_carry_ap75_and_joint_error_and_exact_lines_the_dead_ra
         name = f"coco_hrnet_w32_ft_{v}"
         rec = RunRecord(name)
         for seed, d in enumerate((0.0, 0.01, -0.01)):
-            rec.metrics[seed] = {"coco_val.AP": ap + d, "coco_val.AP75": ap75 + d, "diag.median_err": err + d}
+            rec.metrics[seed] = {"coco_val/AP": ap + d, "coco_val/AP75": ap75 + d, "diag/median_err": err + d}
         recs[name] = rec
     text = "\n".join(verdict_section(recs))
     line = next(x for x in text.splitlines() if x.startswith("- coco hrnet_w32: fine-tune hdm − MSE"))
@@ -152,5 +152,5 @@ def test_mechanism_figure_draws_what_was_logged_and_nothing_otherwise(tmp_path):
 
     assert write_mechanism_figure({}, tmp_path) == []
     rows = pd.DataFrame({"epoch": [1, 2, 1, 2], "value": [0.5, 0.4, 0.6, 0.3], "seed": [0, 0, 1, 1]})
-    paths = write_mechanism_figure({"coco_hrnet_w32_hdm": {"val_gt_nonpos_share": rows}}, tmp_path)
+    paths = write_mechanism_figure({"coco_hrnet_w32_hdm": {"val/gt_nonpos_share": rows}}, tmp_path)
     assert paths == [tmp_path / "figures" / "mechanism.png"] and paths[0].stat().st_size > 0

@@ -9,12 +9,12 @@ the server and are loaded by ``python -m pipeline testdev-scores``. MPII: val wi
 
 MSE runs (and MSE + alpha × HDM runs, whose heatmaps the MSE term keeps Gaussian) are also scored with DARK decoding (:mod:`pipeline.codecs.dark`, the paper's "+ DARK"
 rows): the same flip-averaged heatmaps of val2017 with the person detections and of MPII val,
-decoded a second way, give ``coco_val_dark.*`` (results file ``..._<run>_dark_results.json``) and
-``mpii_val_dark.*``, with no second pass of the network and no extra training.
+decoded a second way, give ``coco_val_dark/*`` (results file ``..._<run>_dark_results.json``) and
+``mpii_val_dark/*``, with no second pass of the network and no extra training.
 
 A run with ``split: tune`` (hyperparameter search) is evaluated on the tune split of the training
-images instead, and on nothing else: ``coco_tune.*`` with ground-truth boxes (there are no person
-detections for training images) or ``mpii_tune.*`` (head size from the neck → head-top segment, see
+images instead, and on nothing else: ``coco_tune/*`` with ground-truth boxes (there are no person
+detections for training images) or ``mpii_tune/*`` (head size from the neck → head-top segment, see
 :mod:`pipeline.data.tune`), with the same flip test and decoding variants; no val, no test-dev, no
 submission, so val never takes part in choosing a setting.
 
@@ -25,7 +25,7 @@ raw, unflipped heatmaps (:mod:`pipeline.engine.mechanism`), beside the other out
 - ``consistency_val.npz``: per val person with a weighted joint, ``image_id`` (int64), ``loss`` (the
   run's training criterion on that person alone), ``oks`` (COCO; NaN for MPII), ``pckh`` (MPII; NaN
   for COCO), ``joint_err`` (mean over weighted joints, heatmap px), all float64 but ``image_id``
-  (format: :mod:`pipeline.metrics.consistency`); MLflow metric ``val_consistency.n_people``;
+  (format: :mod:`pipeline.metrics.consistency`); MLflow metric ``val_consistency/n_people``;
 - ``sinkhorn_convergence.json`` (HDM runs, sub-pixel demanders): Sinkhorn iterations needed per
   tolerance on the first 200 people's weighted heatmaps, ``{"tolerances", "iterations_median",
   "iterations_p95", "iterations_max", "cap", "heatmaps", "epsilon_effective", ...}``.
@@ -55,11 +55,15 @@ from ..metrics import coco_bootstrap, coco_server, diagnostics, mpii_bootstrap
 from ..metrics.bootstrap_files import bootstrap_file
 from ..metrics import mpii as mpii_metrics
 from ..tracking import log_new_metrics, open_run, require_run
+from ..tracking.datasets import EVALUATION, dataset_uses, log_datasets
+from ..tracking.metric_names import metric_key
 from . import builders, mechanism
 from .inference import coco_predictions, predict, variant_prediction
 from .run_lock import run_lock
 
 log = logging.getLogger(__name__)
+
+DIAG = "diag"  # the metric group of the diagnostics on ground-truth boxes
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -101,7 +105,7 @@ def load_model(cfg: dict[str, Any], ckpt: dict[str, Any], path: Path) -> torch.n
 
 def run_diagnostics(cfg: dict[str, Any], pred: dict[str, np.ndarray], recs: list[dict]) -> dict[str, float]:
     """Per-joint median error, left/right separation ratios and dead heatmaps of predictions on
-    ground-truth boxes, as flat MLflow metrics ``diag.*`` (errors in heatmap pixels)."""
+    ground-truth boxes, as MLflow metrics ``diag/*`` (errors in heatmap pixels)."""
     js = builders.joint_set(cfg)
     size = cfg["data"]["heatmap_size"]
     if not recs:
@@ -116,13 +120,13 @@ def run_diagnostics(cfg: dict[str, Any], pred: dict[str, np.ndarray], recs: list
     if builders.codec_name(cfg) in SOFTMAX_CODECS:  # they decode softmax(h): never without positive mass
         peak = np.ones_like(peak)
     dead = diagnostics.dead_fractions(peak)
-    out = {f"diag.err.{js.joints[k]}": float(e) for k, e in enumerate(errors)}
-    out.update({f"diag.sep.{diagnostics.pair_name(js.joints[a], js.joints[b])}": r for (a, b), r in ratios.items()})
-    out.update({f"diag.dead.{js.joints[k]}": float(d) for k, d in enumerate(dead)})
-    out["diag.median_err"] = float(np.nanmedian(errors)) if np.isfinite(errors).any() else float("nan")
-    out["diag.collapsed_pairs"] = float(len(diagnostics.collapsed_pairs(ratios)))
-    out["diag.dead_fraction"] = float(np.mean(peak <= 0)) if len(peak) else float("nan")
-    return out
+    out = {f"err.{js.joints[k]}": float(e) for k, e in enumerate(errors)}
+    out.update({f"sep.{diagnostics.pair_name(js.joints[a], js.joints[b])}": r for (a, b), r in ratios.items()})
+    out.update({f"dead.{js.joints[k]}": float(d) for k, d in enumerate(dead)})
+    out["median_err"] = float(np.nanmedian(errors)) if np.isfinite(errors).any() else float("nan")
+    out["collapsed_pairs"] = float(len(diagnostics.collapsed_pairs(ratios)))
+    out["dead_fraction"] = float(np.mean(peak <= 0)) if len(peak) else float("nan")
+    return {metric_key(DIAG, name): value for name, value in out.items()}
 
 
 def _tune_inputs(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -211,15 +215,15 @@ def _variant_results_name(fname: str, variant: str) -> str:
 
 def _coco_variant_metrics(cfg, pred: dict[str, Any], key: str, gt: Path | None, stage: Path,
                           fname: str) -> dict[str, float]:
-    """``<key>_<variant>.*`` COCO stats of every decoding variant of one split's prediction (the
-    same heatmaps decoded otherwise, e.g. ``coco_val_dark.AP``); each writes its own results file
+    """``<key>_<variant>/*`` COCO stats of every decoding variant of one split's prediction (the
+    same heatmaps decoded otherwise, e.g. ``coco_val_dark/AP``); each writes its own results file
     and per-image matches (``coco_val_dark.boot.npz``) for the report's paired bootstrap."""
     out: dict[str, float] = {}
     for variant in pred.get("variants", {}):
         results = stage / _variant_results_name(fname, variant)
         stats = _coco_score(cfg, variant_prediction(pred, variant), gt, results, f"{cfg['name']} {key} {variant}")
         if stats is not None:
-            out.update({f"{key}_{variant}.{k}": v for k, v in stats.items()})
+            out.update({metric_key(f"{key}_{variant}", k): v for k, v in stats.items()})
             coco_bootstrap.save_matches(coco_bootstrap.coco_image_matches(gt, results),
                                         bootstrap_file(stage, f"{key}_{variant}"))
     return out
@@ -239,10 +243,10 @@ def _package_testdev(stage: Path, out_dir: Path, run: str, variants: list[str | 
 
 
 def _mpii_metrics(prefix: str, coords: np.ndarray, gt_valid: Path) -> dict[str, float]:
-    """PCKh of MPII val predictions as ``<prefix>.*`` (MLflow metric names allow no "@": "Mean@0.1"
+    """PCKh of MPII val predictions as ``<prefix>/*`` (MLflow metric names allow no "@": "Mean@0.1"
     is logged as "Mean_at_0.1")."""
     stats = mpii_metrics.pckh(coords, gt_valid)
-    return {f"{prefix}.{k.replace('@', '_at_')}": v for k, v in stats.items()}
+    return {metric_key(prefix, k.replace("@", "_at_")): v for k, v in stats.items()}
 
 
 # headline.json: the numbers a reader compares runs by, per evaluated split (the run's own decoding;
@@ -254,9 +258,9 @@ _HEADLINE_STATS = {"coco": ("AP", "AP50", "AP75", "APM", "APL", "AR"), "mpii": (
 
 
 def headline_metrics(metrics: dict[str, float | None]) -> dict[str, float | None]:
-    """The headline subset of a run's metrics, in the same flat names (``coco_val.AP``): the one file
+    """The headline subset of a run's metrics, in the same names (``coco_val/AP``): the one file
     DVC shows as a metric, since metrics.json's per-joint diagnostics make tables hundreds of columns wide."""
-    names = [f"{split}.{stat}" for split in _HEADLINE_SPLITS for stat in _HEADLINE_STATS[split.split("_")[0]]]
+    names = [metric_key(split, stat) for split in _HEADLINE_SPLITS for stat in _HEADLINE_STATS[split.split("_")[0]]]
     return {name: metrics[name] for name in names if name in metrics}
 
 
@@ -304,14 +308,14 @@ def _model_on_device(cfg: dict[str, Any], ckpt: dict[str, Any], ckpt_path: Path
 
 def _coco_split_metrics(stats: dict[str, float] | None, key: str, gt: Path | None, stage: Path,
                         fname: str) -> dict[str, float]:
-    """``<key>.*`` COCO stats of one split (none for an unscored split); the splits the report compares
+    """``<key>/*`` COCO stats of one split (none for an unscored split); the splits the report compares
     also keep their per-image matches for its bootstrap."""
     if stats is None:
         return {}
     if key in _VARIANT_KEYS:  # per-image matches for the report's bootstrap
         coco_bootstrap.save_matches(coco_bootstrap.coco_image_matches(gt, stage / fname),
                                     bootstrap_file(stage, key))
-    return {f"{key}.{k}": v for k, v in stats.items()}
+    return {metric_key(key, k): v for k, v in stats.items()}
 
 
 def _mpii_scores(cfg: dict[str, Any], pred: dict[str, Any], recs: list[dict], gt_valid: Path,
@@ -331,12 +335,21 @@ def _mpii_scores(cfg: dict[str, Any], pred: dict[str, Any], recs: list[dict], gt
     return metrics
 
 
-def _log_to_run(tracking_uri: str, experiment: str, label: str, run_id: str | None, metrics: dict[str, float],
-                tags: dict[str, str], stage: Path) -> str:
+def evaluated_splits(cfg: dict[str, Any]) -> list[str]:
+    """The splits the evaluation scores (the MLflow run's evaluation datasets): the tune split of a
+    ``split: tune`` run, else val (and COCO's test-dev)."""
+    if builders.holdout_split(cfg) == builders.TUNE:
+        return [builders.TUNE]
+    return ["val", "test-dev"] if cfg["dataset"] == "coco" else ["val"]
+
+
+def _log_to_run(cfg: dict[str, Any], tracking_uri: str, experiment: str, label: str, run_id: str | None,
+                metrics: dict[str, float], tags: dict[str, str], stage: Path) -> str:
     """Log metrics, tags and the staged prediction files to the run's MLflow record (which must exist);
     returns its id. Runs before the files are published, so a logging failure leaves no new file."""
     with open_run(tracking_uri, experiment, run_name=label, run_id=run_id, missing="error") as mlflow:
         log_new_metrics(mlflow, {k: float(v) for k, v in metrics.items() if v == v})  # MLflow rejects NaN
+        log_datasets(mlflow, dataset_uses(cfg["profile"], cfg["dataset"], evaluated_splits(cfg), EVALUATION))
         mlflow.set_tags(tags)
         for f in sorted(stage.iterdir()):
             if f.is_file() and f.suffix in (".json", ".mat", ".npz"):
@@ -398,7 +411,7 @@ def _evaluate_run(cfg: dict[str, Any], *, tracking_uri: str, experiment: str, pr
 
         tags.update({**(extra_tags or {}), "row": cfg["name"], "seed": str(seed), "profile": cfg["profile"],
                      "evaluated": "true", **_split_tags(cfg)})
-        run_id = _log_to_run(tracking_uri, experiment, label, run_id, metrics, tags, stage)
+        run_id = _log_to_run(cfg, tracking_uri, experiment, label, run_id, metrics, tags, stage)
         strict = _strict_json(metrics)
         io.write_json(stage / HEADLINE_FILE, headline_metrics(strict))  # published with the others
         io.publish(stage, out_dir)

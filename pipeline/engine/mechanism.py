@@ -23,6 +23,7 @@ from ..data.skeleton import COCO_SIGMAS
 from ..data.transforms import heatmap_to_image
 from ..losses.sinkhorn import iterations_to_tolerance, subpixel_demanders
 from ..metrics import consistency, diagnostics
+from ..tracking.metric_names import metric_key
 from . import builders
 from .train import compute_loss
 
@@ -141,7 +142,7 @@ def write_outputs(cfg: dict[str, Any], col: ValCollector, recs: list[dict], gt_v
     consistency.save_consistency(stage / consistency.CONSISTENCY_FILE, arrays)
     if wants_convergence(cfg):
         io.write_json(stage / CONVERGENCE_FILE, convergence(cfg, col))
-    return {"val_consistency.n_people": float(len(arrays["image_id"]))}
+    return {metric_key("val_consistency", "n_people"): float(len(arrays["image_id"]))}
 
 
 def collector(cfg: dict[str, Any], dev: torch.device) -> ValCollector:

@@ -68,6 +68,8 @@ from ..models import pretrained_weights
 from ..progress import EpochClock, Progress
 from ..termination import deferred_termination, loader_worker_init, sigterm_pending, stop_now
 from ..tracking import flatten, logged_steps, open_run
+from ..tracking.datasets import TRAINING, dataset_uses, log_datasets
+from ..tracking.metric_names import canonical_key
 from . import builders, identity, sync_bn
 from .run_lock import run_lock
 from .validate import validate
@@ -78,6 +80,8 @@ log = logging.getLogger(__name__)
 # values of them are still resumed (raising ``epochs`` extends a finished run).
 RESUME_INVARIANT = (("train", "epochs"), ("train", "workers"), ("train", "threads"))
 CHECKPOINT_RE = re.compile(r"^epoch_(\d+)\.pth$")
+# The mean training loss of an epoch, as the log line and the history name it (MLflow: train/loss)
+LOSS = "train_loss"
 # The code a training trajectory depends on (the train stage's code dependencies in dvc.yaml, less the
 # evaluation-only modules): checkpoints written by other code are not resumed.
 TRAINING_CODE = ("data", "codecs", "models", "losses", "engine/train.py", "engine/builders.py",
@@ -670,7 +674,8 @@ def _start_tracking(run: _Run, mlflow: Any) -> set[int]:
                          "amp_used": amp_used, "world_size": run.env.world_size, **_identity_tags(run),
                          **run.seeds},
                 resumed=True)
-    logged = logged_steps(mlflow, run.run_id, "train_loss")
+    log_datasets(mlflow, dataset_uses(run.cfg["profile"], run.cfg["dataset"], ["train"], TRAINING))
+    logged = logged_steps(mlflow, run.run_id, canonical_key(LOSS))
     if run.resumed_from is not None:
         mlflow.set_tag("resumed_from", str(run.resumed_from))
     else:
@@ -678,7 +683,7 @@ def _start_tracking(run: _Run, mlflow: Any) -> set[int]:
     # a new run after the store lost the old one, or a stop between a checkpoint and its metrics
     for row in run.history:
         if row["epoch"] not in logged:
-            mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
+            mlflow.log_metrics(tracked_metrics(row), step=row["epoch"])
             logged.add(row["epoch"])
     return logged
 
@@ -841,7 +846,7 @@ def _end_epoch(run: _Run, mlflow: Any, epoch: int, stats: _EpochStats, logged: s
         # after the checkpoint: a stop in between leaves an epoch the resume replays, never
         # one the run logs twice (an epoch trained again reproduces the logged values)
         if epoch not in logged:
-            mlflow.log_metrics(row, step=epoch)
+            mlflow.log_metrics(tracked_metrics(row), step=epoch)
             logged.add(epoch)
     _barrier(env)
 
@@ -850,13 +855,20 @@ def _metrics_row(run: _Run, stats: _EpochStats, val: dict[str, float]) -> dict[s
     """The epoch's metrics, in the order the log line and MLflow show them; GPU memory only on CUDA and
     the dead-heatmap count only for HDM (the losses that have neither would log a meaningless 0)."""
     held_out = builders.holdout_split(run.cfg)  # val_AP, or tune_AP for a split: tune run
-    row = {"train_loss": stats.total / max(stats.count, 1), "lr": stats.lr, "epoch_time_s": stats.train_time,
+    row = {LOSS: stats.total / max(stats.count, 1), "lr": stats.lr, "epoch_time_s": stats.train_time,
            "images_per_s": stats.count / max(stats.train_time, 1e-9), **{f"{held_out}_{k}": v for k, v in val.items()}}
     if stats.peak_mb is not None:  # pragma: no cover - CUDA only: peak_mb is measured on CUDA only
         row["gpu_mem_peak_mb"] = stats.peak_mb
     if run.cfg["loss"] in ("hdm", "mse_hdm"):
         row["dead_heatmaps"] = stats.dead
     return row
+
+
+def tracked_metrics(row: dict[str, Any]) -> dict[str, float]:
+    """An epoch's row as MLflow metrics: the flat names of the log line and ``train_summary.json``
+    (``train_loss``, ``val_AP``) under their grouped MLflow names (``train/loss``, ``val/AP``), so the
+    UI draws the training curves and the validation curves as sections of their own."""
+    return {canonical_key(k): v for k, v in row.items() if k != "epoch"}
 
 
 def _log_line(row: dict[str, float]) -> str:

@@ -20,7 +20,7 @@ Keypoint Detection challenge on EvalAI, linked from https://cocodataset.org/#key
 
   Scale: a file whose largest value exceeds 1 is read as percent (76.0) and divided by 100;
   otherwise values are fractions (0.760). pycocotools' -1 ("undefined") is skipped. The result
-  maps :data:`STAT_NAMES` keys to fractions, the units of the locally scored ``coco_testdev.*``.
+  maps :data:`STAT_NAMES` keys to fractions, the units of the locally scored ``coco_testdev/*``.
 """
 from __future__ import annotations
 
@@ -37,6 +37,7 @@ from typing import Any
 from ..errors import PipelineError
 from ..io import atomic_path, sha256_file, write_json
 from ..tracking import connect, finished_runs
+from ..tracking.metric_names import metric_key
 from .coco import STAT_NAMES
 
 log = logging.getLogger(__name__)
@@ -258,7 +259,7 @@ def parse_server_scores(path: str | Path) -> dict[str, float]:
 # ------------------------------------------------------------------------------ MLflow
 def log_server_scores(scores_file: str | Path, *, run: str, seed: int, tracking_uri: str, experiment: str,
                       eval_dir: str | Path | None = None, variant: str | None = None) -> dict[str, Any]:
-    """Log the server's scores as ``coco_testdev.*`` (``coco_testdev_<variant>.*`` for the submission
+    """Log the server's scores as ``coco_testdev/*`` (``coco_testdev_<variant>/*`` for the submission
     of a decoding variant, e.g. DARK) onto the run's latest evaluated MLflow run.
 
     The run is the one the report reads: the newest finished run of ``run`` and ``seed`` with tag
@@ -289,11 +290,11 @@ def log_server_scores(scores_file: str | Path, *, run: str, seed: int, tracking_
     prefix = variant_prefix(variant)
     now = int(time.time() * 1000)
     client = connect(tracking_uri).tracking.MlflowClient()
-    client.log_batch(run_id, tags=tags, metrics=[Metric(f"{prefix}.{k}", float(v), now, 0) for k, v in scores.items()])
+    client.log_batch(run_id, tags=tags, metrics=[Metric(metric_key(prefix, k), float(v), now, 0) for k, v in scores.items()])
     client.log_artifact(run_id, str(scores_file), artifact_path="testdev_server")
     result = {"run": run, "seed": seed, "mlflow_run_id": run_id, "source": "server", "scores_file": str(scores_file),
               "variant": variant, "results_sha256": sha or None,
-              "metrics": {f"{prefix}.{k}": v for k, v in scores.items()}}
+              "metrics": {metric_key(prefix, k): v for k, v in scores.items()}}
     if eval_dir is not None:
         write_json(Path(eval_dir) / f"{variant_tag('testdev_server_scores', variant)}.json", result)
     return result

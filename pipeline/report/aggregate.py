@@ -26,6 +26,7 @@ from ..io import read_json
 from ..metrics import coco_bootstrap, mpii_bootstrap
 from ..metrics.bootstrap_files import bootstrap_file
 from ..metrics.uncertainty import Interval, paired_delta, t_interval
+from ..tracking.metric_names import metric_key
 from .beyond import REPORT_TABLES, split_variant, variant_split
 from .paper_numbers import PaperTable
 from .records import RunRecord
@@ -97,7 +98,7 @@ def table_intervals(table: PaperTable, records: Mapping[str, RunRecord],
                     bootstrap: BootFn | None = None) -> dict[str, RowIntervals]:
     """:func:`pair_interval` of the main metric of every measured line of ``table`` (Δ against the
     row's baseline), keyed by run."""
-    key = f"{table.split}.{table.main_metric}"
+    key = metric_key(table.split, table.main_metric)
     out: dict[str, RowIntervals] = {}
     for row in table.rows:
         if row.is_benchmark:

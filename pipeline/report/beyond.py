@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Iterable, Mapping
 
+from ..tracking.metric_names import metric_key
 from .paper_numbers import COCO_METRICS, TABLES, PaperRow, PaperTable
 from .records import RunRecord
 
@@ -52,8 +53,8 @@ def variant_split(split: str, variant: str | None) -> str:
 
 
 def variant_records(records: Mapping[str, RunRecord], variants: Iterable[str] = (DARK,)) -> dict[str, RunRecord]:
-    """One record ``<run>+<variant>`` per run that logged ``<split>_<variant>.*`` metrics, holding them
-    under the plain ``<split>.*`` names (same seeds, same MLflow runs), so a table line reads it like
+    """One record ``<run>+<variant>`` per run that logged ``<split>_<variant>/*`` metrics, holding them
+    under the plain ``<split>/*`` names (same seeds, same MLflow runs), so a table line reads it like
     any run."""
     out: dict[str, RunRecord] = {}
     for name, rec in records.items():
@@ -62,8 +63,9 @@ def variant_records(records: Mapping[str, RunRecord], variants: Iterable[str] = 
             for seed, metrics in rec.metrics.items():
                 moved = {}
                 for split in _SPLITS:
-                    prefix = variant_split(split, variant) + "."
-                    moved.update({split + "." + k[len(prefix):]: v for k, v in metrics.items() if k.startswith(prefix)})
+                    prefix = metric_key(variant_split(split, variant), "")
+                    moved.update({metric_key(split, k[len(prefix):]): v for k, v in metrics.items()
+                                  if k.startswith(prefix)})
                 if moved:
                     per_seed[seed] = moved
             if per_seed:

@@ -16,6 +16,7 @@ from .. import io
 from ..config import Paths
 from ..metrics import coco_server
 from ..tracking import finished_runs, metric_history
+from ..tracking.metric_names import TRAIN, metric_key, split_key
 from .aggregate import RunRecord, all_intervals, image_bootstrap, mean_metrics
 from .beyond import DARK, split_variant, variant_records
 from .figures import write_diagnostic_figures, write_figures, write_mechanism_figure, write_table6_figure
@@ -25,6 +26,15 @@ from .summary import build_summary
 from .tables import build_tables, write_tables
 
 log = logging.getLogger(__name__)
+
+
+def is_report_metric(key: str) -> bool:
+    """Whether the report reads metric ``key`` of a run: the evaluation's metrics (``coco_val/AP``,
+    ``diag/err.nose``) and the last epoch's validation values (``val/pos_share``); not the training
+    loop's own curves (``train/loss``, ``train/lr``) nor the tune split's per-epoch aggregates
+    (``tune/AP``), only its per-joint and per-pair values (``tune/joint_err.nose``)."""
+    group, name = split_key(key)
+    return bool(group) and group != TRAIN and (group != "tune" or "." in name)
 
 
 def collect(tracking_uri: str, experiment: str, run_names: list[str], seeds: list[int]
@@ -42,9 +52,7 @@ def collect(tracking_uri: str, experiment: str, run_names: list[str], seeds: lis
     wanted = {str(s) for s in seeds}
     df = df[df["tags.row"].isin(run_names) & df["tags.seed"].isin(wanted)]
     df = df.drop_duplicates(["tags.row", "tags.seed"], keep="first")
-    # evaluation metrics (<split>.<metric>) and the last epoch's validation diagnostics (val_*)
-    metric_cols = [c for c in df.columns if c.startswith("metrics.")
-                   and ("." in c[len("metrics."):] or c.startswith("metrics.val_"))]
+    metric_cols = [c for c in df.columns if c.startswith("metrics.") and is_report_metric(c[len("metrics."):])]
     for _, row in df.iterrows():
         name, seed = row["tags.row"], int(row["tags.seed"])
         rec = records.setdefault(name, RunRecord(name))
@@ -91,7 +99,7 @@ def _testdev(name: str, row: pd.Series, metrics: dict[str, float], info: dict[st
             log.warning("%s: the COCO server's test-dev scores%s are for an earlier results file; upload %s "
                         "and load the new scores (python -m pipeline testdev-scores)", name,
                         f" ({variant})" if variant else "", tag(coco_server.TAG_SUBMISSION))
-            prefix = coco_server.variant_prefix(variant) + "."
+            prefix = metric_key(coco_server.variant_prefix(variant), "")
             for k in [k for k in metrics if k.startswith(prefix)]:
                 del metrics[k]
 
@@ -101,8 +109,8 @@ def curves(tracking_uri: str, selected: pd.DataFrame) -> dict[str, dict[int, pd.
     out: dict[str, dict[int, pd.DataFrame]] = {}
     for _, row in selected.iterrows():
         run = row["tags.row"]
-        key = "val_AP" if run.startswith("coco_") else "val_PCKh"
-        loss = dict(metric_history(tracking_uri, row["run_id"], "train_loss"))
+        key = metric_key("val", "AP" if run.startswith("coco_") else "PCKh")
+        loss = dict(metric_history(tracking_uri, row["run_id"], metric_key(TRAIN, "loss")))
         val = dict(metric_history(tracking_uri, row["run_id"], key))
         epochs = sorted(set(loss) | set(val))
         out.setdefault(run, {})[int(row["tags.seed"])] = pd.DataFrame(
@@ -111,7 +119,7 @@ def curves(tracking_uri: str, selected: pd.DataFrame) -> dict[str, dict[int, pd.
 
 
 def mechanism_curves(tracking_uri: str, selected: pd.DataFrame) -> dict[str, dict[str, pd.DataFrame]]:
-    """Per-epoch mechanism diagnostics (``val_pos_share`` …) of the verdict's HRNet-W32 COCO runs per loss:
+    """Per-epoch mechanism diagnostics (``val/pos_share`` …) of the verdict's HRNet-W32 COCO runs per loss:
     run -> metric -> (epoch, seed, value) rows; runs trained before the diagnostics existed have none."""
     out: dict[str, dict[str, pd.DataFrame]] = {}
     for _, row in selected[selected["tags.row"].isin(MECHANISM_RUNS)].iterrows():

@@ -15,6 +15,7 @@ import pandas as pd
 from ..data.skeleton import JOINT_SETS
 from ..errors import PipelineError
 from ..io import atomic_path
+from ..tracking.metric_names import metric_key
 from .aggregate import RowIntervals, RunRecord, mean_metrics
 from .beyond import T6_STRIDES, TABLE6
 from .trend import TREND_POINTS, curve_trend
@@ -130,7 +131,7 @@ def write_diagnostic_figures(records: Mapping[str, RunRecord], curves: Curves, o
             names = list(JOINT_SETS[ds].joints) if ds in JOINT_SETS else []
             for k, (var, run) in enumerate(sorted(runs, key=lambda t: t[0] != "mse")):
                 m = mean_metrics(records[run])
-                errs = [m.get(f"diag.err.{n}", np.nan) for n in names]
+                errs = [m.get(metric_key("diag", f"err.{n}"), np.nan) for n in names]
                 x = np.arange(len(names))
                 ax.bar(x + (k - 0.5) * 0.4, errs, width=0.4, label=var, color=f"C{k}")
                 ax.set_xticks(x, names, rotation=90, fontsize=6)

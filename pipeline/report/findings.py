@@ -22,6 +22,7 @@ import pandas as pd
 from ..io import read_json
 from ..metrics.diagnostics import COLLAPSE_RATIO
 from ..metrics.uncertainty import Interval, holm, t_interval_pvalue
+from ..tracking.metric_names import legacy_key, metric_key
 from . import consistency as cons
 from .aggregate import BootFn, RowIntervals, RunRecord, contrast_interval, mean_metrics, pair_interval, seed_noise
 from .beyond import DARK, T6_STRIDES, UDP_RUNS, variant_run
@@ -37,6 +38,8 @@ HOLM_ALPHA = 0.05
 HOLM_MARK = "†"
 SINKHORN_FILE = "sinkhorn_convergence.json"
 HDM_OPTIMUM = Path("reports") / "benchmarks" / "hdm_optimum.json"
+
+_SEP_PREFIX = metric_key("diag", "sep.")  # the left/right separation ratio of each joint pair
 
 
 class Family:
@@ -112,11 +115,11 @@ def _trend_text(curves: Curves, run: str) -> str:
 
 def _diag_text(rec: RunRecord) -> str:
     m = mean_metrics(rec)
-    seps = {k[len("diag.sep."):]: v for k, v in m.items() if k.startswith("diag.sep.")}
+    seps = {k[len(_SEP_PREFIX):]: v for k, v in m.items() if k.startswith(_SEP_PREFIX)}
     collapsed = sorted(name for name, r in seps.items() if r < COLLAPSE_RATIO)
-    parts = [f"median joint error {_f(m.get('diag.median_err'), digits=2)} heatmap px",
+    parts = [f"median joint error {_f(m.get(metric_key('diag', 'median_err')), digits=2)} heatmap px",
              "collapsed pairs: " + (", ".join(f"{n} ({seps[n]:.2f})" for n in collapsed) if collapsed else "none"),
-             f"dead heatmaps {_f(m.get('diag.dead_fraction'), 100)} %"]
+             f"dead heatmaps {_f(m.get(metric_key('diag', 'dead_fraction')), 100)} %"]
     return "; ".join(parts)
 
 
@@ -124,7 +127,7 @@ def _pair_section(table: PaperTable, records: Mapping[str, RunRecord], intervals
                   curves: Curves, family: Family) -> list[str]:
     scale = table.measured_scale
     lines = []
-    key = f"{table.split}.{table.main_metric}"
+    key = metric_key(table.split, table.main_metric)
     for row in table.rows:
         if not (row.is_benchmark and row.baseline_run):
             continue
@@ -149,10 +152,11 @@ def _pair_section(table: PaperTable, records: Mapping[str, RunRecord], intervals
 
 def _noise_line(records: Mapping[str, RunRecord], key: str, scale: float) -> str:
     sd, dof = seed_noise(records, key)
+    shown = legacy_key(key)  # findings.md keeps the metric names its readers know
     if dof == 0:
-        return (f"- Seed noise of {key}: not measured (one seed per run); intervals below are image-bootstrap "
+        return (f"- Seed noise of {shown}: not measured (one seed per run); intervals below are image-bootstrap "
                 "intervals, which leave training noise out. Run `snakemake --cores all study` for seeds.")
-    return f"- Seed noise of {key}: pooled SD over seeds {sd * scale:.2f} ({dof} degrees of freedom)."
+    return f"- Seed noise of {shown}: pooled SD over seeds {sd * scale:.2f} ({dof} degrees of freedom)."
 
 
 def _sec4_section(records: Mapping[str, RunRecord], run_dir: RunDirFn | None) -> list[str]:
@@ -209,7 +213,7 @@ def table5_note(records: Mapping[str, RunRecord], intervals: Mapping[str, RowInt
     if len(means) < 2:
         return "Table 5 (Sinkhorn iterations): not run."
     spread = (max(means.values()) - min(means.values())) * table.measured_scale
-    sd, dof = seed_noise({r: records[r] for r in runs if r in records}, f"{table.split}.AP")
+    sd, dof = seed_noise({r: records[r] for r in runs if r in records}, metric_key(table.split, "AP"))
     noise = (f"the pooled seed SD of these runs is {sd * table.measured_scale:.2f} AP ({dof} dof)" if dof
              else "no seed noise measured (one seed per run; `snakemake --cores all study` measures it)")
     return (f"Table 5 ({', '.join(means)}): the measured AP spread (largest − smallest mean) is {spread:.2f} AP, "
@@ -289,9 +293,9 @@ def _delta_line(label: str, split: str, metric: str, scale: float, run: str, bas
     if run not in records or baseline not in records:
         missing = ", ".join(r for r in (run, baseline) if r not in records)
         return f"- {label}: not run ({missing})."
-    iv = pair_interval(split, f"{split}.{metric}", run, baseline, records, bootstrap)
+    iv = pair_interval(split, metric_key(split, metric), run, baseline, records, bootstrap)
     delta = iv.delta if iv else None
-    return f"- {label}: Δ{metric} {_iv(delta, scale)}, {_verdict(delta, family, (f'{split}.{metric}', run, baseline))}."
+    return f"- {label}: Δ{metric} {_iv(delta, scale)}, {_verdict(delta, family, (metric_key(split, metric), run, baseline))}."
 
 
 def _coco_line(label: str, run: str, baseline: str, records: Mapping[str, RunRecord],
@@ -368,7 +372,7 @@ def _stride_section(records: Mapping[str, RunRecord], bootstrap: BootFn | None, 
             out.append(_coco_line(f"stride {stride}: HDM − {label}", _w32(stride, "hdm"), base, records, bootstrap,
                                   family))
     plus, minus = (_w32(8, "hdm"), _w32(8, "mse")), (_w32(4, "hdm"), _w32(4, "mse"))
-    inter = contrast_interval("coco_val.AP", plus, minus, records)
+    inter = contrast_interval(metric_key("coco_val", "AP"), plus, minus, records)
     head = "- Interaction (HDM − MSE at stride 8) − (HDM − MSE at stride 4)"
     if inter is None:
         out.append(f"{head}: not run.")
@@ -402,7 +406,7 @@ def build_findings(*, profile: str, records: Mapping[str, RunRecord],
     lines += verdict_section(records, bootstrap, family)
     for number in (1, 3, 2):
         table = next(t for t in TABLES if t.number == number)
-        key = f"{table.split}.{table.main_metric}"
+        key = metric_key(table.split, table.main_metric)
         runs = {r: records[r] for r in table.runs() if r in records}
         lines += [f"## Table {number}: {table.short_title}", "", _noise_line(runs, key, table.measured_scale)]
         lines += _pair_section(table, records, intervals.get(table.key, {}), curves, family) + [""]

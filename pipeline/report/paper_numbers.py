@@ -62,7 +62,7 @@ class PaperTable:
     caption: str  # the paper's caption, verbatim
     short_title: str  # used in this benchmark's table titles
     split: str  # prefix of the measured metric keys: "coco_val", "coco_testdev", "mpii_val"
-    metrics: tuple[str, ...]  # canonical metric names (measured keys are f"{split}.{metric}")
+    metrics: tuple[str, ...]  # canonical metric names (measured keys are f"{split}/{metric}")
     paper_headers: tuple[str, ...]  # the column labels as the paper prints them
     main_metric: str  # the metric the Δ is printed after
     measured_scale: float  # multiply a measured value by this to get the paper's units

@@ -30,6 +30,7 @@ import pandas as pd
 
 from ..errors import PipelineError
 from ..io import atomic_path, write_text
+from ..tracking.metric_names import metric_key
 from .beyond import REPORT_TABLES, split_variant
 from .paper_numbers import PaperRow, PaperTable
 
@@ -124,7 +125,7 @@ def _number(value: Any, where: str) -> float:
 
 def _measured_value(table: PaperTable, run: str, metrics: Mapping[str, Any], metric: str) -> float | None:
     """The measured value in the paper's units (one decimal), or None when missing/undefined."""
-    key = f"{table.split}.{metric}"
+    key = metric_key(table.split, metric)
     if key not in metrics:
         return None
     where = f"measured[{run!r}][{key!r}]"
@@ -188,9 +189,9 @@ def _gtbox_note(table: PaperTable, measured: dict) -> list[str]:
     Not a column of the paper's tables, but it separates the pose model from the detector."""
     cells = []
     for run in table.runs():
-        value = measured.get(run, {}).get("coco_val_gtbox.AP")
+        value = measured.get(run, {}).get("coco_val_gtbox/AP")
         if value is not None and not (isinstance(value, float) and math.isnan(value)):
-            ap = _scaled(_number(value, f"measured[{run!r}]['coco_val_gtbox.AP']"), table.measured_scale)
+            ap = _scaled(_number(value, f"measured[{run!r}]['coco_val_gtbox/AP']"), table.measured_scale)
             cells.append(f"{run} {_fmt(ap)}")
     if not cells:
         return []
@@ -336,8 +337,8 @@ def build_tables(measured: dict[str, dict[str, float]], *, profile: str,
     """One DataFrame per report table, keyed "table1" … "table6" (:data:`pipeline.report.beyond.REPORT_TABLES`:
     the paper's Tables 1–5 with the lines beyond the paper, and Table 6).
 
-    ``measured`` maps run name → final metrics ("coco_val.AP" … as fractions in [0, 1];
-    "mpii_val.Mean" … in percent). Runs missing from it appear as "not run"; a run present
+    ``measured`` maps run name → final metrics ("coco_val/AP" … as fractions in [0, 1];
+    "mpii_val/Mean" … in percent). Runs missing from it appear as "not run"; a run present
     without any metric of a table's split appears as "not evaluated" (in Table 2 "submitted, no
     scores yet" when ``run_info[run]["testdev_submitted"]``: the test-dev zip awaits the server's
     scores); a single missing or

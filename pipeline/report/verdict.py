@@ -26,6 +26,7 @@ import numpy as np
 from scipy import stats
 
 from ..metrics.uncertainty import Interval
+from ..tracking.metric_names import legacy_key, metric_key, split_key
 from .aggregate import BootFn, RunRecord, mean_metrics, pair_interval
 from .beyond import DARK, variant_run
 
@@ -37,10 +38,10 @@ EXACT_SETS = (("coco", "hrnet_w32"), ("coco", "hrnet_w48"), ("mpii", "hrnet_w32"
 #: the HDM-family variants (the losses under test) and the baselines they are set against
 HDM_FAMILY = ("hdm", "hdmexact", "hdmsoft")
 #: per-epoch diagnostics of the validation pass (MLflow metrics of the last epoch) that may explain Δ
-MECHANISM = (("val_gt_nonpos_share", "share of ground-truth joint locations with predicted value ≤ 0"),
-             ("val_pos_share", "share of heatmap pixels holding positive value"),
-             ("val_sep_ratio", "median left/right separation ratio (predicted / true)"),
-             ("val_joint_err", "median joint error (heatmap px)"))
+MECHANISM = (("val/gt_nonpos_share", "share of ground-truth joint locations with predicted value ≤ 0"),
+             ("val/pos_share", "share of heatmap pixels holding positive value"),
+             ("val/sep_ratio", "median left/right separation ratio (predicted / true)"),
+             ("val/joint_err", "median joint error (heatmap px)"))
 
 
 #: the runs whose per-epoch diagnostics figures/mechanism.png draws: HRNet-W32 COCO, one per loss
@@ -61,8 +62,8 @@ class Pair:
 
 #: Beside the main metric: the dead-heatmap rate of the evaluation (share of val heatmaps with no positive
 #: pixel) and, for the sub-pixel questions, AP75 and the median joint error (heatmap px).
-DEAD = (("dead heatmaps %", "diag.dead_fraction", 100.0),)
-SUBPIXEL = (("AP75", "coco_val.AP75", 100.0), ("median joint error px", "diag.median_err", 1.0))
+DEAD = (("dead heatmaps %", "diag/dead_fraction", 100.0),)
+SUBPIXEL = (("AP75", "coco_val/AP75", 100.0), ("median joint error px", "diag/median_err", 1.0))
 
 
 def _sets() -> list[tuple[str, str]]:
@@ -125,7 +126,7 @@ def _delta(pair: Pair, records: Mapping[str, RunRecord], bootstrap: BootFn | Non
     split, metric, _, _ = METRIC[pair.dataset]
     if pair.run not in records or pair.baseline not in records:
         return None
-    iv = pair_interval(split, f"{split}.{metric}", pair.run, pair.baseline, records, bootstrap)
+    iv = pair_interval(split, metric_key(split, metric), pair.run, pair.baseline, records, bootstrap)
     return iv.delta if iv is not None else None
 
 
@@ -156,7 +157,7 @@ def _also(pair: Pair, records: Mapping[str, RunRecord]) -> str:
         return ""
     parts = []
     for label, key, scale in pair.also:
-        iv = pair_interval(key.split(".")[0], key, pair.run, pair.baseline, records, None)
+        iv = pair_interval(split_key(key)[0], key, pair.run, pair.baseline, records, None)
         a, b = (mean_metrics(records[r]).get(key) for r in (pair.run, pair.baseline))
         if iv is None or iv.delta is None or a is None or b is None:
             parts.append(f"{label}: n/a")
@@ -205,14 +206,14 @@ def mechanism(records: Mapping[str, RunRecord]) -> list[str]:
         if not name.startswith("coco_") or "+" in name:
             continue
         for m in rec.metrics.values():
-            if "val_AP" in m or "coco_val.AP" in m:
-                ap = m.get("coco_val.AP", m.get("val_AP"))
+            if "val/AP" in m or "coco_val/AP" in m:
+                ap = m.get("coco_val/AP", m.get("val/AP"))
                 rows.append((ap, m))
     out, strongest = [], None
     for key, what in MECHANISM:
         pairs = [(ap, m[key]) for ap, m in rows if key in m and math.isfinite(m[key]) and math.isfinite(ap)]
         if len(pairs) < 5:
-            out.append(f"- {what} (`{key}`): not measured on enough runs ({len(pairs)}).")
+            out.append(f"- {what} (`{legacy_key(key)}`): not measured on enough runs ({len(pairs)}).")
             continue
         a = np.array(pairs)
         rho = float(stats.spearmanr(a[:, 0], a[:, 1]).statistic)
@@ -224,10 +225,10 @@ def mechanism(records: Mapping[str, RunRecord]) -> list[str]:
             if val is not None:
                 per_loss.append(f"{v} {val:.3g}")
         loss_text = f"; HRNet-W32 COCO last epoch: {', '.join(per_loss)}" if per_loss else ""
-        out.append(f"- {what} (`{key}`): Spearman ρ with val AP over {len(a)} COCO run-seeds = {rho:+.2f}"
+        out.append(f"- {what} (`{legacy_key(key)}`): Spearman ρ with val AP over {len(a)} COCO run-seeds = {rho:+.2f}"
                    f"{loss_text}.")
     if strongest is not None:
-        out.append(f"- The diagnostic that ranks the runs most like their AP: `{strongest[0]}` (|ρ| = "
+        out.append(f"- The diagnostic that ranks the runs most like their AP: `{legacy_key(strongest[0])}` (|ρ| = "
                    f"{abs(strongest[1]):.2f} over {strongest[2]} run-seeds; a rank correlation across runs, "
                    "not a causal test).")
     return out
@@ -236,20 +237,20 @@ def mechanism(records: Mapping[str, RunRecord]) -> list[str]:
 def three_way(records: Mapping[str, RunRecord]) -> list[str]:
     """Which of MSE + DARK, softmax-HDM and integral regression wins per architecture and dataset (mean
     over seeds), and whether the left/right collapse follows the normalisation (last-epoch
-    ``val_collapsed_pairs`` of the relu and softmax HDM runs)."""
+    ``val/collapsed_pairs`` of the relu and softmax HDM runs)."""
     out = []
     for ds, arch in _sets():
         split, metric, scale, unit = METRIC[ds]
-        metric_key = f"{split}.{metric}"
+        final_key = metric_key(split, metric)
         names = {"MSE + DARK": variant_run(_name(ds, arch, "mse"), DARK), "softmax-HDM": _name(ds, arch, "hdmsoft"),
                  "integral": _name(ds, arch, "integral")}
-        means = {label: mean_metrics(records[r]).get(metric_key) for label, r in names.items() if r in records}
+        means = {label: mean_metrics(records[r]).get(final_key) for label, r in names.items() if r in records}
         means = {k: v for k, v in means.items() if v is not None}
         if len(means) < 3:
             out.append(f"- {ds} {arch}: not run ({', '.join(r for r in names.values() if r not in records)}).")
             continue
         order = sorted(means, key=means.get, reverse=True)
-        collapse = {v: _last_epoch(records, _name(ds, arch, v), "val_collapsed_pairs") for v in ("hdm", "hdmsoft")}
+        collapse = {v: _last_epoch(records, _name(ds, arch, v), "val/collapsed_pairs") for v in ("hdm", "hdmsoft")}
         ctext = ("" if None in collapse.values() else
                  f"; collapsed left/right pairs at the last epoch: relu-HDM {collapse['hdm']:.1f}, softmax-HDM "
                  f"{collapse['hdmsoft']:.1f}")
@@ -289,7 +290,7 @@ def winners(records: Mapping[str, RunRecord]) -> dict[tuple[str, str], str]:
     out = {}
     for knob, losses in TUNING.items():
         for loss, settings in losses.items():
-            got = [(setting, mean_metrics(records[run]).get("coco_tune.AP")) for setting, run in settings
+            got = [(setting, mean_metrics(records[run]).get("coco_tune/AP")) for setting, run in settings
                    if run in records]
             got = [(setting, ap) for setting, ap in got if ap is not None]
             if got:
@@ -335,7 +336,7 @@ def tuning(records: Mapping[str, RunRecord]) -> list[str]:
     out = []
     for knob, losses in TUNING.items():
         for loss, settings in losses.items():
-            got = [(setting, mean_metrics(records[run]).get("coco_tune.AP")) for setting, run in settings
+            got = [(setting, mean_metrics(records[run]).get("coco_tune/AP")) for setting, run in settings
                    if run in records]
             got = [(setting, ap) for setting, ap in got if ap is not None]
             if not got:
@@ -373,7 +374,7 @@ def verdict_section(records: Mapping[str, RunRecord], bootstrap: BootFn | None =
         lines += [f"### {title}", "", question, ""]
         for p in pairs:
             split, metric, scale, _ = METRIC[p.dataset]
-            mark = family.token((f"{split}.{metric}", p.run, p.baseline), deltas[p]) if family is not None else ""
+            mark = family.token((metric_key(split, metric), p.run, p.baseline), deltas[p]) if family is not None else ""
             lines.append(f"- {p.label} (`{p.run}` − `{p.baseline}`): {describe(deltas[p], scale)}{mark}"
                          + _also(p, records))
         lines.append("")

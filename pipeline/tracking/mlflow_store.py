@@ -24,6 +24,7 @@ import requests
 
 from ..errors import PipelineError, Terminated, shorten
 from ..termination import deferred_termination
+from .metric_names import SEP, canonical_key, legacy_key
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,11 @@ DEFAULT_BUSY_TIMEOUT_S = 60.0
 # Statuses of a run that no process finished: a rerun of the same training reuses such a run
 UNFINISHED = ("RUNNING", "FAILED", "KILLED")
 
+
+# The experiment tag by which MLflow 3's UI picks the page an experiment opens on, and its value for
+# model training (the runs table); the UI's other kinds, e.g. "genai_development", open on traces.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING_KIND = "custom_model_development"
 
 # MLflow's HTTP client as the project sets it where the user has not (a user's own value wins). Each
 # request waits up to TIMEOUT seconds to connect and as long for each read, and is tried MAX_RETRIES
@@ -335,6 +341,23 @@ def connect(uri: str, *, write: bool = False) -> Any:
     return mlflow
 
 
+def experiment_id(mlflow: Any, experiment: str) -> str:
+    """The id of ``experiment``, created if missing, marked as a model-training experiment.
+
+    MLflow 3's UI opens an experiment on the page of its kind (tag :data:`EXPERIMENT_KIND_TAG`): the
+    GenAI overview of traces and token usage unless the tag says custom model development, which opens
+    the runs table. An experiment made before the project set the tag (an older store) gets it here;
+    one whose kind a user chose in the UI keeps it.
+    """
+    exp = mlflow.get_experiment_by_name(experiment)
+    if exp is None:
+        return mlflow.create_experiment(experiment, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND})
+    if not exp.tags.get(EXPERIMENT_KIND_TAG):
+        mlflow.tracking.MlflowClient().set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG,
+                                                          MODEL_TRAINING_KIND)
+    return exp.experiment_id
+
+
 def init_store(uri: str, experiment: str) -> dict[str, str]:
     """Create the store (schema migration happens here, once) and the profile's experiment."""
     os.environ["HDM_MLFLOW_ALLOW_CREATE"] = "1"
@@ -347,8 +370,7 @@ def init_store(uri: str, experiment: str) -> dict[str, str]:
                 raise PipelineError(str(db.parent), f"cannot create the MLflow store's folder ({exc.strerror})") from None
         mlflow = connect(uri, write=True)
         with store_errors(uri):
-            exp = mlflow.get_experiment_by_name(experiment)
-            exp_id = exp.experiment_id if exp is not None else mlflow.create_experiment(experiment)
+            exp_id = experiment_id(mlflow, experiment)
             location = mlflow.get_experiment(exp_id).artifact_location
     finally:
         os.environ.pop("HDM_MLFLOW_ALLOW_CREATE", None)
@@ -489,8 +511,7 @@ def open_run(uri: str, experiment: str, *, run_name: str, run_id: str | None = N
             run_id = None
         if run is not None:
             check_artifact_location(uri, run.info.artifact_uri, f"MLflow run {run_id}")
-        exp = mlflow.get_experiment_by_name(experiment)
-        exp_id = exp.experiment_id if exp is not None else mlflow.create_experiment(experiment)
+        exp_id = experiment_id(mlflow, experiment)
         if run_id is None:
             check_artifact_location(uri, mlflow.get_experiment(exp_id).artifact_location,
                                     f"experiment {experiment!r}")
@@ -524,9 +545,15 @@ def log_new_metrics(mlflow: Any, metrics: dict[str, float], step: int = 0) -> di
     return new
 
 
+def _history(client: Any, run_id: str, key: str) -> list[Any]:
+    """The logged values of metric ``key`` of run ``run_id``; for a run logged before the metric
+    had its group (``train/loss``), those under its older name (``train_loss``)."""
+    return client.get_metric_history(run_id, key) or client.get_metric_history(run_id, legacy_key(key))
+
+
 def logged_steps(mlflow: Any, run_id: str, key: str) -> set[int]:
     """The steps at which ``key`` is already logged in run ``run_id``."""
-    return {m.step for m in mlflow.tracking.MlflowClient().get_metric_history(run_id, key)}
+    return {m.step for m in _history(mlflow.tracking.MlflowClient(), run_id, key)}
 
 
 def finished_runs(uri: str, experiment: str) -> "Any":
@@ -538,9 +565,27 @@ def finished_runs(uri: str, experiment: str) -> "Any":
             import pandas as pd
 
             return pd.DataFrame()
-        return mlflow.search_runs(experiment_ids=[exp.experiment_id],
-                                  filter_string="attributes.status = 'FINISHED' and tags.evaluated = 'true'",
-                                  order_by=["attributes.start_time DESC"])
+        df = mlflow.search_runs(experiment_ids=[exp.experiment_id],
+                                filter_string="attributes.status = 'FINISHED' and tags.evaluated = 'true'",
+                                order_by=["attributes.start_time DESC"])
+    return canonical_metric_columns(df)
+
+
+def canonical_metric_columns(df: "Any") -> "Any":
+    """``df`` (a :func:`mlflow.search_runs` table) with its ``metrics.*`` columns under today's metric
+    names (:func:`~.metric_names.canonical_key`): a store holding runs logged before the names had
+    their groups (``metrics.coco_val.AP``) and after (``metrics.coco_val/AP``) gives one column per
+    metric, each run's value in it, so every reader sees one name whatever version logged the run."""
+    prefix = "metrics."
+    columns: dict[str, Any] = {}
+    metric_cols = [c for c in df.columns if c.startswith(prefix)]
+    for col in sorted(metric_cols, key=lambda c: SEP not in c):  # today's name first: its value wins
+        name = prefix + canonical_key(col[len(prefix):])
+        columns[name] = df[col] if name not in columns else columns[name].combine_first(df[col])
+    others = [c for c in df.columns if c not in metric_cols]
+    import pandas as pd
+
+    return pd.concat([df[others], pd.DataFrame(columns, index=df.index)], axis=1) if columns else df
 
 
 def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
@@ -548,4 +593,4 @@ def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
     mlflow = connect(uri)
     with store_errors(uri):
         client = mlflow.tracking.MlflowClient()
-        return [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
+        return [(m.step, m.value) for m in _history(client, run_id, key)]
