@@ -35,6 +35,7 @@ from .progress import quiet_library_bars
 from .report.beyond import table_numbers
 from .termination import on_sigterm, run_child
 from .tracking import check_server, init_store
+from .tracking.metric_names import split_key
 
 log = logging.getLogger("pipeline")
 # Seconds torchrun gives its workers to stop after a SIGTERM before it kills them (torch's default: 30):
@@ -216,7 +217,7 @@ def cmd_testdev_scores(args, params) -> None:
     res = log_server_scores(args.scores, run=args.run, seed=cfg["seed"], tracking_uri=tracking_uri(params),
                             experiment=experiment_name(params),
                             eval_dir=Paths(cfg["profile"]).eval_dir(args.run, cfg["seed"]), variant=args.variant)
-    shown = ", ".join(f"{k.split('.', 1)[1]} {100 * v:.1f}" for k, v in res["metrics"].items())
+    shown = ", ".join(f"{split_key(k)[1]} {100 * v:.1f}" for k, v in res["metrics"].items())
     print(f"{args.run}: logged the server's test-dev scores to MLflow run {res['mlflow_run_id']}: {shown}")
 
 

@@ -346,8 +346,9 @@ def experiment_id(mlflow: Any, experiment: str) -> str:
 
     MLflow 3's UI opens an experiment on the page of its kind (tag :data:`EXPERIMENT_KIND_TAG`): the
     GenAI overview of traces and token usage unless the tag says custom model development, which opens
-    the runs table. An experiment made before the project set the tag (an older store) gets it here;
-    one whose kind a user chose in the UI keeps it.
+    the runs table (MLflow 3.17 lets its GenAI / Model training switch decide instead: docs/mlflow.md).
+    An experiment made before the project set the tag (an older store) gets it here; one whose kind a
+    user chose in the UI keeps it.
     """
     exp = mlflow.get_experiment_by_name(experiment)
     if exp is None:
