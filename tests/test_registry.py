@@ -1,6 +1,6 @@
-"""Registries: a new architecture is one module that registers itself, here defined in the test alone,
-and runs through the smoke project's train and evaluate stages without a change to pipeline/; an
-unknown family stops with one line."""
+"""Registries: a new architecture and a new codec are each one module that registers itself, here
+defined in the test alone, and run through the smoke project's train and evaluate stages without a
+change to pipeline/; an unknown family, loss or loss-codec pairing stops with one line."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,14 +9,17 @@ import pytest
 import torch
 from torch import nn
 
+from pipeline.codecs import Codec, gaussian, get_codec, register_codec
 from pipeline.config import OUTPUT_STRIDES
+from pipeline.engine import builders
 from pipeline.cli import main
 from pipeline.errors import PipelineError
+from pipeline.losses import LossCodecs, loss_codecs, register_loss_codecs
 from pipeline.models import Architecture, architecture, build_model, register_architecture
 from project_copy import copy_project
 from run_project import RUN, cli, edit_params, one_error, smoke_train, use_copy
 
-CALLS = {"build": 0}
+CALLS = {"build": 0, "decode": 0}
 
 
 class ToyNet(nn.Module):
@@ -39,6 +42,27 @@ def build_toy(model_cfg: dict, num_joints: int) -> ToyNet:
 
 TOY = register_architecture(Architecture("toy_conv", build_toy, output_strides=(4,), feature_index=0,
                                          weights_source=lambda cfg: "toy:none"))
+
+
+def argmax_decode(heatmaps) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each map's highest pixel centre and value, without the Gaussian codec's quarter-pixel shift."""
+    CALLS["decode"] += 1
+    hm = torch.as_tensor(heatmaps).float()
+    b, k, h, w = hm.shape
+    score, index = hm.reshape(b, k, h * w).max(dim=-1)
+    return torch.stack([index % w, index // w], dim=-1).double(), score
+
+
+TOY_CODEC = register_codec(Codec("toy_argmax", gaussian.encode, argmax_decode))
+
+
+@pytest.fixture
+def mse_takes_toy_codec():
+    """MSE runs decode with the toy codec while the test runs (their declared pairing, restored after)."""
+    declared = loss_codecs("mse")
+    register_loss_codecs(LossCodecs("mse", ("toy_argmax", *declared.accepts)))
+    yield
+    register_loss_codecs(declared)
 
 
 def test_a_registered_family_builds_by_name():
@@ -80,14 +104,15 @@ def toy_project(tmp_path_factory) -> Path:
     return d
 
 
-def test_toy_architecture_trains_and_evaluates(toy_project, tmp_path, monkeypatch, capsys):
+def test_toy_architecture_and_codec_train_and_evaluate(toy_project, tmp_path, monkeypatch, capsys,
+                                                       mse_takes_toy_codec):
     d = use_copy(toy_project, tmp_path / "p", monkeypatch)
     for args in (["train", "--run", RUN], ["evaluate", "--run", RUN]):
         rc, err = cli(capsys, *args)
         assert rc == 0, (args, err)
     assert (d / f"results/smoke/runs/{RUN}/seed0/final.pth").is_file()
     assert any((d / f"results/smoke/eval/{RUN}/seed0").iterdir())
-    assert CALLS["build"] >= 2  # trained and evaluated with the toy
+    assert CALLS["build"] >= 2 and CALLS["decode"] >= 1  # trained and evaluated with both toys
 
 
 def test_an_unknown_family_in_params_stops_training_with_one_line(toy_project, tmp_path, monkeypatch, capsys):
@@ -97,3 +122,31 @@ def test_an_unknown_family_in_params_stops_training_with_one_line(toy_project, t
     one_error(rc, err, "params.yaml: profiles.smoke.archs.hrnet_w32.model.family: unknown model family 'vit'",
               "toy_conv")
 
+
+def _run_cfg(loss: str, codec: str | None = None) -> dict:
+    return {"name": "coco_x", "loss": loss, "data": {"sigma": 2.0}, **({"codec": codec} if codec else {})}
+
+
+def test_each_loss_picks_its_declared_codec():
+    assert [builders.codec_name(_run_cfg(loss)) for loss in ("mse", "mse_hdm", "hdm", "integral")] == [
+        "gaussian", "gaussian", "hdm", "integral"]
+    assert builders.codec(_run_cfg("mse", "udp")).convention == "udp"
+
+
+def test_a_codec_the_loss_does_not_accept_stops_with_one_line():
+    with pytest.raises(PipelineError) as exc:
+        builders.codec_name(_run_cfg("integral", "gaussian"))
+    assert str(exc.value) == ("params.yaml: run coco_x: codec: codec 'gaussian' does not go with loss integral "
+                              "(it accepts integral)")
+
+
+def test_a_loss_without_a_pairing_stops_with_one_line():
+    with pytest.raises(PipelineError) as exc:
+        builders.codec_name(_run_cfg("focal"))
+    assert str(exc.value).startswith("params.yaml: run coco_x: codec: unknown loss 'focal': no codec pairing "
+                                     "declared (known: hdm, integral, mse, mse_hdm")
+
+
+def test_an_unknown_codec_names_the_known_ones():
+    with pytest.raises(PipelineError, match=r"^codec: unknown codec 'focal'; choose one of \[.*'toy_argmax'"):
+        get_codec("focal")
