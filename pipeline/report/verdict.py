@@ -273,7 +273,7 @@ TUNING: dict[str, dict[str, list[tuple[str, str]]]] = {
                          ("+ rotation 30° with p 0.6", f"{_TUNE}_{v}_aug_rot"),
                          ("HRNet's COCO mix", f"{_TUNE}_{v}_aug_hrnet")] for v in ("mse", "hdm", "hdmsoft")},
     "α of MSE + α·HDM": {"msehdm": [(a, f"{_TUNE}_msehdm_a_{a.replace('-', '_')}")
-                                    for a in ("1e-6", "1e-5", "1e-4", "1e-3")]},
+                                    for a in ("1e-7", "1e-6", "1e-5", "1e-4", "1e-3")]},
 }
 
 
