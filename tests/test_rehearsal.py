@@ -82,11 +82,14 @@ def _process_tree(root: int) -> list[int]:
     return tree
 
 
-def _train_launcher(run: str) -> int | None:
-    """The pid of ``python -m pipeline ... train --run <run>`` as Snakemake's rule started it."""
+def _train_launcher(d: Path, run: str) -> int | None:
+    """The pid of ``python -m pipeline ... train --run <run>`` as Snakemake's rule started it in the
+    project copy ``d`` (other tests may train a run of the same name elsewhere at the same time)."""
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
             args = cmdline.read_bytes().split(b"\0")
+            if Path(os.readlink(cmdline.parent / "cwd")) != d.resolve():
+                continue
         except OSError:
             continue
         words = [a.decode(errors="replace") for a in args]
@@ -108,7 +111,7 @@ def _interrupt_after_first_checkpoint(d: Path, env: dict) -> str:
         time.sleep(0.2)
         for ckpt in sorted(runs.glob("*/seed0/checkpoints/epoch_001.pth")):
             run_dir = ckpt.parent.parent
-            pid = _train_launcher(run_dir.parent.name)
+            pid = _train_launcher(d, run_dir.parent.name)
             if pid is not None and not (run_dir / "checkpoints" / "epoch_002.pth").exists():
                 for p in _process_tree(pid):
                     with contextlib.suppress(ProcessLookupError):

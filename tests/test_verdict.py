@@ -84,6 +84,18 @@ def test_tuning_table_picks_the_best_setting_on_tune_and_says_what_is_missing():
     assert "- batch size, hdm: 8: 25.0 → 8 wins on tune (1 setting(s) not run)." in text
 
 
+def test_tuning_table_says_where_the_profile_does_not_use_the_winner():
+    recs = {}
+    for name, ap in (("tune_coco_hrnet_w32_mse_lr_3e_3", 0.286), ("tune_coco_hrnet_w32_mse_bs16", 0.295),
+                     ("tune_coco_hrnet_w32_mse_lr_1e_2", 0.206)):
+        recs[name] = RunRecord(name)
+        recs[name].metrics[0] = {"coco_tune.AP": ap}
+    text = "\n".join(verdict_section(recs))
+    assert ("- batch size, mse: 8: 28.6, 16: 29.5 → 16 wins on tune; the profile's runs use 8, "
+            "0.9 AP behind on tune.") in text
+    assert "- lr, mse: 0.003: 28.6, 0.01: 20.6 → 0.003 wins on tune (1 setting(s) not run)." in text
+
+
 def test_tuned_pairs_follow_the_tune_winners():
     from pipeline.report.verdict import tuned_pairs
 

@@ -38,8 +38,12 @@ sigma 3): ``2 * ceil(2.5 sigma) + 1``.
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import numpy as np
+
+from . import gaussian
+from .registry import Codec, register_codec
 
 LOG_FLOOR = 1e-10  # the published algorithm's floor before the log
 
@@ -125,3 +129,11 @@ def decode(heatmaps, sigma: float, kernel_size: int | None = None) -> tuple[np.n
     log_hm = np.log(np.maximum(modulate(hm, sigma, kernel_size), LOG_FLOOR))
     coords = np.stack([px, py], axis=-1).astype(np.float64) + taylor_step(log_hm, px, py)
     return coords, scores
+
+
+# DARK decoding of MSE's Gaussian heatmaps (the paper's "+ DARK"), and UDP (Huang et al., CVPR 2020):
+# Gaussians at the exact sub-pixel position, decoded with DARK at the training sigma (as MMPose's UDP
+# codec), in UDP's coordinate convention.
+GAUSSIAN_DARK = register_codec(Codec("gaussian_dark", gaussian.encode, decode, decodes_with_sigma=True))
+UDP = register_codec(Codec("udp", partial(gaussian.encode, subpixel=True), decode, decodes_with_sigma=True,
+                           convention="udp"))

@@ -25,6 +25,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .registry import Codec, register_codec
+
 
 def encode(
     keypoints_hm: np.ndarray,
@@ -93,3 +95,8 @@ def decode(heatmaps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if hm.dim() != 4:
         raise ValueError(f"heatmaps must be (B,K,h,w), got {tuple(hm.shape)}")
     return _decode_torch(hm.detach())
+
+
+# MSE's codec: Gaussian heatmaps, argmax decoding with the quarter-pixel shift; DARK decodes the same
+# heatmaps as a variant the evaluation reports beside it.
+CODEC = register_codec(Codec("gaussian", encode, decode, variants=(("dark", "gaussian_dark"),)))

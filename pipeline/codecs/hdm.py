@@ -24,6 +24,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .registry import Codec, register_codec
+
 # demander order: (fx, fy), (fx+1, fy), (fx, fy+1), (fx+1, fy+1)
 _OFFSETS = ((0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 1.0))
 
@@ -152,3 +154,15 @@ def decode_softmax(heatmaps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     mass of the best 2x2 window, in ``[0, 1]``, and no heatmap is ever without positive mass.
     """
     return decode(softmax_heatmaps(heatmaps))
+
+
+def encode_target(keypoints: np.ndarray, weights: np.ndarray, heatmap_size: Sequence[int],
+                  sigma: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`encode_dots` with the codecs' common signature: dots have no width, ``sigma`` is unused."""
+    return encode_dots(keypoints, weights, heatmap_size)
+
+
+# HDM learns the dots themselves; with ``suppliers: softmax`` its heatmaps are read through softmax(h).
+CODEC = register_codec(Codec("hdm", encode_target, decode, dot_targets=True))
+SOFTMAX_CODEC = register_codec(Codec("hdm_softmax", encode_target, decode_softmax, dot_targets=True,
+                                     softmax_decoding=True))

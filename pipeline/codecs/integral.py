@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from . import hdm
+from .registry import Codec, register_codec
 
 
 def expected_coordinates(heatmaps: torch.Tensor) -> torch.Tensor:
@@ -46,3 +47,7 @@ def decode(heatmaps):
     if is_torch:
         return coords, scores
     return coords.numpy(), scores.numpy()
+
+
+# Integral regression learns the dots; its coordinate is softmax(h)'s expectation.
+CODEC = register_codec(Codec("integral", hdm.encode_target, decode, dot_targets=True, softmax_decoding=True))

@@ -6,8 +6,8 @@ Each item is a dict of tensors (so ``torch.utils.data.default_collate`` batches 
 key           shape / dtype        meaning
 ============  ===================  =====================================================
 image         (3,H,W) float32      crop, RGB (or BGR), ImageNet mean/std normalised
-target        (K,hh,hw) float32    Gaussian heatmaps (codecs "gaussian", "udp");
-              (K,1,1) float32      zeros for the dot codecs "hdm", "hdm_softmax", "integral"
+target        (K,hh,hw) float32    the codec's encoded target (Gaussian heatmaps: "gaussian", "udp");
+              (K,1,1) float32      zeros for the dot codecs ("hdm", "hdm_softmax", "integral")
                                    (their losses use ``keypoints``)
 keypoints     (K,2) float32        joints in HEATMAP pixel coordinates (both codecs)
 weight        (K,) float32         1 if labelled and inside the input crop (below)
@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from ..codecs import DOT_CODECS, convention, gaussian, hdm
+from ..codecs import get_codec, hdm
 from ..errors import PipelineError
 from .image_header import check_image_size, header_size
 from .skeleton import JointSet
@@ -145,16 +145,14 @@ class TopDownDataset(Dataset):
         color_rgb: bool = True,
         seed: int = 0,
     ) -> None:
-        if codec not in ("gaussian", "udp", *DOT_CODECS):
-            raise PipelineError("codec", f"unknown codec {codec!r}; choose one of "
-                                         f"{', '.join(repr(c) for c in ('gaussian', 'udp', *DOT_CODECS))}")
+        self.target_codec = get_codec(codec, sigma=sigma)  # an unknown name stops with the known ones
         self.records = list(records)
         self.joint_set = joint_set
         self.num_joints = joint_set.num_joints
         self.input_size = (int(input_size[0]), int(input_size[1]))
         self.heatmap_size = (int(heatmap_size[0]), int(heatmap_size[1]))
         self.codec = codec
-        self.convention = convention(codec)
+        self.convention = self.target_codec.convention
         self.sigma = float(sigma)
         self.train = bool(train)
         cfg = default_aug_cfg(joint_set)
@@ -234,10 +232,4 @@ class TopDownDataset(Dataset):
         count; Gaussian codecs get their heatmaps, the dot codecs an empty placeholder (their loss
         builds the demanders from the keypoints)."""
         weight = ((vis > 0) & hdm.inside_heatmap(kp, self.heatmap_size, self.crop_margin())).astype(np.float32)
-        if self.codec in ("gaussian", "udp"):
-            target, weight = gaussian.encode(kp, weight, self.heatmap_size, self.sigma,
-                                             subpixel=self.codec == "udp")
-        else:
-            _, weight = hdm.encode_dots(kp, weight, self.heatmap_size)
-            target = np.zeros((self.num_joints, 1, 1), dtype=np.float32)
-        return target, weight
+        return self.target_codec.training_target(kp, weight, self.heatmap_size, self.sigma)

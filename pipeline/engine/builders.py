@@ -14,7 +14,6 @@ import torch
 from torch import nn
 
 from ..codecs import Codec, get_codec
-from ..codecs import convention as codec_convention
 from ..data import tune as tune_split
 from ..data.coco import load_coco_people
 from ..data.dataset import TopDownDataset
@@ -25,7 +24,7 @@ from ..errors import PipelineError
 from ..checkpoint import load_weights
 from ..config import Paths
 from ..io import read_json, sha256_file
-from ..losses import HDMLoss, IntegralL1Loss, JointsMSELoss, MSEHDMLoss
+from ..losses import HDMLoss, IntegralL1Loss, JointsMSELoss, MSEHDMLoss, paired_codec
 from ..models import CenteredHeatmaps, build_model
 from ..pretrain.weights import load_backbone
 
@@ -56,17 +55,12 @@ def aspect_ratio(cfg: dict[str, Any]) -> float:
 
 
 def codec_name(cfg: dict[str, Any]) -> str:
-    """MSE runs (and MSE + alpha × HDM) learn Gaussian targets; HDM and integral runs learn from the
-    dots directly, and their decoders read what their loss trained: HDM with ``suppliers: softmax`` and
-    integral regression read ``softmax(h)``. A run's ``codec`` (params.yaml, MSE runs only: ``udp``)
-    replaces the default Gaussian one."""
-    if cfg.get("codec") is not None:
-        return cfg["codec"]
-    if cfg["loss"] in ("mse", "mse_hdm"):
-        return "gaussian"
-    if cfg["loss"] == "integral":
-        return "integral"
-    return "hdm_softmax" if with_hdm_defaults(cfg.get("hdm") or {})["suppliers"] == "softmax" else "hdm"
+    """The run's codec: its ``codec`` (params.yaml, MSE runs only: ``udp``) or its loss's default, which
+    must be one the loss accepts (:mod:`pipeline.losses.pairing`): MSE (and MSE + alpha × HDM) learn
+    Gaussian targets; HDM and integral runs learn from the dots directly, and their decoders read what
+    their loss trained (HDM with ``suppliers: softmax`` and integral regression read ``softmax(h)``)."""
+    return paired_codec(cfg["loss"], cfg.get("codec"), with_hdm_defaults(cfg.get("hdm") or {}),
+                        f"params.yaml: run {cfg.get('name', '?')}: codec")
 
 
 def codec(cfg: dict[str, Any]) -> Codec:
@@ -76,20 +70,19 @@ def codec(cfg: dict[str, Any]) -> Codec:
 
 def convention(cfg: dict[str, Any]) -> str:
     """The coordinate convention of the run's crops and heatmaps ("edges", or "udp" for codec udp)."""
-    return codec_convention(codec_name(cfg))
+    return codec(cfg).convention
 
 
 def eval_variants(cfg: dict[str, Any]) -> dict[str, Codec]:
-    """Decoding variants evaluated beside the run's codec, from the same heatmaps (name → codec).
+    """Decoding variants evaluated beside the run's codec, from the same heatmaps (name → codec): those
+    its codec names (:attr:`Codec.variants`).
 
     MSE runs (and MSE + alpha × HDM, whose MSE term keeps the heatmaps Gaussian) also decode with
     DARK at the training sigma (the paper's "+ DARK" rows); HDM and integral heatmaps are not
     Gaussians, so DARK's assumption does not hold there and they get none.
     UDP runs get none either: their own decoding already is DARK.
     """
-    if codec_name(cfg) != "gaussian":
-        return {}
-    return {"dark": get_codec("gaussian_dark", sigma=cfg["data"]["sigma"])}
+    return {label: get_codec(name, sigma=cfg["data"]["sigma"]) for label, name in codec(cfg).variants}
 
 
 # Optional keys of a run's ``data`` section and their defaults: the HRNet recipe, which the demo and

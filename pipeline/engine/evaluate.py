@@ -46,7 +46,6 @@ import numpy as np
 
 from .. import io
 from ..checkpoint import load_weights
-from ..codecs import SOFTMAX_CODECS
 from ..config import Paths, run_label
 from ..data.transforms import image_to_heatmap
 from ..errors import PipelineError
@@ -117,7 +116,7 @@ def run_diagnostics(cfg: dict[str, Any], pred: dict[str, np.ndarray], recs: list
     errors = diagnostics.joint_errors(pred_hm, gt_hm, vis)
     ratios = diagnostics.separation_ratios(pred_hm, gt_hm, vis, js.flip_pairs)
     peak = pred["peak"]
-    if builders.codec_name(cfg) in SOFTMAX_CODECS:  # they decode softmax(h): never without positive mass
+    if builders.codec(cfg).softmax_decoding:  # it decodes softmax(h): never without positive mass
         peak = np.ones_like(peak)
     dead = diagnostics.dead_fractions(peak)
     out = {f"err.{js.joints[k]}": float(e) for k, e in enumerate(errors)}

@@ -37,12 +37,12 @@ def _decode_into(codec: Codec, heat: torch.Tensor, coords: list, scores: list) -
 _RECORD_FIELDS = ("center", "scale", "box_score", "area", "image_id")
 
 
-def _flip_averaged(net: nn.Module, images: torch.Tensor, heat: torch.Tensor, flip_index: list[int]
-                   ) -> torch.Tensor:
-    """The flip test: the mean of the heatmaps and those of the mirrored images, mirrored back with
-    left and right swapped."""
+def _flip_averaged(net: nn.Module, images: torch.Tensor, heat: torch.Tensor, flip_index: list[int],
+                   codec: Codec) -> torch.Tensor:
+    """The flip test: the mean of the heatmaps and those of the mirrored images, mapped back by the
+    codec's flip convention (mirrored, left and right swapped)."""
     heat_f = net(flip_codec.flip_image_batch(images)).float()
-    return 0.5 * (heat + flip_codec.flip_back(heat_f, flip_index))
+    return 0.5 * (heat + codec.flip_back(heat_f, flip_index))
 
 
 def _empty_prediction(k: int, variants: Mapping[str, Codec]) -> dict[str, Any]:
@@ -91,7 +91,7 @@ def predict(net: nn.Module, cfg: dict[str, Any], recs: list[dict], *, flip_test:
     turns one into a prediction of the same shape as the main one."""
     ds = builders.dataset(cfg, recs, train=False)
     codec = builders.codec(cfg)
-    convention = builders.convention(cfg)  # the heatmaps' frame: UDP runs map back with UDP's
+    convention = codec.convention  # the heatmaps' frame: UDP runs map back with UDP's
     flip_index = builders.joint_set(cfg).flip_index()
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=cfg["train"]["workers"],
                         worker_init_fn=loader_worker_init)
@@ -108,7 +108,7 @@ def predict(net: nn.Module, cfg: dict[str, Any], recs: list[dict], *, flip_test:
         if on_batch is not None:
             on_batch(batch, heat)
         if flip_test:
-            heat = _flip_averaged(net, images, heat, flip_index)
+            heat = _flip_averaged(net, images, heat, flip_index, codec)
         peaks.append(heat.amax(dim=(-2, -1)).cpu().numpy().astype(np.float64))
         heat_cpu = heat.cpu()
         _decode_into(codec, heat_cpu, coords, scores)

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from .hdm import HDMLoss
 from .mse import JointsMSELoss
+from .pairing import LossCodecs, register_loss_codecs
 
 
 class MSEHDMLoss(nn.Module):
@@ -44,3 +45,7 @@ class MSEHDMLoss(nn.Module):
         """``[B]``: each sample's loss, what a batch of that sample alone gives."""
         return self.mse.per_sample(heatmaps, targets, weights) \
             + self.alpha * self.hdm.per_sample(heatmaps, keypoints, weights)
+
+
+# The MSE term keeps the heatmaps Gaussian: the Gaussian codec, decoded with DARK beside it.
+CODECS = register_loss_codecs(LossCodecs("mse_hdm", ("gaussian",)))

@@ -10,11 +10,13 @@ weights (masking unused joints before any arithmetic) and reductions.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from .sinkhorn import naive_demanders, sinkhorn_transport_cost, subpixel_demanders, transport_cost
+from .pairing import LossCodecs, register_loss_codecs
 
 _DEMANDERS = ("subpixel", "naive")
 REDUCTIONS = ("mean", "sum", "none")
@@ -234,3 +236,12 @@ class HDMLoss(nn.Module):
         dead = ~(total > 0)
         a = r / torch.where(dead, torch.ones_like(total), total)[:, None]
         return (a * cost).sum(-1), dead
+
+
+
+def codec_for(hdm: dict[str, Any]) -> str:
+    """HDM learns the dots; with ``suppliers: softmax`` its decoder reads softmax(h), what it trained on."""
+    return "hdm_softmax" if hdm["suppliers"] == "softmax" else "hdm"
+
+
+CODECS = register_loss_codecs(LossCodecs("hdm", ("hdm", "hdm_softmax"), pick_default=codec_for))

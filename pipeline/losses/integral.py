@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from ..codecs.integral import expected_coordinates
 from .hdm import REDUCTIONS, reduce_per_joint
+from .pairing import LossCodecs, register_loss_codecs
 
 
 class IntegralL1Loss(nn.Module):
@@ -55,3 +56,7 @@ class IntegralL1Loss(nn.Module):
         if not bool(torch.isfinite(kp).all()):
             raise ValueError("keypoints must be finite for joints with nonzero weight")
         return torch.where(used, (xy - kp).abs().sum(-1) * w, torch.zeros_like(w))
+
+
+# Integral regression learns the dots and decodes softmax(h)'s expected coordinate.
+CODECS = register_loss_codecs(LossCodecs("integral", ("integral",)))

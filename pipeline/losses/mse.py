@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from torch import Tensor, nn
+from .pairing import LossCodecs, register_loss_codecs
 
 
 class JointsMSELoss(nn.Module):
@@ -37,3 +38,7 @@ class JointsMSELoss(nn.Module):
             w = weights.reshape(bsz, k, 1).to(pred.dtype)
             pred, gt = pred * w, gt * w
         return 0.5 * (pred - gt) ** 2
+
+
+# Gaussian heatmap targets: the default ones, or UDP's sub-pixel ones in UDP's convention.
+CODECS = register_loss_codecs(LossCodecs("mse", ("gaussian", "udp")))

@@ -50,6 +50,7 @@ layers as attributes; its ``layers`` is a plain list, so a state dict never has 
 """
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -62,6 +63,7 @@ from torch import nn
 
 from ..checkpoint import load_weights
 from ..errors import PipelineError
+from .registry import Architecture, register_architecture
 
 BN_MOMENTUM = 0.1
 
@@ -554,3 +556,27 @@ def build_hrformer(backbone: str, num_joints: int, *, width: float = 1.0, drop_p
     if pretrained:
         load_official_checkpoint(model, weights)
     return model
+
+
+def local_weights(model_cfg: dict[str, Any]) -> str:
+    """HRFormer's ImageNet weights come from a local file (``model.weights``): its name and the first 16
+    hex digits of its sha256, so a run says which checkpoint it started from."""
+    path = Path(model_cfg.get("weights") or "")
+    if not path.is_file():
+        return f"file:{path.name or '?'} (missing)"
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return f"file:{path.name} sha256:{digest.hexdigest()[:16]}"
+
+
+def build(model_cfg: dict[str, Any], num_joints: int) -> HRFormer:
+    """The family's builder from a resolved ``model`` config (our own implementation, not timm's)."""
+    return build_hrformer(model_cfg["backbone"], num_joints, width=model_cfg.get("width", 1.0),
+                          drop_path_rate=model_cfg.get("drop_path_rate", 0.0),
+                          pretrained=model_cfg.get("pretrained", False), weights=model_cfg.get("weights"))
+
+
+ARCHITECTURE = register_architecture(Architecture("hrformer", build, output_strides=(4,), feature_index=0,
+                                                  weights_source=local_weights))

@@ -18,6 +18,7 @@ too and the model again has the stride-4 model's parameters.
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import timm
 import torch
@@ -25,8 +26,11 @@ from timm.models.hrnet import HighResolutionNetFeatures, cfg_cls
 from torch import nn
 from torch.nn import functional as F
 
-from ..config import OUTPUT_STRIDES
 from ..errors import PipelineError
+from .registry import Architecture, register_architecture
+
+# The strides of the stride-4 branch as it is (4), pooled (8) or upsampled (2, 1): see above.
+OUTPUT_STRIDES = (1, 2, 4, 8)
 
 
 def _narrow_hrnet(backbone: str, width: float) -> nn.Module:
@@ -45,9 +49,9 @@ class PoseHRNet(nn.Module):
     def __init__(self, backbone: str, num_joints: int, *, pretrained: bool = False,
                  width: float = 1.0, output_stride: int = 4) -> None:
         super().__init__()
-        if output_stride not in OUTPUT_STRIDES["hrnet"]:
+        if output_stride not in OUTPUT_STRIDES:
             raise PipelineError("model.output_stride", f"{output_stride}: HRNet outputs stride "
-                                                       f"{', '.join(map(str, OUTPUT_STRIDES['hrnet']))} only")
+                                                       f"{', '.join(map(str, OUTPUT_STRIDES))} only")
         if backbone.split(".")[0] not in cfg_cls:  # timm's own error (KeyError, "Unknown model") lists nothing
             raise PipelineError("model.backbone", f"unknown HRNet backbone {backbone!r} "
                                                   f"(choose from {', '.join(sorted(cfg_cls))})")
@@ -73,3 +77,13 @@ class PoseHRNet(nn.Module):
             feats = F.interpolate(feats, scale_factor=4 // self.output_stride, mode="bilinear",
                                   align_corners=False)
         return self.head(feats)
+
+
+def build(model_cfg: dict[str, Any], num_joints: int) -> PoseHRNet:
+    """The family's builder from a resolved ``model`` config."""
+    return PoseHRNet(model_cfg["backbone"], num_joints, pretrained=model_cfg.get("pretrained", False),
+                     width=model_cfg.get("width", 1.0), output_stride=model_cfg.get("output_stride", 4))
+
+
+# The head reads the stride-4 branch, the only map of the backbone's features (index 0).
+ARCHITECTURE = register_architecture(Architecture("hrnet", build, output_strides=OUTPUT_STRIDES, feature_index=0))

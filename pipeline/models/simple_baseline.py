@@ -6,11 +6,14 @@ demo); the head is the paper's: ``num_deconv`` × (ConvTranspose2d 4×4 stride 2
 """
 from __future__ import annotations
 
+from typing import Any
+
 import timm
 import torch
 from torch import nn
 
 from ..errors import PipelineError
+from .registry import Architecture, register_architecture
 
 
 class SimpleBaseline(nn.Module):
@@ -61,3 +64,14 @@ class SimpleBaseline(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.deconv(self.backbone(x)[-1]))
+
+
+def build(model_cfg: dict[str, Any], num_joints: int) -> SimpleBaseline:
+    """The family's builder from a resolved ``model`` config (the head's defaults are the paper's)."""
+    return SimpleBaseline(model_cfg["backbone"], num_joints, pretrained=model_cfg.get("pretrained", False),
+                          width=model_cfg.get("width", 1.0), deconv_channels=model_cfg.get("deconv_channels", 256),
+                          num_deconv=model_cfg.get("num_deconv", 3), deconv_kernel=model_cfg.get("deconv_kernel", 4))
+
+
+# The deconvolutions read the backbone's last map (stride 32); stride 4 is the only output.
+ARCHITECTURE = register_architecture(Architecture("simplebaseline", build, output_strides=(4,), feature_index=-1))

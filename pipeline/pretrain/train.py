@@ -31,16 +31,12 @@ from torch import nn
 
 from ..config import Paths
 from ..data.dataset import IMAGENET_MEAN, IMAGENET_STD
-from ..models import build_model
+from ..models import architecture, build_model
 from ..progress import EpochClock
 from ..tracking import flatten, open_run
 from . import shapes, spec, weights
 
 log = logging.getLogger(__name__)
-
-# The pose head reads backbone(x)[FEATURE_INDEX[family]]; the neck reads the same map.
-FEATURE_INDEX = {"simplebaseline": -1, "hrnet": 0, "hrformer": 0}
-
 
 class PretrainNeck(nn.Module):
     """Pose-feature map → (segmentation logits at the input resolution, image-level logits).
@@ -71,7 +67,7 @@ class Pretrainer(nn.Module):
     def __init__(self, backbone: nn.Module, family: str, hidden: int, input_size: tuple[int, int]) -> None:
         super().__init__()
         self.backbone = backbone
-        self.index = FEATURE_INDEX[family]
+        self.index = architecture(family).feature_index  # the map the pose head reads; the neck reads it too
         width, height = input_size
         backbone.eval()  # a probe of the feature width: eval mode leaves the BN statistics untouched
         with torch.no_grad():
