@@ -89,7 +89,7 @@ def test_tuning_table_says_where_the_profile_does_not_use_the_winner():
     for name, ap in (("tune_coco_hrnet_w32_mse_lr_3e_3", 0.286), ("tune_coco_hrnet_w32_mse_bs16", 0.295),
                      ("tune_coco_hrnet_w32_mse_lr_1e_2", 0.206)):
         recs[name] = RunRecord(name)
-        recs[name].metrics[0] = {"coco_tune.AP": ap}
+        recs[name].metrics[0] = {"coco_tune/AP": ap}
     text = "\n".join(verdict_section(recs))
     assert ("- batch size, mse: 8: 28.6, 16: 29.5 → 16 wins on tune; the profile's runs use 8, "
             "0.9 AP behind on tune.") in text
