@@ -93,7 +93,7 @@ def test_outputs_per_run(project):
             assert key in metrics and "diag/median_err" in metrics
             dark = key.replace("_val", "_val_dark")  # DARK for MSE runs only, from the same heatmaps
             assert (dark in metrics) == run.endswith("_mse"), (run, dark)
-            assert (eval_dir / f"{dark.split('.')[0]}.boot.npz").is_file() == run.endswith("_mse")
+            assert (eval_dir / f"{dark.split('/')[0]}.boot.npz").is_file() == run.endswith("_mse")
             assert (eval_dir / ("mpii_val.boot.npz" if run.startswith("mpii") else "coco_val.boot.npz")).is_file()
             if run.startswith("mpii"):  # the MPII bootstrap resamples images: each person's image is stored
                 with np.load(eval_dir / "mpii_val.boot.npz") as z:
