@@ -245,7 +245,7 @@ def test_smoke_tune_run_trains_and_evaluates_on_tune_only(smoke):
     client = mlflow.tracking.MlflowClient()
     run = client.get_run(ckpt["mlflow_run_id"])
     assert run.data.params["split"] == "tune" and run.data.tags["split"] == "tune"
-    assert "tune_AP" in run.data.metrics and not [k for k in run.data.metrics if k.startswith(("val_", "coco_val"))]
+    assert "tune/AP" in run.data.metrics and not [k for k in run.data.metrics if k.startswith(("val/", "val_", "coco_val"))]
 
 
 def test_the_report_ignores_a_tuning_run_in_mlflow(smoke, tmp_path):

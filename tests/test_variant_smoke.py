@@ -71,7 +71,7 @@ def test_variants_train_and_evaluate(smoke):
         params, tags = logged.data.params, logged.data.tags
         assert params["loss"] == spec["loss"] and tags["evaluated"] == "true", run
         if spec["loss"] in ("hdm", "mse_hdm"):
-            assert "dead_heatmaps" in logged.data.metrics, run
+            assert "train/dead_heatmaps" in logged.data.metrics, run
         if run == "coco_hrnet_w32_hdm_softmax":
             assert params["hdm.suppliers"] == "softmax" and metrics["diag/dead_fraction"] == 0.0
         if run == "coco_hrnet_w32_mse_hdm":
