@@ -39,6 +39,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
+from pipeline.tracking.metric_names import canonical_key
 from project_copy import copy_project
 
 pytestmark = pytest.mark.cluster
@@ -423,7 +424,7 @@ def test_every_epoch_reaches_the_server_once_through_its_restart(workflow):
         for key in history[0]:
             if key == "epoch":
                 continue
-            logged = client.get_metric_history(run.info.run_id, key)
+            logged = client.get_metric_history(run.info.run_id, canonical_key(key))  # the log line's name
             assert sorted(m.step for m in logged) == list(range(1, workflow.epochs + 1)), (name, key)
             by_step = {m.step: m.value for m in logged}
             assert all(math.isclose(by_step[row["epoch"]], row[key], rel_tol=1e-6, abs_tol=1e-9)
