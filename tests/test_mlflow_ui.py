@@ -196,3 +196,29 @@ def test_a_store_with_older_names_reads_into_the_same_report_values(smoke, tmp_p
     assert old_records[RUN].metrics == records[RUN].metrics and "coco_val/AP" in records[RUN].metrics[0]
     new_curve, old_curve = curves(uri, selected)[RUN][0], curves(old_uri, old_selected)[RUN][0]
     assert old_curve.equals(new_curve) and new_curve["train_loss"].notna().all()
+
+
+class _RacingClient:
+    """``log_inputs`` fails ``fails`` times with ``error`` (another run inserting the same dataset row),
+    then succeeds."""
+
+    def __init__(self, fails: int, error: str) -> None:
+        self.fails, self.error, self.calls = fails, error, 0
+
+    def log_inputs(self, run_id: str, datasets: list) -> None:
+        self.calls += 1
+        if self.calls <= self.fails:
+            raise RuntimeError(self.error)
+
+
+def test_a_dataset_row_inserted_by_another_run_at_once_is_linked_on_the_next_try():
+    from pipeline.tracking import datasets
+
+    race = 'BAD_REQUEST: (psycopg2.errors.UniqueViolation) duplicate key value violates unique constraint "dataset_pk"'
+    client = _RacingClient(1, race)
+    datasets._log_inputs(client, "r1", ["coco/train"])
+    assert client.calls == 2
+    other = _RacingClient(1, "RESOURCE_DOES_NOT_EXIST: run r1")
+    with pytest.raises(RuntimeError, match="RESOURCE_DOES_NOT_EXIST"):
+        datasets._log_inputs(other, "r1", ["coco/train"])
+    assert other.calls == 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -23,6 +24,11 @@ CONTEXT_TAG = "mlflow.data.context"  # the input tag the MLflow UI shows as the 
 TRAINING, EVALUATION = "training", "evaluation"
 # MLflow stores at most 36 characters of a dataset digest; the full sha256 is in the source
 DIGEST_CHARS = 36
+# Runs logging the same dataset at the same moment race on the tracking server's one row for it: the
+# later insert fails on its key (PostgreSQL, MySQL, SQLite wording); the row exists then, and logging
+# again links it to the run.
+DUPLICATE_ROW = ("UniqueViolation", "duplicate key value", "Duplicate entry", "UNIQUE constraint failed")
+RACE_TRIES = 4
 
 
 @dataclass(frozen=True)
@@ -85,6 +91,21 @@ def log_datasets(mlflow: Any, uses: Iterable[DatasetUse]) -> list[str]:
         if (use.name, sha[:DIGEST_CHARS], use.context) not in have:
             new.append(_entity(use, sha))
     if new:
-        with deferred_termination():
-            client.log_inputs(run_id, datasets=new)
+        _log_inputs(client, run_id, new)
     return [n.dataset.name for n in new]
+
+
+def _log_inputs(client: Any, run_id: str, inputs: list[Any]) -> None:
+    """``client.log_inputs``, tried again (a few times, briefly) when another run inserted the same
+    dataset row at the same moment; any other failure is raised at once."""
+    for attempt in range(1, RACE_TRIES + 1):
+        try:
+            with deferred_termination():
+                client.log_inputs(run_id, datasets=inputs)
+            return
+        except Exception as exc:  # MLflow's REST or store exception, whatever the backend
+            if attempt == RACE_TRIES or not any(marker in str(exc) for marker in DUPLICATE_ROW):
+                raise
+            log.info("dataset inputs of run %s: another run logged the same dataset at once; again (%d)",
+                     run_id, attempt)
+            time.sleep(0.2 * attempt)
